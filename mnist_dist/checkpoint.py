@@ -1,0 +1,138 @@
+"""Files a run leaves: the trained model (safetensors + JSON), and full training-state checkpoints.
+
+Nothing here unpickles: weights are safetensors, metadata is JSON.
+"""
+from __future__ import annotations
+
+from mnist_dist.errors import UserError
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mnist_dist import models
+
+CLASSES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
+MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+
+
+class ModelFileError(UserError):
+    """A model path that is missing, unreadable or not ours; printed as one line."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, model_kwargs: dict,
+               dataset: str, mean: float, std: float) -> Path:
+    """Weights as safetensors plus a JSON that says how to rebuild and feed the model."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = run_dir / (MODEL_FILE + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, run_dir / MODEL_FILE)
+    meta = {"name": model_name, "kwargs": model_kwargs, "dataset": dataset, "mean": mean, "std": std,
+            "classes": CLASSES[dataset], "input": "uint8 28x28 grey, light ink on dark background, then "
+            "(x/255 - mean)/std, shape [B, 1, 28, 28]"}
+    atomic_write_text(run_dir / MODEL_META, json.dumps(meta, indent=2))
+    return run_dir / MODEL_FILE
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Load (model in eval mode, metadata) from a run folder or a model.safetensors with model.json beside it."""
+    path = Path(path)
+    weights = path / MODEL_FILE if path.is_dir() else path
+    meta_path = weights.with_name(MODEL_META)
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: no such model file (train first, or point at a run folder)")
+    if weights.suffix != ".safetensors":
+        raise ModelFileError(f"{weights}: only .safetensors weights are loaded (pickles can run code)")
+    if not meta_path.is_file():
+        raise ModelFileError(f"{meta_path}: missing; it says which architecture the weights belong to")
+    try:
+        meta = json.loads(meta_path.read_text())
+        model = models.build(meta["name"], **meta.get("kwargs", {}))
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as e:
+        raise ModelFileError(f"{weights}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), meta
+
+
+# ----------------------------------------------------------------------------- training-state checkpoints
+# Layout: RUN_DIR/checkpoints/step_00001234/ holds Accelerate's save_state files plus state.json. Every rank
+# writes into .tmp-step_00001234/; only after all ranks are done does the main process write state.json and
+# rename the folder. A folder without the final name (or without state.json) is never loaded.
+
+CKPT_DIR, STATE_FILE = "checkpoints", "state.json"
+
+
+def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
+    root = run_dir / CKPT_DIR
+    name = f"step_{meta['global_step']:08d}"
+    final, tmp = root / name, root / f".tmp-{name}"
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash during an earlier write
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved twice (e.g. epoch end right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # the commit point
+        _fsync_dir(root)
+        for old in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)  # only after the new one is committed
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in [path, *path.iterdir()] if path.is_dir() else [path]:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def read_meta(ckpt: Path) -> dict:
+    try:
+        return json.loads((Path(ckpt) / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{ckpt}: not a complete mnist-dist checkpoint ({e})") from None
+
+
+def find_resume(run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to resume from for checkpoint.resume = auto | never | PATH."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise ModelFileError(f"checkpoint.resume={resume}: not a complete checkpoint folder (no {STATE_FILE})")
+    return path

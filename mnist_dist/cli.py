@@ -1,0 +1,51 @@
+"""`mnist-dist train|eval|predict|export|report`: one entry point, one line per user mistake, exit codes.
+
+Each subcommand lives in its own module, which provides add_arguments(parser) and run(args) -> int.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mnist_dist.errors import UserError
+
+COMMANDS = {  # name: (module, one-line help)
+    "train": ("mnist_dist.train", "train a model (same as `accelerate launch train_accel.py ...`)"),
+    "eval": ("mnist_dist.evaluate", "evaluate a trained model on a dataset split"),
+    "predict": ("mnist_dist.predict", "classify image files (PNG/JPEG/BMP/GIF) with a trained model"),
+    "export": ("mnist_dist.export", "export a trained model (ONNX, TorchScript)"),
+    "report": ("mnist_dist.report", "rebuild the pictures and report.md of a run folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-dist", description="Train and use MNIST-family classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # a real missing dependency inside the module
+                raise
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except UserError as e:
+        print(f"mnist-dist {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mnist-dist {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

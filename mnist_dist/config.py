@@ -1,0 +1,290 @@
+"""One typed config tree: defaults < YAML file < dotted `a.b=value` overrides.
+
+Unknown keys, wrong types and impossible values raise ConfigError before any work starts.
+The world size is not part of the config: it comes from the launcher.
+"""
+from __future__ import annotations
+
+from mnist_dist.errors import UserError
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(UserError, ValueError):
+    """A mistake in the user's config; the CLI prints it as one line."""
+
+
+def choice(*options):
+    return {"choices": options}
+
+
+@dataclass
+class DataConfig:
+    name: str = field(default="mnist", metadata=choice("mnist", "fashion_mnist"))
+    """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
+    source: str = field(default="auto", metadata=choice("auto", "hf", "torchvision", "idx"))
+    """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
+    dir: str | None = None
+    """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
+    hf_path: str | None = None
+    """Hugging Face dataset id or local folder; default ylecun/mnist or zalando-datasets/fashion_mnist."""
+    val_size: int = 5000
+    """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
+    loader: str = field(default="device", metadata=choice("device", "dataloader"))
+    """device: each split is one uint8 tensor on the accelerator, batched there. dataloader: torch DataLoader via Accelerate."""
+    num_workers: int = 0
+    """DataLoader workers per process (data.loader=dataloader only)."""
+    augment: bool = False
+    """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
+    augment_shift: int = 2
+    """Maximum translation in pixels when augment is on."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn_bn"
+    """A name from mnist_dist.models.MODELS."""
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the model's constructor (e.g. {width: 48})."""
+    channels_last: bool = False
+    """Use channels_last memory format (helps convolutions on GPUs)."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPUs for long runs)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    """Passes over the training split."""
+    per_device_batch_size: int = 128
+    """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
+    lr: float = 0.002
+    """Peak learning rate."""
+    optimizer: str = field(default="adamw", metadata=choice("sgd", "adam", "adamw"))
+    momentum: float = 0.9
+    """SGD momentum (sgd only)."""
+    weight_decay: float = 0.0
+    scheduler: str = field(default="onecycle", metadata=choice("none", "step", "cosine", "onecycle"))
+    """Learning-rate schedule, stepped once per optimizer step."""
+    step_gamma: float = 0.7
+    """Multiplier per epoch for scheduler=step."""
+    label_smoothing: float = 0.0
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables."""
+    mixed_precision: str = field(default="auto", metadata=choice("auto", "no", "bf16", "fp16"))
+    """auto: whatever the launcher says (accelerate config), else no."""
+    device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda", "mps"))
+    """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
+    seed: int = 0
+    eval_batch_size: int = 1000
+    """Images per process per evaluation forward pass."""
+    log_every_steps: int = 50
+    """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
+    progress: bool = True
+    """tqdm progress bars (main process only)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0
+    """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
+    keep: int = 2
+    """How many complete checkpoints to keep (at least 2)."""
+    resume: str = "auto"
+    """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = field(default="none", metadata=choice("wandb", "tensorboard", "none"))
+    project: str = "mnist-dist"
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list = field(default_factory=list)
+    group: str | None = None
+    """W&B group; defaults to the SLURM job id when there is one."""
+    log_model: bool = False
+    """Upload model.safetensors as a W&B artifact at the end."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    """The run folder: config, metrics, checkpoints, model, pictures."""
+    preempt_signals: list = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
+    """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
+    requeue: bool = True
+    """After a preemption checkpoint under SLURM, requeue the job with scontrol."""
+    guard_every_steps: int = 1
+    """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
+    Raise it on GPUs for speed; a NaN is then caught only at these steps."""
+    dist_timeout_s: int = 180
+    """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+
+# ----------------------------------------------------------------------------- validation
+
+POSITIVE = {"train.epochs", "train.per_device_batch_size", "train.eval_batch_size", "train.grad_accum_steps",
+            "train.log_every_steps", "checkpoint.keep",
+            "run.guard_every_steps", "run.dist_timeout_s"}
+NON_NEGATIVE = {"train.lr", "train.weight_decay", "train.momentum", "train.grad_clip", "train.max_steps",
+                "data.val_size", "data.num_workers", "data.augment_shift", "checkpoint.every_steps"}
+
+
+def validate(cfg: Config) -> None:
+    from mnist_dist.models import MODELS
+    for key, value in flatten(cfg).items():
+        if key in POSITIVE and value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+        if key in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
+    if not 0 <= cfg.train.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of {', '.join(sorted(MODELS))}")
+    if cfg.checkpoint.keep < 2:
+        raise ConfigError(f"checkpoint.keep must be >= 2 so a complete checkpoint always survives, got {cfg.checkpoint.keep}")
+    import signal
+    for name in cfg.run.preempt_signals:
+        if not isinstance(name, str) or not hasattr(signal, name):
+            raise ConfigError(f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)")
+
+
+def flatten(cfg, prefix="") -> dict:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+# ----------------------------------------------------------------------------- building from dicts
+
+
+def _coerce(key: str, value, tp, meta):
+    """Check (and gently convert) one leaf value against its annotated type."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            # YAML turns `no` into False; mixed_precision=no is common enough to accept.
+            if value is False and "no" in meta.get("choices", ()):
+                value = "no"
+            else:
+                raise ConfigError(f"{key} must be a string, got {value!r}")
+    elif tp in (list, dict) or typing.get_origin(tp) in (list, dict):
+        base = typing.get_origin(tp) or tp
+        if not isinstance(value, base):
+            raise ConfigError(f"{key} must be a {base.__name__}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: invalid value {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + name
+        if name not in fields:
+            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(fields)}")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value or {}, key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, tp, fields[name].metadata)
+    # Nested sections must not validate on their own (Config.__post_init__ does it once).
+    return cls(**kwargs)
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`train.lr=0.01` -> {"train": {"lr": 0.01}}; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str) or value is None:
+        value = raw if raw not in ("null", "~") else None
+    out = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    for text in overrides:
+        data = merge(data, parse_override(text))
+    return from_dict(Config, data)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,294 @@
+"""Data sources (HF datasets, torchvision, local IDX) decoded once into uint8 tensors, and the two loaders.
+
+Every source returns images as uint8 [N, 28, 28] and labels as int64 [N]. Nothing here touches the
+Accelerator: the loop passes in rank, world size and device.
+"""
+from __future__ import annotations
+
+from mnist_dist.errors import UserError
+import gzip
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Per-dataset pixel statistics of the training sets (after scaling to [0, 1]).
+STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+HF_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
+LOCAL_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}  # Debian's dataset-fashion-mnist
+IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+VAL_SPLIT_SEED = 1234  # the validation split is the same whatever train.seed is
+
+
+class DataError(UserError):
+    """A data problem the user can fix (missing or corrupt file, no network); printed as one line."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, 28, 28]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Datasets:
+    train: Split
+    val: Split | None
+    test: Split
+    source: str  # e.g. "idx:/usr/share/datasets/fashion-mnist"
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def _open_idx(folder: Path, stem: str) -> tuple[Path, bytes]:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        path = folder / name
+        if path.is_file():
+            try:
+                raw = path.read_bytes()
+                return path, gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+            except (OSError, EOFError, gzip.BadGzipFile) as e:
+                raise DataError(f"{path}: cannot read ({e})") from None
+    raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
+
+
+def read_idx_images(folder: Path, stem: str) -> torch.Tensor:
+    path, raw = _open_idx(folder, stem)
+    if len(raw) < 16:
+        raise DataError(f"{path}: truncated IDX image file ({len(raw)} bytes, header needs 16)")
+    magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
+    if magic != 0x00000803:
+        raise DataError(f"{path}: not an IDX image file (magic {magic:#010x}, expected 0x00000803)")
+    if (rows, cols) != (28, 28):
+        raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28")
+    if len(raw) != 16 + n * rows * cols:
+        raise DataError(f"{path}: size {len(raw)} bytes does not match header ({n} images of {rows}x{cols} "
+                        f"need {16 + n * rows * cols}); the file is truncated or corrupt")
+    return torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).view(n, rows, cols)
+
+
+def read_idx_labels(folder: Path, stem: str) -> torch.Tensor:
+    path, raw = _open_idx(folder, stem)
+    if len(raw) < 8:
+        raise DataError(f"{path}: truncated IDX label file ({len(raw)} bytes, header needs 8)")
+    magic, n = struct.unpack(">II", raw[:8])
+    if magic != 0x00000801:
+        raise DataError(f"{path}: not an IDX label file (magic {magic:#010x}, expected 0x00000801)")
+    if len(raw) != 8 + n:
+        raise DataError(f"{path}: size {len(raw)} bytes does not match header ({n} labels need {8 + n})")
+    labels = torch.frombuffer(bytearray(raw[8:]), dtype=torch.uint8).long()
+    if n and labels.max() > 9:
+        raise DataError(f"{path}: label {int(labels.max())} outside 0-9")
+    return labels
+
+
+def load_idx(folder: str | Path, split: str) -> Split:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data.dir {folder} is not a folder")
+    img_stem, lbl_stem = IDX_NAMES[split]
+    images, labels = read_idx_images(folder, img_stem), read_idx_labels(folder, lbl_stem)
+    if len(images) != len(labels):
+        raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels in the {split} split")
+    return Split(images, labels)
+
+
+def write_idx(folder: str | Path, split: str, images: torch.Tensor, labels: torch.Tensor, gz: bool = False):
+    """Write a split in IDX format (used by tests and to export data for offline clusters)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img_stem, lbl_stem = IDX_NAMES[split]
+    n, rows, cols = images.shape
+    blobs = {img_stem: struct.pack(">IIII", 0x803, n, rows, cols) + images.to(torch.uint8).numpy().tobytes(),
+             lbl_stem: struct.pack(">II", 0x801, n) + labels.to(torch.uint8).numpy().tobytes()}
+    for stem, blob in blobs.items():
+        path = folder / (stem + (".gz" if gz else ""))
+        path.write_bytes(gzip.compress(blob, mtime=0) if gz else blob)
+
+
+# ----------------------------------------------------------------------------- HF datasets and torchvision
+
+
+def load_hf(name: str, hf_path: str | None, split: str) -> Split:
+    import numpy as np
+    import datasets
+    path = hf_path or HF_IDS[name]
+    try:
+        ds = datasets.load_dataset(path, split=split)
+    except Exception as e:  # network, missing repo, bad folder: all reported as one line
+        raise DataError(f"HF datasets could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    missing = {"image", "label"} - set(ds.column_names)
+    if missing:
+        raise DataError(f"HF dataset {path!r} has no column(s) {sorted(missing)}; expected the ylecun/mnist schema")
+    # Decode every PNG once, here; the loop only ever sees uint8 tensors.
+    images = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in ds["image"]])
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"HF dataset {path!r}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+    labels = torch.tensor(ds["label"], dtype=torch.long)
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"HF dataset {path!r}: labels outside 0-9")
+    return Split(torch.from_numpy(images), labels)
+
+
+def load_torchvision(name: str, root: str | None, split: str) -> Split:
+    import torchvision
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    root = root or os.path.join(os.path.expanduser("~"), ".cache", "mnist_dist", "torchvision")
+    try:
+        ds = cls(root, train=(split == "train"), download=True)
+    except Exception as e:
+        raise DataError(f"torchvision could not get {cls.__name__} into {root} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from None
+    return Split(ds.data.clone(), ds.targets.clone().long())
+
+
+def _local_dir(cfg) -> str | None:
+    if cfg.dir:
+        return cfg.dir
+    return next((d for d in LOCAL_DIRS.get(cfg.name, []) if os.path.isdir(d)), None)
+
+
+def load_splits(cfg) -> tuple[Split, Split, str]:
+    """(train, test, source description) for a DataConfig, trying sources in order for source=auto."""
+    if cfg.source == "idx" or (cfg.source == "auto" and _local_dir(cfg)):
+        folder = _local_dir(cfg)
+        if folder is None:
+            raise DataError(f"data.source=idx needs data.dir: a folder with {', '.join(sum(IDX_NAMES.values(), ()))}")
+        return load_idx(folder, "train"), load_idx(folder, "test"), f"idx:{folder}"
+    loaders = {"hf": lambda s: load_hf(cfg.name, cfg.hf_path, s),
+               "torchvision": lambda s: load_torchvision(cfg.name, cfg.dir, s)}
+    order = ["hf", "torchvision"] if cfg.source == "auto" else [cfg.source]
+    errors = []
+    for source in order:
+        try:
+            where = cfg.hf_path or HF_IDS[cfg.name] if source == "hf" else "download"
+            return loaders[source]("train"), loaders[source]("test"), f"{source}:{where}"
+        except DataError as e:
+            errors.append(f"{source}: {e}")
+    if len(order) == 1:
+        raise DataError(errors[0] + ". Offline? Point data.dir at a folder with the four IDX files "
+                        "(e.g. data.source=idx data.dir=/path/to/idx)")
+    raise DataError(f"could not load {cfg.name}; tried " + "; ".join(errors) +
+                    ". Offline? Point data.dir at a folder with the four IDX files, e.g. "
+                    "data.name=fashion_mnist data.dir=/usr/share/datasets/fashion-mnist")
+
+
+def load_datasets(cfg) -> Datasets:
+    train, test, source = load_splits(cfg)
+    val = None
+    if cfg.val_size:
+        if cfg.val_size >= len(train):
+            raise DataError(f"data.val_size={cfg.val_size} leaves no training images (train has {len(train)})")
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+        val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size:]
+        val = Split(train.images[val_idx], train.labels[val_idx])
+        train = Split(train.images[train_idx], train.labels[train_idx])
+    return Datasets(train, val, test, source)
+
+
+# ----------------------------------------------------------------------------- on-device transforms
+
+
+def normalize(images_u8: torch.Tensor, mean: float, std: float, dtype=torch.float32) -> torch.Tensor:
+    """uint8 [B, 28, 28] -> normalised float [B, 1, 28, 28], on whatever device the images are."""
+    return ((images_u8.to(dtype) / 255.0 - mean) / std).unsqueeze(1)
+
+
+def augment(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation (up to max_shift px), rotation (+-10 deg) and scale (0.9-1.1), batched. No flips:
+    a mirrored 2 is not a 2. The background is the normalised zero pixel, so padding uses x.min()."""
+    b = x.shape[0]
+    r = torch.rand(b, 4, generator=generator, device=generator.device).to(x.device, x.dtype)
+    angle = (r[:, 0] - 0.5) * (2 * math.pi * 10 / 180)
+    scale = 0.9 + 0.2 * r[:, 1]
+    shift = (r[:, 2:] - 0.5) * (2 * 2 * max_shift / 28)  # in affine_grid units: [-1, 1] spans 28 px
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    bg = x.amin()
+    return F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
+
+
+# ----------------------------------------------------------------------------- loaders
+# A loader yields one item per optimizer step: (micro_batches, scale). micro_batches is this rank's list of
+# (uint8 images, labels); the loop multiplies each micro-batch's *summed* loss by `scale` so that, after
+# DDP averages gradients over ranks, the gradient is the mean over the samples of the step.
+
+
+class DeviceLoader:
+    """One split held as uint8 tensors on the device; each epoch a seeded permutation is cut into global
+    steps of world_size * per_device_batch_size * accum samples and each step is split exactly across ranks.
+
+    Every sample is used once per epoch across all ranks (a last step with fewer samples than ranks is
+    dropped); the order depends only on (seed, epoch, world size), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, split: Split, per_device_batch_size: int, accum: int, rank: int, world_size: int,
+                 seed: int, device):
+        self.split = split.to(device)
+        self.batch, self.accum, self.rank, self.world, self.seed = per_device_batch_size, accum, rank, world_size, seed
+        self.step_size = per_device_batch_size * accum * world_size  # global samples per optimizer step
+        n = len(split)
+        tail = n % self.step_size
+        self.steps_per_epoch = n // self.step_size + (1 if tail >= world_size else 0)
+
+    def __len__(self):
+        return self.steps_per_epoch
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        n = len(self.split)
+        # The permutation is made on the CPU with a CPU generator: identical on every rank and device type.
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        perm = perm.to(self.split.images.device)
+        for step in range(start_step, self.steps_per_epoch):
+            chunk = perm[step * self.step_size: (step + 1) * self.step_size]
+            lo, hi = self.rank * len(chunk) // self.world, (self.rank + 1) * len(chunk) // self.world
+            mine = chunk[lo:hi]
+            micro = [(self.split.images[i], self.split.labels[i]) for i in mine.split(self.batch)]
+            yield micro, self.world / len(chunk)
+
+
+class DataLoaderLoader:
+    """The standard PyTorch DataLoader (per-sample indexing + collate), sharded by Accelerate's prepare()."""
+
+    def __init__(self, split: Split, per_device_batch_size: int, accum: int, seed: int, num_workers: int, prepare):
+        from torch.utils.data import DataLoader, TensorDataset
+        g = torch.Generator().manual_seed(seed)
+        dl = DataLoader(TensorDataset(split.images, split.labels), batch_size=per_device_batch_size, shuffle=True,
+                        generator=g, num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=False)
+        self.dl, self.accum = prepare(dl), accum
+        self.steps_per_epoch = math.ceil(len(self.dl) / accum)
+
+    def __len__(self):
+        return self.steps_per_epoch
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        from accelerate import skip_first_batches
+        if hasattr(self.dl, "set_epoch"):
+            self.dl.set_epoch(epoch)
+        dl = skip_first_batches(self.dl, start_step * self.accum) if start_step else self.dl
+        micro = []
+        for x, y in dl:
+            micro.append((x, y))
+            if len(micro) == self.accum:
+                yield micro, 1.0 / (len(x) * self.accum)  # per-rank mean; DDP averages ranks
+                micro = []
+        if micro:
+            yield micro, 1.0 / (len(micro[0][0]) * len(micro))
+
+
+def eval_shard(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous share of an evaluation split: no padding, no duplicates, shares sum to n."""
+    return slice(rank * n // world_size, (rank + 1) * n // world_size)

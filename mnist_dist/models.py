@@ -1,0 +1,92 @@
+"""Plain nn.Modules and a registry. Imports only torch: distribution is applied from outside.
+
+Every model takes a float tensor [B, 1, 28, 28] (already normalised) and returns logits [B, 10].
+"""
+import torch
+from torch import nn
+
+MODELS = {}
+
+
+def register(name):
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+def mlp(*hidden: int, dropout: float = 0.0) -> nn.Module:
+    layers, width = [nn.Flatten()], 28 * 28
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, 10))
+    return nn.Sequential(*layers)
+
+
+# The MLPs the classic tutorials use (784 inputs, 10 outputs).
+@register("mlp_128_256")
+def mlp_128_256(dropout: float = 0.0):
+    return mlp(128, 256, dropout=dropout)
+
+
+@register("mlp_64x3")
+def mlp_64x3(dropout: float = 0.0):
+    return mlp(64, 64, 64, dropout=dropout)
+
+
+@register("mlp_128")
+def mlp_128(dropout: float = 0.0):
+    return mlp(128, dropout=dropout)
+
+
+@register("mlp_120_84")
+def mlp_120_84(dropout: float = 0.0):
+    return mlp(120, 84, dropout=dropout)
+
+
+@register("tutorial_cnn")
+def tutorial_cnn():
+    """The conv32-pool-conv64-pool-fc64 CNN of the classic tutorials (no BatchNorm)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),    # 26 -> 13
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),   # 11 -> 5
+        nn.Flatten(), nn.Linear(64 * 5 * 5, 64), nn.ReLU(), nn.Linear(64, 10),
+    )
+
+
+def conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@register("cnn_bn")
+def cnn_bn(width: int = 32, dropout: float = 0.1):
+    """The default: two conv-BN blocks per stage, two stages (28 -> 14 -> 7), global head.
+
+    `width` is the channel count of the first stage; the second has twice as many.
+    """
+    w1, w2 = width, 2 * width
+    return nn.Sequential(
+        conv_bn(1, w1), conv_bn(w1, w1), nn.MaxPool2d(2),     # 28 -> 14
+        conv_bn(w1, w2), conv_bn(w2, w2), nn.MaxPool2d(2),    # 14 -> 7
+        nn.Flatten(), nn.Dropout(dropout), nn.Linear(w2 * 7 * 7, 10),
+    )
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":  # quick shape check: python -m mnist_dist.models
+    x = torch.zeros(2, 1, 28, 28)
+    for name in MODELS:
+        m = build(name)
+        print(f"{name:14s} {num_parameters(m):>9,d} params -> {tuple(m(x).shape)}")
