@@ -58,21 +58,21 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 8
     """Passes over the training split."""
     per_device_batch_size: int = 128
     """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
-    lr: float = 0.002
+    lr: float = 0.003
     """Peak learning rate."""
     optimizer: str = field(default="adamw", metadata=choice("sgd", "adam", "adamw"))
     momentum: float = 0.9
     """SGD momentum (sgd only)."""
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0005
     scheduler: str = field(default="onecycle", metadata=choice("none", "step", "cosine", "onecycle"))
     """Learning-rate schedule, stepped once per optimizer step."""
     step_gamma: float = 0.7
     """Multiplier per epoch for scheduler=step."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.05
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step."""
     grad_clip: float = 0.0

@@ -9,7 +9,9 @@ from mnist_dist.errors import UserError
 import gzip
 import math
 import os
+import socket
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,10 +123,22 @@ def write_idx(folder: str | Path, split: str, images: torch.Tensor, labels: torc
 # ----------------------------------------------------------------------------- HF datasets and torchvision
 
 
+def _hub_unreachable() -> bool:
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+        return False
+    except OSError:
+        return True
+
+
 def load_hf(name: str, hf_path: str | None, split: str) -> Split:
     import numpy as np
-    import datasets
     path = hf_path or HF_IDS[name]
+    if not os.path.isdir(path) and "datasets" not in sys.modules and _hub_unreachable():
+        # No network: go straight to the local HF cache instead of retrying the Hub for half a minute.
+        # (huggingface_hub reads this variable once, at import.)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
     try:
         ds = datasets.load_dataset(path, split=split)
     except Exception as e:  # network, missing repo, bad folder: all reported as one line

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny generated IDX data sets, the real Fashion-MNIST folder, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_dist import data
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def make_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy data set: class k is a bright bar at a class-specific place, plus noise and jitter."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=g)]
+    images = torch.randint(0, 40, (n, 28, 28), generator=g, dtype=torch.int32)
+    for i, k in enumerate(labels.tolist()):
+        dy, dx = torch.randint(-1, 2, (2,), generator=g).tolist()
+        r, c = 4 + 2 * k + dy, 6 + dx
+        images[i, r:r + 3, c:c + 16] = 255
+        images[i, 4 + dy:24 + dy, 22 + dx - k % 3] = 200  # a second cue
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def tiny_idx(tmp_path_factory) -> Path:
+    """A folder with the four IDX files: 1200 training and 300 test images of the toy set (gzipped)."""
+    folder = tmp_path_factory.mktemp("tiny_idx")
+    data.write_idx(folder, "train", *make_digits(1200, seed=1), gz=True)
+    data.write_idx(folder, "test", *make_digits(300, seed=2), gz=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{FASHION_DIR} missing: .ci/run must apt-get install dataset-fashion-mnist")
+        pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
+    return FASHION_DIR
+
+
+def tiny_overrides(idx_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A seconds-long training run on the tiny IDX set."""
+    return ["data.name=mnist", "data.source=idx", f"data.dir={idx_dir}", "data.val_size=200",
+            "model.name=cnn_bn", "model.kwargs={width: 4}", "train.epochs=2", "train.per_device_batch_size=50",
+            "train.lr=0.01", "train.log_every_steps=5", "train.progress=false", f"run.dir={run_dir}", *extra]
+
+
+def run_cli(args: list[str], launcher: list[str] | None = None, env: dict | None = None, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real entry point in a subprocess: `mnist-dist ARGS`, or `LAUNCHER train_accel.py ARGS[1:]`."""
+    if launcher is None:
+        cmd = [str(VENV_BIN / "mnist-dist"), *args]
+    else:
+        assert args[0] == "train"
+        cmd = [*launcher, str(ROOT / "train_accel.py"), *args[1:]]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}"
+                             f"\n--- stderr\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def ddp2_launcher(port: int) -> list[str]:
+    """accelerate launch with the repo's 2-process CPU YAML (real gloo DDP), on its own port."""
+    return [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_ddp2.yaml"),
+            "--main_process_port", str(port)]

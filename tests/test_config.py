@@ -1,0 +1,73 @@
+"""The config tree: defaults < YAML < overrides, and every bad key or value fails early with one clear line."""
+import pytest
+
+from mnist_dist import config
+from mnist_dist.config import ConfigError
+
+from conftest import ROOT, run_cli
+
+
+def test_precedence_defaults_yaml_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 1e-3\ndata:\n  name: fashion_mnist\n")
+    cfg = config.load(path, ["train.epochs=3", "model.kwargs={width: 8}", "train.mixed_precision=no"])
+    assert cfg.train.epochs == 3                  # override beats YAML
+    assert cfg.train.lr == pytest.approx(1e-3)    # YAML's 1e-3 (a string to YAML 1.1) read as a number
+    assert cfg.data.name == "fashion_mnist"       # YAML beats default
+    assert cfg.train.per_device_batch_size == config.TrainConfig().per_device_batch_size  # default kept
+    assert cfg.model.kwargs == {"width": 8}
+    assert cfg.train.mixed_precision == "no"      # YAML's `no` (False) accepted for a choice that has "no"
+
+
+def test_round_trip_through_saved_yaml(tmp_path):
+    cfg = config.load(None, ["data.dir=/x/y", "tracking.tags=[a, b]", "run.dir=runs/z"])
+    path = tmp_path / "config.yaml"
+    path.write_text(config.dump(cfg))
+    assert config.load(path) == cfg
+
+
+@pytest.mark.parametrize("override, words", [
+    (["train.epohcs=3"], ["train.epohcs", "epochs"]),            # unknown key names the valid ones
+    (["nope.x=1"], ["nope", "data"]),
+    (["train.per_device_batch_size=0"], ["train.per_device_batch_size", "> 0"]),
+    (["train.lr=-0.1"], ["train.lr"]),
+    (["train.epochs=two"], ["train.epochs", "integer"]),
+    (["data.name=cifar"], ["data.name", "mnist", "fashion_mnist"]),
+    (["data.source=ftp"], ["data.source", "auto", "hf", "torchvision", "idx"]),
+    (["model.name=resnet"], ["model.name", "cnn_bn", "tutorial_cnn"]),
+    (["checkpoint.keep=1"], ["checkpoint.keep"]),
+    (["run.preempt_signals=[SIGFOO]"], ["SIGFOO"]),
+    (["train.epochs"], ["key=value"]),
+])
+def test_bad_values_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        config.load(None, override)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_recipes_in_configs_are_valid():
+    recipes = sorted((ROOT / "configs/train").glob("*.yaml"))
+    assert {"default.yaml", "debug.yaml"} <= {p.name for p in recipes}
+    for path in recipes:
+        config.load(path)
+
+
+def test_default_yaml_is_the_dataclass_default():
+    """`--config configs/train/default.yaml` and no --config must train the same thing."""
+    assert config.load(ROOT / "configs/train/default.yaml") == config.Config()
+
+
+def test_cli_bad_config_is_one_line_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["train", "train.per_device_batch_size=0", f"run.dir={run_dir}"], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "train.per_device_batch_size" in proc.stderr and "Traceback" not in proc.stderr
+    assert not run_dir.exists()
+
+
+def test_cli_print_config_shows_merged_values():
+    proc = run_cli(["train", "--config", "configs/train/debug.yaml", "--print-config", "train.epochs=9"])
+    merged = config.from_dict(config.Config, __import__("yaml").safe_load(proc.stdout))
+    assert merged.train.epochs == 9 and merged.data.name == "fashion_mnist"
