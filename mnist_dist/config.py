@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mnist_dist.errors import UserError
 import dataclasses
+import inspect
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.model.name not in MODELS:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of {', '.join(sorted(MODELS))}")
+    try:
+        inspect.signature(MODELS[cfg.model.name]).bind(**cfg.model.kwargs)
+    except TypeError as e:
+        params = ", ".join(inspect.signature(MODELS[cfg.model.name]).parameters) or "none"
+        raise ConfigError(f"model.kwargs {cfg.model.kwargs} do not fit {cfg.model.name} ({e}); "
+                          f"its arguments: {params}") from None
     if cfg.checkpoint.keep < 2:
         raise ConfigError(f"checkpoint.keep must be >= 2 so a complete checkpoint always survives, got {cfg.checkpoint.keep}")
     import signal

@@ -48,10 +48,11 @@ def fashion_dir() -> Path:
     return FASHION_DIR
 
 
-def tiny_overrides(idx_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+def tiny_overrides(idx_dir: Path, run_dir: Path, *extra: str, model: str = "cnn_bn") -> list[str]:
     """A seconds-long training run on the tiny IDX set."""
+    kwargs = "{width: 4}" if model == "cnn_bn" else "{}"
     return ["data.name=mnist", "data.source=idx", f"data.dir={idx_dir}", "data.val_size=200",
-            "model.name=cnn_bn", "model.kwargs={width: 4}", "train.epochs=2", "train.per_device_batch_size=50",
+            f"model.name={model}", f"model.kwargs={kwargs}", "train.epochs=2", "train.per_device_batch_size=50",
             "train.lr=0.01", "train.log_every_steps=5", "train.progress=false", f"run.dir={run_dir}", *extra]
 
 

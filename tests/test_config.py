@@ -36,6 +36,7 @@ def test_round_trip_through_saved_yaml(tmp_path):
     (["data.source=ftp"], ["data.source", "auto", "hf", "torchvision", "idx"]),
     (["model.name=resnet"], ["model.name", "cnn_bn", "tutorial_cnn"]),
     (["checkpoint.keep=1"], ["checkpoint.keep"]),
+    (["model.name=mlp_128", "model.kwargs={width: 3}"], ["model.kwargs", "width", "dropout"]),
     (["run.preempt_signals=[SIGFOO]"], ["SIGFOO"]),
     (["train.epochs"], ["key=value"]),
 ])

@@ -1,0 +1,221 @@
+"""W&B tracking through Accelerate, checked by reading back the files W&B leaves in the run folder.
+
+- A real 2-process `accelerate launch` with WANDB_MODE=offline leaves exactly one W&B run, whose .wandb
+  log (parsed with wandb's own protobufs) holds the merged config, the global train loss/lr/images-per-s per
+  log step, val/test metrics, per-class accuracy, the confusion chart, sample images, the misclassified
+  table and the final summary; its id is the one stored in the checkpoints.
+- A sentinel WANDB_API_KEY appears nowhere: not in stdout/stderr, not in any file of the run folder.
+- Without credentials W&B runs offline (never prompts) and says how to sync; a resumed run continues the
+  same W&B run id.
+- WANDB_MODE=disabled means no W&B at all; a failing wandb.init or log warns once and training goes on.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_dist import config, data, tracking
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+SENTINEL = "sentinel-XYZ-" + "k" * 27  # 40 characters, the length of a real W&B key
+
+
+def small_fashion_idx(folder: Path, n_train=2000, n_test=1000) -> Path:
+    """A slice of the real Fashion-MNIST as IDX files: real pictures, seconds of training."""
+    if not FASHION.is_dir():
+        pytest.skip(f"{FASHION} not installed (Debian's dataset-fashion-mnist)")
+    for split, n in (("train", n_train), ("test", n_test)):
+        s = data.load_idx(FASHION, split)
+        data.write_idx(folder, split, s.images[:n], s.labels[:n])
+    return folder
+
+
+def train_args(idx: Path, run_dir: Path, *extra) -> list[str]:
+    return ["--config", "configs/train/debug.yaml", f"run.dir={run_dir}", "train.progress=false",
+            "tracking.backend=wandb", f"data.dir={idx}", "data.source=idx", "data.val_size=200",
+            "train.log_every_steps=4", "checkpoint.every_steps=4", *extra]
+
+
+def clean_env(home: Path, **extra) -> dict:
+    """The test's own environment: no W&B settings or credentials inherited, a HOME without ~/.netrc."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return {**env, "HOME": str(home), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def wandb_records(path: Path):
+    """Records of a .wandb file: a 7-byte header, then a LevelDB-style log of 32 KiB blocks whose chunks
+    (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) carry serialised wandb Record protobufs."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    raw, block, pos, chunks = path.read_bytes(), 32768, 7, []
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if kind == 0:
+            pos += block - pos % block
+            continue
+        chunks.append(raw[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+
+
+def _update(target: dict, items) -> dict:
+    """Apply W&B items (key or nested_key path, JSON value) to a nested dict."""
+    for item in items:
+        *parents, leaf = list(item.nested_key) or [item.key]
+        node = target
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = json.loads(item.value_json)
+    return target
+
+
+def read_run(run_file: Path) -> dict:
+    """run id, config, history rows and final summary, as W&B would show them."""
+    out = {"id": None, "config": {}, "history": [], "summary": {}}
+    for r in wandb_records(run_file):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            out["id"] = r.run.run_id
+            _update(out["config"], r.run.config.update)
+        elif kind == "config":
+            _update(out["config"], r.config.update)
+        elif kind == "history":
+            out["history"].append(_update({}, r.history.item))
+        elif kind == "summary":
+            _update(out["summary"], r.summary.update)
+    return out
+
+
+def assert_no_secret(run_dir: Path, *outputs: str):
+    for text in outputs:
+        assert SENTINEL not in text
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for p in files:
+        assert SENTINEL.encode() not in p.read_bytes(), p
+
+
+@pytest.mark.slow
+def test_two_processes_leave_one_offline_wandb_run(tmp_path):
+    idx = small_fashion_idx(tmp_path / "idx")
+    run_dir = tmp_path / "run"
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_ddp2.yaml", "train_accel.py",
+           *train_args(idx, run_dir, "train.max_steps=8", "tracking.tags=[ci]", "tracking.log_model=true")]
+    env = clean_env(tmp_path / "home", WANDB_MODE="offline", WANDB_API_KEY=SENTINEL)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    run_files = list((run_dir / "wandb").glob("*run-*/run-*.wandb"))
+    assert len(run_files) == 1, run_files  # one W&B run for two processes
+    assert "wandb sync" in result.stdout
+    run = read_run(run_files[0])
+    state = json.loads(sorted((run_dir / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())
+    assert run["id"] == state["tracker_run_id"]
+
+    assert run["config"]["train"]["max_steps"] == 8 and run["config"]["launch"]["world_size"] == 2
+    assert run["config"]["data"]["dir"] == str(idx)
+    train_rows = [h for h in run["history"] if "train/loss" in h]
+    assert [h["_step"] for h in train_rows] == [4, 8]
+    assert all(h["train/lr"] > 0 and h["train/images_per_s"] > 0 for h in train_rows)
+    final = run["history"][-1]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert final["_step"] == 8
+    assert final["test/accuracy"] == pytest.approx(metrics[-1]["test_accuracy"])
+    assert final["val/loss"] == pytest.approx(metrics[-1]["val_loss"])
+    assert final["test/per_class_accuracy/T-shirt_top"] == pytest.approx(metrics[-1]["test_per_class_accuracy"][0])
+    assert final["test/misclassified"]["_type"] == "table-file" and final["test/misclassified"]["nrows"] > 0
+    assert final["test/samples"]["count"] == 32
+    assert final["test/confusion_matrix_table"]["nrows"] == 100
+    for picture in ("curves", "confusion_matrix", "samples"):
+        assert final[f"report/{picture}"]["_type"] == "image-file"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert run["summary"]["test_accuracy"] == summary["test_accuracy"] and run["summary"]["world_size"] == 2
+    media = run_files[0].parent / "files" / final["test/misclassified"]["path"]
+    table = json.loads(media.read_text())
+    assert table["columns"][:6] == ["index", "image", "true", "predicted", "confidence", "p_true"]
+    assert all(row[2] != row[3] and abs(sum(row[6:]) - 1) < 1e-3 for row in table["data"])
+
+    for name in ("curves.png", "confusion_matrix.png", "samples.png", "report.md"):
+        assert (run_dir / name).is_file()
+    assert_no_secret(run_dir, result.stdout, result.stderr)
+
+
+@pytest.mark.slow
+def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path):
+    idx = small_fashion_idx(tmp_path / "idx")
+    run_dir = tmp_path / "run"
+    env = clean_env(tmp_path / "home")  # no WANDB_MODE, no key, no ~/.netrc: must not prompt
+    runs = []
+    for max_steps in (4, 8):
+        result = subprocess.run([str(BIN / "mnist-dist"), "train", *train_args(idx, run_dir, f"train.max_steps={max_steps}")],
+                                cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "wandb sync" in result.stdout and "no W&B credentials" in result.stdout
+        runs.append(result)
+    assert "resumed from" in runs[1].stdout
+    first, second = (read_run(p) for p in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert first["id"] == second["id"]
+    assert [h["_step"] for h in second["history"] if "train/loss" in h] == [8]  # continues after step 4
+
+
+def make_accelerator(tmp_path, log_with):
+    from accelerate import Accelerator
+    return Accelerator(cpu=True, log_with=log_with, project_dir=str(tmp_path))
+
+
+def wandb_config(tmp_path):
+    return config.load(None, ["tracking.backend=wandb", f"run.dir={tmp_path}", "data.name=fashion_mnist"])
+
+
+def test_disabled_mode_means_no_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = wandb_config(tmp_path)
+    assert tracking.log_with(cfg.tracking) is None
+    tracker = tracking.start(make_accelerator(tmp_path, None), cfg, tmp_path, "abc12345")
+    assert type(tracker) is tracking.Tracker and tracker.run_id == "abc12345"  # kept for a later resume
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_failures_warn_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    import wandb
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("no service")
+    monkeypatch.setattr(wandb, "init", broken_init)
+    cfg = wandb_config(tmp_path)
+    accelerator = make_accelerator(tmp_path, "wandb")
+    tracker = tracking.start(accelerator, cfg, tmp_path, None)
+    assert type(tracker) is tracking.Tracker and len(tracker.run_id) == 8
+    assert accelerator.trackers == []  # end_training() will not touch the broken run
+    tracker.log({"train_loss": 1.0}, step=1)
+    accelerator.end_training()
+    assert capsys.readouterr().err.count("warning: wandb failed during init (RuntimeError: no service)") == 1
+
+    # A log that fails mid-run: one warning, later calls do nothing, finish does not raise.
+    tracker = tracking.WandbTracker(accelerator, cfg, tmp_path, "abc12345")
+
+    def broken_log(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(accelerator, "log", broken_log)
+    for step in (1, 2, 3):
+        tracker.log({"train_loss": 1.0}, step=step)
+    tracker.log_eval({"test_accuracy": 0.5}, step=3)
+    tracker.finish({"test_accuracy": 0.5}, run_dir=tmp_path)
+    err = capsys.readouterr().err
+    assert err.count("warning: wandb failed") == 1 and "disk full" in err

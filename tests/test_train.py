@@ -1,0 +1,96 @@
+"""The real entry points train: dry run, run folder contents, eval reproduces, and 2-process CPU DDP is real
+DDP that agrees with a 1-process run on the same global batch."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnist_dist import checkpoint
+
+from conftest import ddp2_launcher, run_cli, tiny_overrides
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def one_proc_run(tiny_idx, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one") / "run"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir)])
+    return run_dir
+
+
+def test_run_folder_holds_what_it_promises(one_proc_run):
+    run_dir = one_proc_run
+    for name in ["config.yaml", "metrics.jsonl", "model.safetensors", "model.json", "summary.json"]:
+        assert (run_dir / name).is_file(), name
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"epoch", "global_step", "test_accuracy", "test_loss", "test_count", "val_accuracy"} <= set(r)
+        assert r["test_count"] == 300
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["test_count"] == 300
+    assert summary["global_batch_size"] == 50 and summary["train_seconds"] > 0
+    assert summary["test_accuracy"] == records[-1]["test_accuracy"]
+    assert summary["test_accuracy"] > 0.8, "the toy set is easy: a working pipeline learns it in 2 epochs"
+
+
+def test_eval_reproduces_the_runs_test_accuracy(one_proc_run):
+    summary = json.loads((one_proc_run / "summary.json").read_text())
+    proc = run_cli(["eval", str(one_proc_run), "--json"])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["count"] == summary["test_count"]
+    assert result["accuracy"] == summary["test_accuracy"]
+    assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+def test_saved_model_loads_without_training_code_pickles(one_proc_run):
+    model, meta = checkpoint.load_model(one_proc_run / "model.safetensors")
+    assert meta["name"] == "cnn_bn" and meta["kwargs"] == {"width": 4} and len(meta["classes"]) == 10
+    assert set(load_file(str(one_proc_run / "model.safetensors"))) == set(model.state_dict())
+
+
+def test_dry_run_of_the_real_script(tiny_idx, tmp_path):
+    proc = run_cli(["train", "--dry-run", *tiny_overrides(tiny_idx, tmp_path / "dry")])
+    assert "global_step" not in proc.stderr
+    assert json.loads((tmp_path / "dry" / "summary.json").read_text())["global_step"] == 5
+
+
+def test_missing_gpu_is_a_clear_error(tiny_idx, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, tmp_path / "gpu"), "train.device=cuda"], check=False)
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, tol", [("mlp_128", 1e-4), ("cnn_bn", None)])
+def test_two_process_ddp_agrees_with_one_process(tiny_idx, tmp_path, model, tol):
+    """Same data, same global batch (2 x 25 vs 1 x 50). Without BatchNorm the two runs compute the same
+    gradients, so the metrics match to float rounding; with BatchNorm (per-rank batch statistics) they stay close."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli(["train", *tiny_overrides(tiny_idx, one, model=model)])
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, two, "train.per_device_batch_size=25", model=model)],
+                   launcher=ddp2_launcher(29611 if model == "mlp_128" else 29612))
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s2["world_size"] == 2 and s2["distributed_type"] == "MULTI_CPU", proc.stdout
+    assert s2["global_batch_size"] == s1["global_batch_size"] == 50
+    assert s2["test_count"] == s1["test_count"] == 300          # exact: no padded duplicates
+    # Each rank trained on its own half: 1000 training images x 2 epochs, split evenly.
+    assert sum(s2["train_samples_per_rank"]) == sum(s1["train_samples_per_rank"]) == 2000
+    assert s2["train_samples_per_rank"] == [1000, 1000]
+    r1, r2 = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
+    assert [r["global_step"] for r in r1] == [r["global_step"] for r in r2]
+    for a, b in zip(r1, r2):
+        if tol is not None:
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=tol, abs=tol)
+            assert b["test_loss"] == pytest.approx(a["test_loss"], rel=tol, abs=tol)
+            assert abs(b["test_accuracy"] - a["test_accuracy"]) <= 1 / 300
+        else:
+            assert abs(b["test_accuracy"] - a["test_accuracy"]) < 0.1
+    if tol is not None:
+        w1, w2 = (load_file(str(d / "model.safetensors")) for d in (one, two))
+        assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
