@@ -1,0 +1,224 @@
+"""`mnist-dist predict`: classify real image files (PNG, JPEG, BMP, GIF) with a trained model.
+
+A photo or scan is first turned into what the model saw in training, the way the dataset itself was made:
+grey, light ink on a dark background, cropped to the ink, scaled to fit a box, placed in 28x28.
+  MNIST (LeCun et al.):    longer side 20 px, centre of mass at the centre of the 28x28 field.
+  Fashion-MNIST (Zalando): longer side 28 px, bounding box centred.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_dist import checkpoint, data
+from mnist_dist.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}  # what a folder is scanned for
+MAX_PIXELS = 50_000_000  # checked from the header, before decoding: a phone photo is ~12 MP, a PNG "bomb" is not
+WORK_SIDE = 2048  # larger images are shrunk to this longer side first (the result is 28 px anyway)
+SIDE = 28
+
+
+@dataclass(frozen=True)
+class Layout:
+    box: int          # the longer side of the ink is scaled to this many pixels
+    centre: str       # "mass": centre of mass at the field's centre; "box": bounding box centred
+    full_ink: bool    # stretch so the strongest ink is 255: MNIST's strokes were bilevel before anti-aliasing
+
+
+LAYOUTS = {"mnist": Layout(20, "mass", True), "fashion_mnist": Layout(28, "box", False)}
+
+
+class ImageError(Exception):
+    """One input file that cannot be used; reported on stderr while the other files still run."""
+
+
+# ----------------------------------------------------------------------------- reading and preprocessing
+
+
+def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
+    if not path.is_file():
+        raise ImageError("no such file")
+    if path.stat().st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
+            img = Image.open(path)
+        with img:
+            w, h = img.size  # from the header: nothing is decoded yet
+            if w * h > max_pixels:
+                raise ImageError(f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
+                                 f"{max_pixels / 1e6:g} (--max-pixels); shrink it first")
+            img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
+            img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # A transparent background is paper: drawings exported from apps are dark ink on nothing.
+                img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+            img = img.convert("L")
+            img.thumbnail((WORK_SIDE, WORK_SIDE))
+            return np.asarray(img, dtype=np.float32) / 255.0
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image file PIL can read (expected PNG, JPEG, BMP or GIF)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
+        raise ImageError(f"cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
+    """float [H, W] in [0, 1], either polarity -> uint8 [28, 28] laid out like the training images."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    # The datasets are light ink on black: invert when the background (most of the border) is light.
+    ink, border = (1 - grey, 1 - border) if np.median(border) > 0.5 else (grey, border)
+    # Paper is never one flat grey: remove its level plus 3x its spread (median absolute deviation) so the
+    # background becomes exactly 0, as in the datasets. A clean image (flat background) is left unchanged.
+    level = np.median(border)
+    floor = level + 3 * np.median(np.abs(border - level))
+    if ink.max() - floor < 0.05:
+        raise ImageError("no ink found: the image is (nearly) one flat colour")
+    ink = np.clip((ink - floor) / (1 - floor), 0, 1)
+
+    # Crop to the ink. Pixels within 2% of the background do not count (Zalando's trim used 5%): JPEG
+    # ringing around the edges would otherwise widen the box.
+    ys, xs = np.nonzero(ink > 0.02)
+    ink = ink[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    h, w = ink.shape
+    scale = layout.box / max(h, w)
+    h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    # Antialiased resize: shrinking a 2000 px photo must average the strokes, not sample them.
+    small = F.interpolate(torch.from_numpy(np.ascontiguousarray(ink))[None, None], size=(h, w), mode="bicubic",
+                          antialias=True)[0, 0].clamp(0, 1).numpy()
+    if layout.full_ink:  # after the resize: a thin pen stroke shrunk from a photo is faint until stretched
+        small = small / small.max()
+
+    if layout.centre == "mass":
+        total = max(small.sum(), 1e-6)
+        cy = (small.sum(1) * np.arange(h)).sum() / total
+        cx = (small.sum(0) * np.arange(w)).sum() / total
+        top_px, left_px = round((SIDE - 1) / 2 - cy), round((SIDE - 1) / 2 - cx)
+    else:
+        top_px, left_px = (SIDE - h + 1) // 2, (SIDE - w + 1) // 2  # odd margins: one more px above/left, as Zalando did
+    # A lopsided shape could be pushed off the field by centring its mass: keep it whole instead.
+    top_px, left_px = min(max(top_px, 0), SIDE - h), min(max(left_px, 0), SIDE - w)
+    out = np.zeros((SIDE, SIDE), np.float32)
+    out[top_px: top_px + h, left_px: left_px + w] = small
+    return np.round(out * 255).astype(np.uint8)
+
+
+def preprocess(path: Path, layout: Layout, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    return to_model_input(read_grey(path, max_pixels), layout)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def add_arguments(p):
+    p.add_argument("model", help="run folder, or a model.safetensors with model.json beside it")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files, or folders (their " + "/".join(sorted(IMAGE_SUFFIXES)) + " files, not recursive)")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image (JSON Lines)")
+    p.add_argument("--show", metavar="DIR", help="write DIR/<file>.png: the 28x28 input the model saw and its prediction")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
+
+
+def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(files to classify, [(input, error)]). Files named explicitly are tried whatever their suffix."""
+    files, errors = [], []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                errors.append((name, "folder has no " + "/".join(sorted(IMAGE_SUFFIXES)) + " files"))
+            files += found
+        else:
+            files.append(path)
+    return files, errors
+
+
+def run(args) -> int:
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UserError("--top-k and --batch-size must be at least 1")
+    model, meta = checkpoint.load_model(args.model)
+    layout = LAYOUTS.get(meta.get("dataset"), LAYOUTS["mnist"])
+    classes = meta["classes"]
+    top_k = min(args.top_k, len(classes))
+    files, errors = list_images(args.inputs)
+    for name, message in errors:
+        print(f"{name}: {message}", file=sys.stderr)
+    show_dir = Path(args.show) if args.show else None
+    if show_dir:
+        show_dir.mkdir(parents=True, exist_ok=True)
+    failed, shown = len(errors), set()
+
+    for start in range(0, len(files), args.batch_size):
+        good, images = [], []
+        for path in files[start: start + args.batch_size]:
+            try:
+                images.append(preprocess(path, layout, args.max_pixels))
+                good.append(path)
+            except ImageError as e:
+                print(f"{path}: {e}", file=sys.stderr)
+                failed += 1
+        if not good:
+            continue
+        batch = torch.from_numpy(np.stack(images))
+        with torch.no_grad():
+            probs = model(data.normalize(batch, meta["mean"], meta["std"])).softmax(dim=1)
+        top_p, top_i = probs.topk(top_k, dim=1)
+        for n, path in enumerate(good):
+            ranked = [(classes[i], p) for i, p in zip(top_i[n].tolist(), top_p[n].tolist())]
+            if args.json:
+                print(json.dumps({"file": str(path), "class": ranked[0][0], "index": int(top_i[n, 0]),
+                                  "prob": round(ranked[0][1], 6),
+                                  "top_k": [{"class": c, "index": i, "prob": round(p, 6)}
+                                            for (c, p), i in zip(ranked, top_i[n].tolist())]}))
+            else:
+                print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in ranked))
+            if show_dir:
+                save_picture(show_dir, path, images[n], probs[n].tolist(), classes, shown)
+        sys.stdout.flush()  # a long folder run shows progress batch by batch
+    return 1 if failed else 0
+
+
+def save_picture(show_dir: Path, path: Path, image: np.ndarray, probs: list[float], classes: list[str],
+                 shown: set[str]) -> Path:
+    """The model's 28x28 input beside a bar chart of its class probabilities, as DIR/<file name>.png."""
+    from matplotlib.figure import Figure  # no pyplot: no display, no global backend state (Agg canvas)
+
+    name = path.name + ".png"
+    n = 1
+    while name in shown:  # the same file name from two folders must not overwrite each other
+        n += 1
+        name = f"{path.name}.{n}.png"
+    shown.add(name)
+    fig = Figure(figsize=(6.4, 2.8), layout="constrained")
+    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 1.4])
+    ax_img.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax_img.set_title("model input (28x28)", fontsize=9)
+    ax_img.set_xticks([]), ax_img.set_yticks([])
+    best = int(np.argmax(probs))
+    ax_bar.barh(range(len(classes)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))])
+    ax_bar.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax_bar.invert_yaxis()
+    ax_bar.set_xlim(0, 1)
+    ax_bar.set_title(f"{classes[best]} {probs[best]:.1%}", fontsize=9)
+    fig.suptitle(path.name, fontsize=9)
+    out = show_dir / name
+    fig.savefig(out, dpi=100)
+    return out

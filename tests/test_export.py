@@ -1,0 +1,95 @@
+"""`mnist-dist export`.
+
+Proves that the ONNX file, run by onnxruntime with batch sizes other than the traced one, gives the same
+argmax and (to float rounding) the same logits as PyTorch on the whole Fashion-MNIST test set, and carries
+the normalisation and class names; that the TorchScript file does the same after reloading; and that a
+missing `onnx` package ends in one line and exit 2.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_dist import checkpoint, cli, data, models
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return data.load_idx(FASHION, "test")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, test_split):
+    """A narrow cnn_bn trained briefly, so that BatchNorm's running statistics are not the identity and
+    the export has to carry them (an untrained BN would hide an export that used batch statistics)."""
+    torch.manual_seed(0)
+    mean, std = data.STATS["fashion_mnist"]
+    x, y = data.normalize(test_split.images[:2000], mean, std), test_split.labels[:2000]
+    model = models.build("cnn_bn", width=8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        i = torch.randint(0, len(y), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    run_dir = tmp_path_factory.mktemp("run")
+    checkpoint.save_model(run_dir, model.eval(), "cnn_bn", {"width": 8}, "fashion_mnist", mean, std)
+    return run_dir
+
+
+def pytorch_logits(model_dir, x: torch.Tensor) -> np.ndarray:
+    model, _ = checkpoint.load_model(model_dir)
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    assert cli.main(["export", str(model_dir), "--format", "onnx"]) == 0
+    path = model_dir / "model.onnx"
+    _, meta = checkpoint.load_model(model_dir)
+    x = data.normalize(test_split.images, meta["mean"], meta["std"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    bounds = [0, 1, 1000, 5000, 9990, 10_000]  # batches of 1, 999, 4000, 4990 and 10: the batch axis is dynamic
+    onnx_logits = np.concatenate([session.run(None, {"input": x[a:b].numpy()})[0] for a, b in zip(bounds, bounds[1:])])
+    torch_logits = pytorch_logits(model_dir, x)
+    assert onnx_logits.shape == (10_000, 10)
+    assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=1e-4)
+    assert torch_logits.std() > 0.5  # the comparison is between real, varied logits
+
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["mnist_dist.classes"]) == checkpoint.CLASSES["fashion_mnist"]
+    assert float(props["mnist_dist.mean"]) == meta["mean"] and float(props["mnist_dist.std"]) == meta["std"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_matches_pytorch(model_dir, test_split, tmp_path):
+    out = tmp_path / "sub" / "m.pt"
+    assert cli.main(["export", str(model_dir / "model.safetensors"), "--format", "torchscript", "--out", str(out)]) == 0
+    extra = {"model.json": ""}
+    scripted = torch.jit.load(str(out), _extra_files=extra)
+    _, meta = checkpoint.load_model(model_dir)
+    assert json.loads(extra["model.json"]) == meta
+    x = data.normalize(test_split.images[:3000], meta["mean"], meta["std"])
+    with torch.no_grad():
+        ts_logits = scripted(x).numpy()
+    torch_logits = pytorch_logits(model_dir, x)
+    assert (ts_logits.argmax(1) == torch_logits.argmax(1)).all()
+    np.testing.assert_allclose(ts_logits, torch_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_missing_onnx_is_one_line(model_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as if it were not installed
+    assert cli.main(["export", str(model_dir), "--format", "onnx", "--out", str(model_dir / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "mnist-dist export: error: ONNX export needs the optional extra: pip install 'mnist-dist[onnx]'"
+    assert not (model_dir / "x.onnx").exists()
