@@ -125,6 +125,29 @@ def read_meta(ckpt: Path) -> dict:
         raise ModelFileError(f"{ckpt}: not a complete mnist-dist checkpoint ({e})") from None
 
 
+def load_checkpoint(accelerator, ckpt: Path) -> None:
+    """Accelerate's load_state, whose torch.load calls use weights_only=True: a pickle that would run code
+    (or anything but tensors and plain containers) is refused, and reported as one line."""
+    try:
+        accelerator.load_state(str(ckpt))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ModelFileError(f"{ckpt}: cannot load this checkpoint ({type(e).__name__}: {first}); "
+                             f"only tensors and plain data are accepted. Set checkpoint.resume=never to start over") from None
+
+
+def truncate_jsonl(path: Path, max_global_step: int) -> None:
+    """Keep only records with global_step <= max_global_step (-1: remove the file)."""
+    if not path.exists():
+        return
+    if max_global_step < 0:
+        path.unlink()
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
 def find_resume(run_dir: Path, resume: str) -> Path | None:
     """The checkpoint to resume from for checkpoint.resume = auto | never | PATH."""
     if resume == "never":

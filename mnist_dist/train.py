@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist_dist import checkpoint, config, data, metrics, models, tracking
+from mnist_dist import checkpoint, config, data, metrics, models, report, tracking
 from mnist_dist.errors import UserError
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the run saved its state and wants to be started again
+# Fault injection for the tests: "RANK:STEP" makes that rank raise at that global step.
+INJECT_FAULT = os.environ.get("MNIST_DIST_INJECT_FAULT")
 
 
 class NonFiniteLoss(UserError):
@@ -137,15 +139,12 @@ def evaluate(accelerator, model, split: data.Split, mean: float, std: float, bat
 
 
 def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int, start_step: int, state: dict,
-                    cfg: config.Config, flags: StopFlags, tracker, mean: float, std: float):
+                    window, cfg: config.Config, flags: StopFlags, tracker, mean: float, std: float):
     """One pass over this rank's share of the training data. Returns "done", "preempted" or "stopped"."""
     from tqdm.auto import tqdm
     tc = cfg.train
     aug_gen = torch.Generator(device=accelerator.device if accelerator.device.type != "mps" else "cpu")
-    # Per-rank sums since the last log, kept on the device so the loop never waits for the host.
-    loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-    count = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-    t_log, images_since_log = time.perf_counter(), 0
+    t_log = time.perf_counter()
     bar = tqdm(total=len(loader), initial=start_step, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
                disable=not (accelerator.is_main_process and tc.progress), dynamic_ncols=True)
     for step_in_epoch, (micro_batches, scale) in enumerate(loader.epoch(epoch, start_step), start=start_step):
@@ -153,6 +152,8 @@ def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int
         torch.manual_seed(tc.seed * 1_000_003 + state["global_step"] * 97 + accelerator.process_index)
         aug_gen.manual_seed(tc.seed * 7919 + state["global_step"] * 31 + accelerator.process_index)
         non_finite = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+        if INJECT_FAULT == f"{accelerator.process_index}:{state['global_step']}":
+            raise RuntimeError(f"injected fault on rank {accelerator.process_index} (MNIST_DIST_INJECT_FAULT)")
         for i, (xb, yb) in enumerate(micro_batches):
             x = data.normalize(xb.to(accelerator.device, non_blocking=True), mean, std)
             y = yb.to(accelerator.device, non_blocking=True)
@@ -166,10 +167,9 @@ def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int
                 logits = model(x)
                 per_sample_sum = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=tc.label_smoothing)
                 accelerator.backward(per_sample_sum * scale)
-            loss_sum += per_sample_sum.detach().double()
-            count += len(y)
+            window.add(per_sample_sum.detach(), len(y))
+            state["samples_seen"] += len(y)  # this rank's, over the whole run
             non_finite |= ~torch.isfinite(per_sample_sum.detach())
-            images_since_log += len(y)
         # Ranks agree on stopping before the optimizer step, so a NaN never reaches the weights.
         # Every rank must take this branch at the same steps (it may hold a collective).
         preempt, bad = (False, False)
@@ -190,27 +190,23 @@ def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int
 
         if state["global_step"] % tc.log_every_steps == 0:
             # Sync point: the global mean loss over every rank's samples since the last log.
-            totals = accelerator.reduce(torch.stack([loss_sum, count]), "sum").tolist()
+            train_loss, images = window.drain(accelerator, state)
             dt = time.perf_counter() - t_log
-            record = {"train_loss": totals[0] / max(totals[1], 1), "lr": scheduler.get_last_lr()[0],
-                      "images_per_s": totals[1] / dt if dt > 0 else float("nan"), "epoch": epoch + (step_in_epoch + 1) / len(loader)}
+            record = {"train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                      "images_per_s": images / dt if dt > 0 else float("nan"),
+                      "epoch": epoch + (step_in_epoch + 1) / len(loader)}
             tracker.log(record, step=state["global_step"])
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-            state["last_train_loss"] = record["train_loss"]
-            loss_sum.zero_(); count.zero_()
-            t_log, images_since_log = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{train_loss:.4f}")
+            t_log = time.perf_counter()
         if cfg.checkpoint.every_steps and state["global_step"] % cfg.checkpoint.every_steps == 0:
-            save_checkpoint(accelerator, cfg, state, tracker)
+            save_checkpoint(accelerator, cfg, state, tracker, window)
         if preempt:
             bar.close()
             return "preempted"
         if tc.max_steps and state["global_step"] >= tc.max_steps:
             bar.close()
             return "stopped"
-    # Epoch end: fold the remaining per-rank sums into the epoch's train loss.
-    totals = accelerator.reduce(torch.stack([loss_sum, count]), "sum").tolist()
-    if totals[1]:
-        state["last_train_loss"] = totals[0] / totals[1]
+    window.drain(accelerator, state)  # the epoch's last train loss covers the steps since the last log
     bar.close()
     return "done"
 
@@ -223,7 +219,39 @@ class _nullcontext:
         return False
 
 
-def save_checkpoint(accelerator, cfg, state: dict, tracker) -> Path:
+class LossWindow:
+    """The training loss since the last log: per-rank sums on the device (no host waits while training),
+    folded into global host totals in `state` at log time and before a checkpoint, so a resumed run
+    reports the same losses as an uninterrupted one."""
+
+    def __init__(self, device):
+        self.sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.count = torch.zeros((), device=device, dtype=torch.float64)
+
+    def add(self, loss_sum: torch.Tensor, n: int) -> None:
+        self.sum += loss_sum.double()
+        self.count += n
+
+    def fold(self, accelerator, state: dict) -> None:
+        """Sync point: add every rank's pending sums to state's global window."""
+        total_sum, total_count = accelerator.reduce(torch.stack([self.sum, self.count]), "sum").tolist()
+        state["window_loss_sum"] += total_sum
+        state["window_count"] += total_count
+        self.sum.zero_()
+        self.count.zero_()
+
+    def drain(self, accelerator, state: dict) -> tuple[float | None, float]:
+        """(global mean loss, images) since the last drain; updates state["last_train_loss"]."""
+        self.fold(accelerator, state)
+        images = state["window_count"]
+        if images:
+            state["last_train_loss"] = state["window_loss_sum"] / images
+        state["window_loss_sum"], state["window_count"] = 0.0, 0.0
+        return state["last_train_loss"], images
+
+
+def save_checkpoint(accelerator, cfg, state: dict, tracker, window: LossWindow) -> Path:
+    window.fold(accelerator, state)
     meta = {**state, "world_size": accelerator.num_processes, "tracker_run_id": tracker.run_id,
             "config": config.to_dict(cfg)}
     return checkpoint.save_checkpoint(accelerator, Path(cfg.run.dir), meta, keep=cfg.checkpoint.keep)
@@ -273,7 +301,8 @@ def train(cfg: config.Config) -> int:
         model = torch.compile(model)
 
     # ------------------------------------------------------------------ resume
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "last_train_loss": None, "train_seconds": 0.0}
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "last_train_loss": None, "train_seconds": 0.0,
+             "samples_seen": 0, "window_loss_sum": 0.0, "window_count": 0.0}
     resume_from = checkpoint.find_resume(run_dir, cfg.checkpoint.resume)
     resumed_meta = None
     if resume_from is not None:
@@ -282,7 +311,7 @@ def train(cfg: config.Config) -> int:
             raise UserError(f"{resume_from} was written by {resumed_meta['world_size']} processes, this run has "
                             f"{world}: resume with the same number of processes, or set checkpoint.resume=never "
                             f"and a new run.dir")
-        accelerator.load_state(str(resume_from))
+        checkpoint.load_checkpoint(accelerator, resume_from)
         state.update({k: resumed_meta[k] for k in state if k in resumed_meta})
 
     # ------------------------------------------------------------------ run folder, tracking, summary
@@ -299,11 +328,13 @@ def train(cfg: config.Config) -> int:
         f"global_batch_size={global_batch_size} steps_per_epoch={len(loader)} epochs={tc.epochs}\n"
         f"  run_dir={run_dir}" + (f"\n  resumed from {resume_from} at global_step={state['global_step']}" if resume_from else ""))
     metrics_path = run_dir / "metrics.jsonl"
-    if resume_from is None and accelerator.is_main_process and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
+    if accelerator.is_main_process:
+        # A fresh run in an old folder starts a fresh log; a resumed one drops records the checkpoint does not cover.
+        checkpoint.truncate_jsonl(metrics_path, state["global_step"] if resume_from else -1)
 
     # ------------------------------------------------------------------ the loop
     flags = StopFlags(cfg.run.preempt_signals)
+    window = LossWindow(accelerator.device)
     outcome, record = "done", None
 
     def evaluate_record(state, steps_per_epoch) -> dict:
@@ -320,12 +351,12 @@ def train(cfg: config.Config) -> int:
     while state["epoch"] < tc.epochs:
         epoch = state["epoch"]
         outcome = train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch, state["step_in_epoch"],
-                                  state, cfg, flags, tracker, mean, std)
+                                  state, window, cfg, flags, tracker, mean, std)
         state["train_seconds"] = time.perf_counter() - t_train
         if outcome == "non_finite":
             break
         if outcome == "preempted":
-            save_checkpoint(accelerator, cfg, state, tracker)
+            save_checkpoint(accelerator, cfg, state, tracker, window)
             break
         if outcome == "done":
             state["epoch"], state["step_in_epoch"] = epoch + 1, 0
@@ -334,7 +365,7 @@ def train(cfg: config.Config) -> int:
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        tracker.log_eval(record, step=state["global_step"])
+        tracker.log_eval(record, step=state["global_step"], model=accelerator.unwrap_model(model), test=datasets.test)
         accelerator.print(f"epoch {record['epoch']:.2f} step {state['global_step']}: train_loss "
                           f"{record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)} "
                           + (f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else "")
@@ -342,7 +373,7 @@ def train(cfg: config.Config) -> int:
                           f"({record['test_count']} images)")
         if outcome == "stopped":
             break
-        save_checkpoint(accelerator, cfg, state, tracker)
+        save_checkpoint(accelerator, cfg, state, tracker, window)
 
     # ------------------------------------------------------------------ endings
     if outcome == "non_finite":
@@ -361,7 +392,7 @@ def train(cfg: config.Config) -> int:
 
     if record is None:  # resumed from a checkpoint written after the last epoch: nothing left to train
         record = evaluate_record(state, len(loader))
-    accelerator.wait_for_everyone()
+    samples_per_rank = accelerator.gather(torch.tensor([state["samples_seen"]], device=accelerator.device)).tolist()
     summary = None
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -370,13 +401,15 @@ def train(cfg: config.Config) -> int:
             "test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"], "test_count": record["test_count"],
             "val_accuracy": record.get("val_accuracy"), "epochs": record["epoch"], "global_step": state["global_step"],
             "world_size": world, "per_device_batch_size": tc.per_device_batch_size,
-            "global_batch_size": global_batch_size, "train_seconds": state["train_seconds"],
+            "global_batch_size": global_batch_size, "train_samples_per_rank": samples_per_rank,
+            "train_seconds": state["train_seconds"],
             "wall_seconds": time.perf_counter() - t_start, "device": str(accelerator.device),
             "distributed_type": accelerator.distributed_type.value, "mixed_precision": accelerator.mixed_precision,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
             "git_revision": git_revision(), "torch_version": torch.__version__,
         }
         checkpoint.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        report.write_after_training(run_dir, unwrapped, datasets.test)  # curves/confusion/samples PNGs + report.md
     tracker.finish(summary, run_dir=run_dir, model=accelerator.unwrap_model(model), datasets=datasets)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,0 +1,198 @@
+"""Fault tolerance: a run killed mid-epoch (SIGKILL) or preempted (SIGUSR1, one rank of two) resumes to
+bit-identical weights and the same metrics; broken or unsafe checkpoints are never loaded; NaN stops all ranks."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mnist_dist import checkpoint
+
+from conftest import ROOT, VENV_BIN, ddp2_launcher, run_cli, tiny_overrides
+
+
+def slow_overrides(idx, run_dir, *extra):
+    """About 300 optimizer steps with a checkpoint every 25: long enough to be interrupted mid-epoch."""
+    return tiny_overrides(idx, run_dir, "train.epochs=3", "train.per_device_batch_size=10",
+                          "model.kwargs={width: 16}", "checkpoint.every_steps=25", *extra)
+
+
+def assert_same_run(a: Path, b: Path):
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs"  # bit-identical, not just close
+    ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        for key in ("epoch", "global_step", "test_accuracy", "test_loss", "test_count", "val_accuracy", "val_loss"):
+            assert x[key] == y[key], key
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-12)
+
+
+def popen_train(args, launcher=None):
+    cmd = [str(VENV_BIN / "mnist-dist"), "train", *args] if launcher is None else \
+        [*launcher, str(ROOT / "train_accel.py"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(run_dir: Path, proc, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if checkpoint.complete_checkpoints(run_dir):
+            return
+        if proc.poll() is not None:
+            raise AssertionError("run ended before its first checkpoint:\n" + proc.stdout.read())
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_idx, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    run_cli(["train", *slow_overrides(tiny_idx, run_dir)])
+    return run_dir
+
+
+def test_sigkill_mid_epoch_resumes_bit_identical(tiny_idx, tmp_path, reference):
+    run_dir = tmp_path / "killed"
+    proc = popen_train(slow_overrides(tiny_idx, run_dir))
+    wait_for_checkpoint(run_dir, proc)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.wait()
+    latest = checkpoint.complete_checkpoints(run_dir)[-1]
+    meta = checkpoint.read_meta(latest)
+    assert meta["step_in_epoch"] != 0, "the kill should land inside an epoch"
+    assert not (run_dir / "model.safetensors").exists(), "killed before the end"
+    out = run_cli(["train", *slow_overrides(tiny_idx, run_dir)]).stdout
+    assert f"resumed from {latest}" in out
+    assert_same_run(reference, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert sum(summary["train_samples_per_rank"]) == 3 * 1000  # no sample repeated or skipped
+
+
+def test_incomplete_checkpoints_are_never_loaded(tiny_idx, tmp_path, reference):
+    run_dir = tmp_path / "partial"
+    proc = popen_train(slow_overrides(tiny_idx, run_dir))
+    wait_for_checkpoint(run_dir, proc)
+    proc.kill()
+    proc.wait()
+    good = checkpoint.complete_checkpoints(run_dir)[-1]
+    # A write interrupted before its commit leaves a .tmp- folder; one whose state.json never landed is incomplete.
+    root = run_dir / "checkpoints"
+    (root / ".tmp-step_00000999").mkdir()
+    (root / ".tmp-step_00000999" / "model.safetensors").write_bytes(b"half a file")
+    (root / "step_00000998").mkdir()
+    (root / "step_00000998" / "model.safetensors").write_bytes(b"half a file")
+    assert checkpoint.complete_checkpoints(run_dir)[-1] == good
+    out = run_cli(["train", *slow_overrides(tiny_idx, run_dir)]).stdout
+    assert f"resumed from {good}" in out
+    assert_same_run(reference, run_dir)
+    kept = checkpoint.complete_checkpoints(run_dir)
+    assert len(kept) == 2 and kept[-1].name == "step_00000300"  # retention: checkpoint.keep=2
+
+
+def test_resume_never_starts_fresh_and_a_path_is_honoured(tiny_idx, tmp_path, reference):
+    run_dir = tmp_path / "r"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")])
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.resume=never", "train.max_steps=10")]).stdout
+    assert "resumed" not in out
+    first = checkpoint.complete_checkpoints(run_dir)[0]
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, f"checkpoint.resume={first}")]).stdout
+    assert f"resumed from {first}" in out
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path('/tmp/mnist_dist_pwned')}",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tiny_idx, tmp_path):
+    marker = Path("/tmp/mnist_dist_pwned")
+    marker.unlink(missing_ok=True)
+    run_dir = tmp_path / "evil"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=5")])
+    ckpt = checkpoint.complete_checkpoints(run_dir)[-1]
+    with open(ckpt / "optimizer.bin", "wb") as f:
+        pickle.dump({"state": Evil()}, f)
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot load this checkpoint" in proc.stderr
+    assert not marker.exists(), "the pickle ran code"
+
+
+@pytest.mark.slow
+def test_world_size_change_is_refused(tiny_idx, tmp_path):
+    run_dir = tmp_path / "ws"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=5")])
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], launcher=ddp2_launcher(29613), check=False)
+    assert proc.returncode != 0
+    assert "written by 1 processes, this run has 2" in proc.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_idx, tmp_path):
+    run_dir = tmp_path / "nan"
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.optimizer=sgd", "train.lr=1e20",
+                                             "train.scheduler=none", "checkpoint.every_steps=1")], check=False)
+    assert proc.returncode == 2 and "non-finite training loss" in proc.stderr and "Traceback" not in proc.stderr
+    kept = checkpoint.complete_checkpoints(run_dir)
+    assert kept, "the checkpoints written before the NaN are kept"
+    weights = load_file(str(kept[-1] / "model.safetensors"))
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+    assert not (run_dir / "model.safetensors").exists()
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the training processes under an accelerate launcher."""
+    found = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = dict(kv.split("=", 1) for kv in (p / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher_pid and "RANK" in env:
+            found[int(env["RANK"])] = int(p.name)
+    return found
+
+
+@pytest.mark.slow
+def test_preempt_signal_to_one_rank_stops_both_and_resumes_identically(tiny_idx, tmp_path):
+    args = lambda d: slow_overrides(tiny_idx, d, "train.per_device_batch_size=5")
+    ref = tmp_path / "ref2"
+    run_cli(["train", *args(ref)], launcher=ddp2_launcher(29614))
+    run_dir = tmp_path / "pre"
+    proc = popen_train(args(run_dir), launcher=ddp2_launcher(29615))
+    wait_for_checkpoint(run_dir, proc)
+    pids = worker_pids(proc.pid)
+    assert sorted(pids) == [0, 1]
+    os.kill(pids[1], signal.SIGUSR1)  # only rank 1 hears it; the ranks agree at the next step boundary
+    out = proc.communicate(timeout=120)[0]
+    assert "preempted by" in out, out[-3000:]
+    latest = checkpoint.complete_checkpoints(run_dir)[-1]
+    assert checkpoint.read_meta(latest)["world_size"] == 2
+    assert not (run_dir / "model.safetensors").exists()
+    out = run_cli(["train", *args(run_dir)], launcher=ddp2_launcher(29616)).stdout
+    assert f"resumed from {latest}" in out
+    assert_same_run(ref, run_dir)
+
+
+@pytest.mark.slow
+def test_an_exception_on_one_rank_ends_the_whole_job(tiny_idx, tmp_path):
+    """Rank 1 raises mid-run while rank 0 waits in a collective: the launcher must take both down quickly."""
+    t0 = time.time()
+    proc = run_cli(["train", *slow_overrides(tiny_idx, tmp_path / "fault")], launcher=ddp2_launcher(29617),
+                   env={"MNIST_DIST_INJECT_FAULT": "1:20"}, check=False, timeout=300)
+    assert proc.returncode != 0
+    assert "injected fault on rank 1" in proc.stdout + proc.stderr
+    assert time.time() - t0 < 60 + 30, "the surviving rank hung"
