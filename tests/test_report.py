@@ -1,0 +1,88 @@
+"""Pictures and report.md come with every run, W&B or not.
+
+A real single-process training run (`mnist-dist train`, tracking off, a slice of Fashion-MNIST) leaves
+curves.png, confusion_matrix.png and samples.png as valid PNGs of sensible size and a report.md that names
+the final test accuracy and git revision; `mnist-dist report RUN_DIR` rebuilds all four after they are
+deleted, from metrics.jsonl, the saved model and the run's config; a missing folder is one error line.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mnist_dist import data
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+PICTURES = {"curves.png": (600, 300), "confusion_matrix.png": (500, 500), "samples.png": (600, 600)}
+
+
+def small_fashion_idx(folder: Path, n_train=2000, n_test=1000) -> Path:
+    """A slice of the real Fashion-MNIST as IDX files: real pictures, seconds of training."""
+    if not FASHION.is_dir():
+        pytest.skip(f"{FASHION} not installed (Debian's dataset-fashion-mnist)")
+    for split, n in (("train", n_train), ("test", n_test)):
+        s = data.load_idx(FASHION, split)
+        data.write_idx(folder, split, s.images[:n], s.labels[:n])
+    return folder
+
+
+def run(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([str(BIN / "mnist-dist"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    idx = small_fashion_idx(tmp / "idx")
+    run_dir = tmp / "run"
+    result = run(["train", "--config", "configs/train/debug.yaml", f"run.dir={run_dir}", "train.progress=false",
+                  "tracking.backend=none", f"data.dir={idx}", "data.source=idx", "data.val_size=200",
+                  "train.max_steps=12", "train.log_every_steps=4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def check_pictures(run_dir: Path):
+    for name, (min_w, min_h) in PICTURES.items():
+        with Image.open(run_dir / name) as img:
+            img.verify()  # a complete, uncorrupted PNG
+        with Image.open(run_dir / name) as img:
+            assert img.format == "PNG"
+            w, h = img.size
+            assert min_w <= w <= 4000 and min_h <= h <= 4000, (name, img.size)
+            # Not a blank canvas: a drawn figure has many distinct colours.
+            assert len(img.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    report = (run_dir / "report.md").read_text()
+    assert f"{summary['test_accuracy']:.4f}" in report
+    assert summary["git_revision"] is None or summary["git_revision"] in report
+    for name in PICTURES:
+        assert f"]({name})" in report  # linked, relative to the run folder
+    assert "```yaml" in report and "max_steps: 12" in report
+
+
+def test_training_leaves_pictures_and_report(trained_run):
+    check_pictures(trained_run)
+
+
+def test_report_command_rebuilds_them(trained_run):
+    for name in [*PICTURES, "report.md"]:
+        (trained_run / name).unlink()
+    result = run(["report", str(trained_run)])
+    assert result.returncode == 0, result.stderr
+    check_pictures(trained_run)
+
+
+def test_report_on_a_missing_folder_is_one_line(tmp_path, capsys):
+    from mnist_dist.cli import main
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "no such run folder" in err
