@@ -66,6 +66,6 @@ def run(args) -> int:
         print(json.dumps(result) if args.json else format_result(result, meta["classes"], args.split))
         if args.png:
             from mnist_dist import plots
-            plots.confusion_matrix_png(result["confusion"], meta["classes"], args.png)
+            plots.confusion_matrix(result["confusion"], meta["classes"], args.png)
     accelerator.end_training()
     return 0

@@ -264,12 +264,17 @@ def requeue_slurm_job(accelerator) -> None:
     # An array task is requeued by its own id (ARRAYJOB_TASK), not the array's.
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        accelerator.print(f"requeue of SLURM job {job} failed ({e}); resubmit with the same run.dir to resume")
+        return
     accelerator.print(f"requeue of SLURM job {job}: " + ("ok" if result.returncode == 0 else result.stderr.strip()))
 
 
 def train(cfg: config.Config) -> int:
     t_start = time.perf_counter()
+    flags = StopFlags(cfg.run.preempt_signals)  # first: a signal during start-up is handled at the first step
     accelerator = make_accelerator(cfg)
     run_dir = Path(cfg.run.dir)
     tc = cfg.train
@@ -333,7 +338,6 @@ def train(cfg: config.Config) -> int:
         checkpoint.truncate_jsonl(metrics_path, state["global_step"] if resume_from else -1)
 
     # ------------------------------------------------------------------ the loop
-    flags = StopFlags(cfg.run.preempt_signals)
     window = LossWindow(accelerator.device)
     outcome, record = "done", None
 

@@ -1,6 +1,8 @@
 """The real entry points train: dry run, run folder contents, eval reproduces, and 2-process CPU DDP is real
 DDP that agrees with a 1-process run on the same global batch."""
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -45,6 +47,21 @@ def test_eval_reproduces_the_runs_test_accuracy(one_proc_run):
     assert result["count"] == summary["test_count"]
     assert result["accuracy"] == summary["test_accuracy"]
     assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_eval_on_two_processes_counts_exactly(one_proc_run, tmp_path):
+    one = json.loads(run_cli(["eval", str(one_proc_run), "--json"]).stdout.strip().splitlines()[-1])
+    proc = subprocess.run([*ddp2_launcher(29618), "-m", "mnist_dist.cli", "eval", str(one_proc_run), "--json",
+                           "--png", str(tmp_path / "cm.png")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert two["world_size"] == 2
+    assert two["count"] == one["count"] == 300 and two["confusion"] == one["confusion"]
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-6)
+    from PIL import Image
+    assert Image.open(tmp_path / "cm.png").size[0] > 200
 
 
 def test_saved_model_loads_without_training_code_pickles(one_proc_run):
