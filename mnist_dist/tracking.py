@@ -149,6 +149,16 @@ class _AccelerateTracker(Tracker):
         self.last_step = step
         self._guard("log_eval", self.accelerator.log, _scalars(record, self.classes), step=step)
 
+    def finish(self, summary: dict | None, run_dir=None, **_) -> None:
+        if self.broken:
+            return
+        self._guard("finish", self._finish, summary, Path(run_dir) if run_dir else self.run_dir)
+        if not self.broken:
+            self._detach()
+
+    def _finish(self, summary: dict | None, run_dir: Path) -> None:
+        raise NotImplementedError
+
 
 # ----------------------------------------------------------------------------- W&B
 
@@ -195,13 +205,6 @@ class WandbTracker(_AccelerateTracker):
             table.add_data(k, wandb.Image(images[k].numpy()), self.classes[labels[k]], self.classes[preds[k]],
                            float(confidence[k]), float(probs[k, labels[k]]), *[float(p) for p in probs[k]])
         return {"test/samples": grid, "test/misclassified": table}
-
-    def finish(self, summary: dict | None, run_dir=None, model=None, datasets=None, **_) -> None:
-        if self.broken:
-            return
-        self._guard("finish", self._finish, summary, Path(run_dir) if run_dir else self.run_dir)
-        if not self.broken:
-            self._detach()
 
     def _finish(self, summary: dict | None, run_dir: Path) -> None:
         import wandb
@@ -264,13 +267,6 @@ class TensorBoardTracker(_AccelerateTracker):
     """Scalars (per-class accuracy as one scalar per class) and, at the end, the run's pictures."""
 
     name = "tensorboard"
-
-    def finish(self, summary: dict | None, run_dir=None, **_) -> None:
-        if self.broken:
-            return
-        self._guard("finish", self._finish, summary, Path(run_dir) if run_dir else self.run_dir)
-        if not self.broken:
-            self._detach()
 
     def _finish(self, summary: dict | None, run_dir: Path) -> None:
         import numpy as np

@@ -14,6 +14,10 @@ from mnist_dist import data
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_AVAILABLE = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
+if os.environ.get("CI") and not FASHION_AVAILABLE:  # CI must not pass by skipping the real-data tests
+    raise RuntimeError(f"{FASHION_DIR} missing: .ci/setup must apt-get install dataset-fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION_AVAILABLE, reason="needs Debian's dataset-fashion-mnist")
 
 
 def make_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,11 +45,37 @@ def tiny_idx(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fashion_dir() -> Path:
-    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{FASHION_DIR} missing: .ci/run must apt-get install dataset-fashion-mnist")
+    if not FASHION_AVAILABLE:
         pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
     return FASHION_DIR
+
+
+def fashion_slice(folder: Path, n_train: int = 2000, n_test: int = 1000) -> Path:
+    """The first images of the real Fashion-MNIST as IDX files: real pictures, seconds of training."""
+    if not FASHION_AVAILABLE:
+        pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
+    for split, n in (("train", n_train), ("test", n_test)):
+        s = data.load_idx(FASHION_DIR, split)
+        data.write_idx(folder, split, s.images[:n], s.labels[:n])
+    return folder
+
+
+def train_in_process(run_dir: Path, name: str, kwargs: dict, split: "data.Split", steps: int, lr: float) -> Path:
+    """A few seconds of plain-torch training on real images, saved like a run (model.safetensors + model.json)."""
+    from mnist_dist import checkpoint, models
+    torch.manual_seed(0)
+    mean, std = data.STATS["fashion_mnist"]
+    x, y = data.normalize(split.images, mean, std), split.labels
+    model = models.build(name, **kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        i = torch.randint(0, len(y), (64,))
+        loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    checkpoint.save_model(run_dir, model.eval(), name, kwargs, "fashion_mnist", mean, std)
+    return run_dir
 
 
 def tiny_overrides(idx_dir: Path, run_dir: Path, *extra: str, model: str = "cnn_bn") -> list[str]:

@@ -7,16 +7,16 @@ missing `onnx` package ends in one line and exit 2.
 """
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mnist_dist import checkpoint, cli, data, models
+from conftest import FASHION_DIR, needs_fashion, train_in_process
+from mnist_dist import checkpoint, cli, data
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+FASHION = FASHION_DIR
+pytestmark = needs_fashion
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +28,8 @@ def test_split():
 def model_dir(tmp_path_factory, test_split):
     """A narrow cnn_bn trained briefly, so that BatchNorm's running statistics are not the identity and
     the export has to carry them (an untrained BN would hide an export that used batch statistics)."""
-    torch.manual_seed(0)
-    mean, std = data.STATS["fashion_mnist"]
-    x, y = data.normalize(test_split.images[:2000], mean, std), test_split.labels[:2000]
-    model = models.build("cnn_bn", width=8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(30):
-        i = torch.randint(0, len(y), (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    run_dir = tmp_path_factory.mktemp("run")
-    checkpoint.save_model(run_dir, model.eval(), "cnn_bn", {"width": 8}, "fashion_mnist", mean, std)
-    return run_dir
+    return train_in_process(tmp_path_factory.mktemp("run"), "cnn_bn", {"width": 8},
+                            data.Split(test_split.images[:2000], test_split.labels[:2000]), steps=30, lr=3e-3)
 
 
 def pytorch_logits(model_dir, x: torch.Tensor) -> np.ndarray:

@@ -19,10 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dist import checkpoint, cli, data, models, predict
+from conftest import FASHION_DIR, needs_fashion, train_in_process
+from mnist_dist import checkpoint, cli, data, predict
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+FASHION = FASHION_DIR
+pytestmark = needs_fashion
 MNIST_DIST = Path(sys.executable).parent / "mnist-dist"
 N = 60  # images per distortion: enough for an agreement rate, a second of CPU
 
@@ -35,21 +36,9 @@ def test_split():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, test_split):
     """A small MLP trained for a few seconds on 5000 real training images (~80% test accuracy)."""
-    torch.manual_seed(0)
     train = data.load_idx(FASHION, "train")
-    mean, std = data.STATS["fashion_mnist"]
-    x, y = data.normalize(train.images[:5000], mean, std), train.labels[:5000]
-    model = models.build("mlp_128")
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(150):
-        i = torch.randint(0, len(y), (64,))
-        loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    run_dir = tmp_path_factory.mktemp("run")
-    checkpoint.save_model(run_dir, model.eval(), "mlp_128", {}, "fashion_mnist", mean, std)
-    return run_dir
+    return train_in_process(tmp_path_factory.mktemp("run"), "mlp_128", {},
+                            data.Split(train.images[:5000], train.labels[:5000]), steps=150, lr=2e-3)
 
 
 def classify(model_dir, images_u8: np.ndarray) -> np.ndarray:

@@ -14,22 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnist_dist import data
+from conftest import fashion_slice
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 PICTURES = {"curves.png": (600, 300), "confusion_matrix.png": (500, 500), "samples.png": (600, 600)}
-
-
-def small_fashion_idx(folder: Path, n_train=2000, n_test=1000) -> Path:
-    """A slice of the real Fashion-MNIST as IDX files: real pictures, seconds of training."""
-    if not FASHION.is_dir():
-        pytest.skip(f"{FASHION} not installed (Debian's dataset-fashion-mnist)")
-    for split, n in (("train", n_train), ("test", n_test)):
-        s = data.load_idx(FASHION, split)
-        data.write_idx(folder, split, s.images[:n], s.labels[:n])
-    return folder
 
 
 def run(args, **kw):
@@ -41,7 +30,7 @@ def run(args, **kw):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    idx = small_fashion_idx(tmp / "idx")
+    idx = fashion_slice(tmp / "idx")
     run_dir = tmp / "run"
     result = run(["train", "--config", "configs/train/debug.yaml", f"run.dir={run_dir}", "train.progress=false",
                   "tracking.backend=none", f"data.dir={idx}", "data.source=idx", "data.val_size=200",

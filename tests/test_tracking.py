@@ -19,22 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dist import config, data, tracking
+from conftest import fashion_slice
+from mnist_dist import config, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 SENTINEL = "sentinelXYZ" + "q" * 29  # 40 characters, shaped like a real W&B key (no host prefix)
-
-
-def small_fashion_idx(folder: Path, n_train=2000, n_test=1000) -> Path:
-    """A slice of the real Fashion-MNIST as IDX files: real pictures, seconds of training."""
-    if not FASHION.is_dir():
-        pytest.skip(f"{FASHION} not installed (Debian's dataset-fashion-mnist)")
-    for split, n in (("train", n_train), ("test", n_test)):
-        s = data.load_idx(FASHION, split)
-        data.write_idx(folder, split, s.images[:n], s.labels[:n])
-    return folder
 
 
 def train_args(idx: Path, run_dir: Path, *extra) -> list[str]:
@@ -113,7 +103,7 @@ def assert_no_secret(run_dir: Path, *outputs: str):
 
 @pytest.mark.slow
 def test_two_processes_leave_one_offline_wandb_run(tmp_path):
-    idx = small_fashion_idx(tmp_path / "idx")
+    idx = fashion_slice(tmp_path / "idx")
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_ddp2.yaml", "train_accel.py",
            *train_args(idx, run_dir, "train.max_steps=8", "tracking.tags=[ci]", "tracking.log_model=true")]
