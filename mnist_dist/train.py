@@ -165,7 +165,7 @@ def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int
                 logits = model(x)
                 per_sample_sum = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=tc.label_smoothing)
                 accelerator.backward(per_sample_sum * scale)
-            window.add(per_sample_sum.detach(), len(y))
+            window.add(per_sample_sum.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
             state["samples_seen"] += len(y)  # this rank's, over the whole run
             non_finite |= ~torch.isfinite(per_sample_sum.detach())
         # Ranks agree on stopping before the optimizer step, so a NaN never reaches the weights.
@@ -190,7 +190,8 @@ def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int
             # Sync point: the global mean loss over every rank's samples since the last log.
             train_loss, images = window.drain(accelerator, state)
             dt = time.perf_counter() - t_log
-            record = {"train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+            record = {"train_loss": train_loss, "train_accuracy": state["last_train_accuracy"],
+                      "lr": scheduler.get_last_lr()[0],
                       "images_per_s": images / dt if dt > 0 else float("nan"),
                       "epoch": epoch + (step_in_epoch + 1) / len(loader)}
             tracker.log(record, step=state["global_step"])
@@ -218,33 +219,35 @@ class _nullcontext:
 
 
 class LossWindow:
-    """The training loss since the last log: per-rank sums on the device (no host waits while training),
-    folded into global host totals in `state` at log time and before a checkpoint, so a resumed run
-    reports the same losses as an uninterrupted one."""
+    """Training loss and accuracy since the last log: per-rank sums on the device (no host waits while
+    training), folded into global host totals in `state` at log time and before a checkpoint, so a resumed
+    run reports the same numbers as an uninterrupted one."""
+
+    KEYS = ("window_loss_sum", "window_correct", "window_count")
 
     def __init__(self, device):
-        self.sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.count = torch.zeros((), device=device, dtype=torch.float64)
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, images
 
-    def add(self, loss_sum: torch.Tensor, n: int) -> None:
-        self.sum += loss_sum.double()
-        self.count += n
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> None:
+        self.sums[0] += loss_sum.double()
+        self.sums[1] += correct.double()
+        self.sums[2] += n
 
     def fold(self, accelerator, state: dict) -> None:
         """Sync point: add every rank's pending sums to state's global window."""
-        total_sum, total_count = accelerator.reduce(torch.stack([self.sum, self.count]), "sum").tolist()
-        state["window_loss_sum"] += total_sum
-        state["window_count"] += total_count
-        self.sum.zero_()
-        self.count.zero_()
+        for key, total in zip(self.KEYS, accelerator.reduce(self.sums.clone(), "sum").tolist()):
+            state[key] += total
+        self.sums.zero_()
 
     def drain(self, accelerator, state: dict) -> tuple[float | None, float]:
-        """(global mean loss, images) since the last drain; updates state["last_train_loss"]."""
+        """(global mean loss, images) since the last drain; updates state's last_train_loss/accuracy."""
         self.fold(accelerator, state)
         images = state["window_count"]
         if images:
             state["last_train_loss"] = state["window_loss_sum"] / images
-        state["window_loss_sum"], state["window_count"] = 0.0, 0.0
+            state["last_train_accuracy"] = state["window_correct"] / images
+        for key in self.KEYS:
+            state[key] = 0.0
         return state["last_train_loss"], images
 
 
@@ -305,7 +308,7 @@ def train(cfg: config.Config) -> int:
 
     # ------------------------------------------------------------------ resume
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "last_train_loss": None, "train_seconds": 0.0,
-             "samples_seen": 0, "window_loss_sum": 0.0, "window_count": 0.0}
+             "last_train_accuracy": None, "samples_seen": 0, **{k: 0.0 for k in LossWindow.KEYS}}
     resume_from = checkpoint.find_resume(run_dir, cfg.checkpoint.resume)
     resumed_meta = None
     if resume_from is not None:
@@ -342,7 +345,8 @@ def train(cfg: config.Config) -> int:
     def evaluate_record(state, steps_per_epoch) -> dict:
         record = {"epoch": state["epoch"] if state["step_in_epoch"] == 0 else
                   state["epoch"] + state["step_in_epoch"] / steps_per_epoch,
-                  "global_step": state["global_step"], "train_loss": state["last_train_loss"]}
+                  "global_step": state["global_step"], "train_loss": state["last_train_loss"],
+                  "train_accuracy": state["last_train_accuracy"]}
         for name, split in eval_splits.items():
             if split is not None:
                 result = evaluate(accelerator, model, split, mean, std, tc.eval_batch_size)

@@ -111,3 +111,26 @@ def test_two_process_ddp_agrees_with_one_process(tiny_idx, tmp_path, model, tol)
     if tol is not None:
         w1, w2 = (load_file(str(d / "model.safetensors")) for d in (one, two))
         assert all(torch.allclose(w1[k], w2[k], atol=1e-4) for k in w1)
+
+
+def test_accumulation_sgd_step_schedule_and_bf16_run(tiny_idx, tmp_path):
+    """Gradient accumulation (2 x 25) computes the same steps as one batch of 50 (no BatchNorm: exact to
+    rounding); the other optimizers, schedules and bf16 autocast on CPU run and learn."""
+    one, acc = tmp_path / "one", tmp_path / "acc"
+    run_cli(["train", *tiny_overrides(tiny_idx, one, model="mlp_128")])
+    run_cli(["train", *tiny_overrides(tiny_idx, acc, "train.per_device_batch_size=25", "train.grad_accum_steps=2",
+                                      model="mlp_128")])
+    r1, r2 = (read_jsonl(d / "metrics.jsonl") for d in (one, acc))
+    assert [r["global_step"] for r in r1] == [r["global_step"] for r in r2] == [20, 40]
+    for a, b in zip(r1, r2):
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+        assert 0 <= a["train_accuracy"] <= 1
+    for extra in (["train.optimizer=sgd", "train.scheduler=step", "train.lr=0.05"],
+                  ["train.optimizer=adam", "train.scheduler=cosine", "train.mixed_precision=bf16", "data.augment=true"],
+                  ["train.scheduler=none", "data.loader=dataloader", "train.label_smoothing=0.1"]):
+        run_dir = tmp_path / extra[1].split("=")[1]
+        run_cli(["train", *tiny_overrides(tiny_idx, run_dir, *extra)])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["test_accuracy"] > 0.5, (extra, summary)
+        assert summary["train_samples_per_rank"] == [2000]
+        assert summary["mixed_precision"] == ("bf16" if "train.mixed_precision=bf16" in extra else "no")
