@@ -1,0 +1,111 @@
+"""Steady-state training throughput of the real loop (mnist_dist.train.train_one_epoch), one process.
+
+    python bench/throughput.py --config configs/train/fast_fashion.yaml [--steps 100] [key=value ...]
+
+Builds the data, loader, model and optimizer exactly as train.train() does, runs `--warmup` optimizer steps
+(start-up, cuDNN autotuning, torch.compile), then times `--steps` more with the device synchronised at both
+ends. Prints one JSON line: {"images_per_s": ..., ...}. No evaluation, no checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mnist_dist without installing it
+import torch  # noqa: E402
+
+from mnist_dist import config, data, models, train, tracking  # noqa: E402
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config")
+    p.add_argument("--steps", type=int, default=100, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed optimizer steps first")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="CUDA: count the host-device syncs in the timed steps (torch.cuda.set_sync_debug_mode)")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config.load(args.config, [*args.overrides, "train.progress=false", f"run.dir={tmp}",
+                                        "train.log_every_steps=1000000", "checkpoint.every_steps=0"])
+        tc = cfg.train
+        accelerator = train.make_accelerator(cfg)
+        datasets = data.load_datasets(cfg.data)
+        mean, std = data.STATS[cfg.data.name]
+        world = accelerator.num_processes
+        if cfg.data.loader == "device":
+            loader = data.DeviceLoader(datasets.train, tc.per_device_batch_size, tc.grad_accum_steps,
+                                       accelerator.process_index, world, tc.seed, accelerator.device)
+        else:
+            loader = data.DataLoaderLoader(datasets.train, tc.per_device_batch_size, tc.grad_accum_steps, tc.seed,
+                                           cfg.data.num_workers, accelerator.prepare_data_loader)
+        torch.manual_seed(tc.seed)
+        model = models.build(cfg.model.name, **cfg.model.kwargs)
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = train.make_optimizer(tc, model.parameters())
+        scheduler = train.make_scheduler(tc, optimizer, len(loader))
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if cfg.model.compile:
+            model = torch.compile(model)
+        flags, tracker = train.StopFlags([]), tracking.Tracker(accelerator)
+        # The loop's state dict grows keys as train.py evolves; missing counters start at 0.
+        state = collections.defaultdict(int, {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
+                                              "last_train_loss": None, "train_seconds": 0.0})
+        available = {"accelerator": accelerator, "model": model, "optimizer": optimizer, "scheduler": scheduler,
+                     "loader": loader, "state": state, "cfg": cfg, "flags": flags, "tracker": tracker,
+                     "mean": mean, "std": std}
+        if hasattr(train, "LossWindow"):
+            available["window"] = train.LossWindow(accelerator.device)
+        params = inspect.signature(train.train_one_epoch).parameters
+
+        def run_until(total_steps: int) -> None:
+            tc.max_steps = total_steps
+            while state["global_step"] < total_steps:
+                epoch_args = {**available, "epoch": state["epoch"], "start_step": state["step_in_epoch"]}
+                outcome = train.train_one_epoch(**{name: epoch_args[name] for name in params})
+                if outcome == "done":
+                    state["epoch"], state["step_in_epoch"] = state["epoch"] + 1, 0
+
+        run_until(args.warmup)
+        sync(accelerator.device)
+        t0, step0 = time.perf_counter(), state["global_step"]
+        syncs = None
+        if args.sync_debug and accelerator.device.type == "cuda":
+            import warnings
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                run_until(args.warmup + args.steps)
+                torch.cuda.set_sync_debug_mode("default")
+            syncs = {}
+            for w in caught:  # where each sync came from: the first frame outside torch
+                key = str(w.message).splitlines()[0][:80] + f" @ {Path(w.filename).name}:{w.lineno}"
+                syncs[key] = syncs.get(key, 0) + 1
+        else:
+            run_until(args.warmup + args.steps)
+        sync(accelerator.device)
+        seconds = time.perf_counter() - t0
+    global_batch = tc.per_device_batch_size * tc.grad_accum_steps * world
+    images = (state["global_step"] - step0) * global_batch
+    if accelerator.is_main_process:
+        print(json.dumps({"images_per_s": images / seconds, "seconds": seconds, "steps": state["global_step"] - step0,
+                          "global_batch_size": global_batch, "world_size": world, "device": str(accelerator.device),
+                          "torch_threads": torch.get_num_threads(), **({"syncs": syncs} if syncs is not None else {})}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""bench/run.py runs end to end in --quick mode (tiny synthetic data, a few steps, every suite but DDP) and
+leaves a valid JSON with each suite's numbers and a PNG plot. No timing assertions: this checks the harness."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_end_to_end(tmp_path, tiny_idx):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--data-dir", str(tiny_idx), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "quick.json").read_text())
+    assert result["quick"] and result["targets"]
+    tta = result["tta"]["debug"]
+    assert tta["ok"] == tta["runs"] == 2
+    assert all(curve and 0 <= p[2] <= 1 for curve in tta["curves"] for p in curve)  # one point per evaluation
+    assert result["reference"]["ok"] == 1 and result["reference"]["curves"][0]
+    for name, t in result["throughput"].items():
+        assert t.get("images_per_s", 0) > 0, (name, t)
+    png = (out / "quick.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "time to accuracy" in proc.stdout and "training throughput" in proc.stdout
