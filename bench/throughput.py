@@ -55,11 +55,13 @@ def main() -> int:
         model = models.build(cfg.model.name, **cfg.model.kwargs)
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = train.make_optimizer(tc, model.parameters())
+        optimizer = train.make_optimizer(tc, model.parameters(), fused=accelerator.device.type == "cuda")
         scheduler = train.make_scheduler(tc, optimizer, len(loader))
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         if cfg.model.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, dynamic=False)  # as train.train() does
+            # Warm up past the first epoch end, so the last batch's (smaller) graph is compiled before timing.
+            args.warmup = max(args.warmup, len(loader) + 1)
         flags, tracker = train.StopFlags([]), tracking.Tracker(accelerator)
         # The loop's state dict grows keys as train.py evolves; missing counters start at 0.
         state = collections.defaultdict(int, {"epoch": 0, "step_in_epoch": 0, "global_step": 0,

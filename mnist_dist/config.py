@@ -54,7 +54,8 @@ class ModelConfig:
     channels_last: bool = False
     """Use channels_last memory format (helps convolutions on GPUs)."""
     compile: bool = False
-    """torch.compile the model (worth it on GPUs for long runs)."""
+    """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
+    a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
 
 
 @dataclass
