@@ -9,8 +9,6 @@ ends. Prints one JSON line: {"images_per_s": ..., ...}. No evaluation, no checkp
 from __future__ import annotations
 
 import argparse
-import collections
-import inspect
 import json
 import sys
 import tempfile
@@ -20,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mnist_dist without installing it
 import torch  # noqa: E402
 
-from mnist_dist import config, data, models, train, tracking  # noqa: E402
+from mnist_dist import config, data, train, tracking  # noqa: E402
 
 
 def sync(device) -> None:
@@ -45,39 +43,20 @@ def main() -> int:
         datasets = data.load_datasets(cfg.data)
         mean, std = data.STATS[cfg.data.name]
         world = accelerator.num_processes
-        if cfg.data.loader == "device":
-            loader = data.DeviceLoader(datasets.train, tc.per_device_batch_size, tc.grad_accum_steps,
-                                       accelerator.process_index, world, tc.seed, accelerator.device)
-        else:
-            loader = data.DataLoaderLoader(datasets.train, tc.per_device_batch_size, tc.grad_accum_steps, tc.seed,
-                                           cfg.data.num_workers, accelerator.prepare_data_loader)
-        torch.manual_seed(tc.seed)
-        model = models.build(cfg.model.name, **cfg.model.kwargs)
-        if cfg.model.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = train.make_optimizer(tc, model.parameters(), fused=accelerator.device.type == "cuda")
-        scheduler = train.make_scheduler(tc, optimizer, len(loader))
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        loader = train.make_loader(cfg, datasets.train, accelerator)
+        model, optimizer, scheduler, _ = train.make_model_and_optimizer(cfg, accelerator, len(loader))
         if cfg.model.compile:
-            model = torch.compile(model, dynamic=False)  # as train.train() does
             # Warm up past the first epoch end, so the last batch's (smaller) graph is compiled before timing.
             args.warmup = max(args.warmup, len(loader) + 1)
         flags, tracker = train.StopFlags([]), tracking.Tracker(accelerator)
-        # The loop's state dict grows keys as train.py evolves; missing counters start at 0.
-        state = collections.defaultdict(int, {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
-                                              "last_train_loss": None, "train_seconds": 0.0})
-        available = {"accelerator": accelerator, "model": model, "optimizer": optimizer, "scheduler": scheduler,
-                     "loader": loader, "state": state, "cfg": cfg, "flags": flags, "tracker": tracker,
-                     "mean": mean, "std": std}
-        if hasattr(train, "LossWindow"):
-            available["window"] = train.LossWindow(accelerator.device)
-        params = inspect.signature(train.train_one_epoch).parameters
+        state = train.fresh_state()
+        window = train.LossWindow(accelerator.device)
 
         def run_until(total_steps: int) -> None:
             tc.max_steps = total_steps
             while state["global_step"] < total_steps:
-                epoch_args = {**available, "epoch": state["epoch"], "start_step": state["step_in_epoch"]}
-                outcome = train.train_one_epoch(**{name: epoch_args[name] for name in params})
+                outcome = train.train_one_epoch(accelerator, model, optimizer, scheduler, loader, state["epoch"],
+                                                state["step_in_epoch"], state, window, cfg, flags, tracker, mean, std)
                 if outcome == "done":
                     state["epoch"], state["step_in_epoch"] = state["epoch"] + 1, 0
 

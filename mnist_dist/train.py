@@ -80,6 +80,32 @@ def make_scheduler(cfg: config.TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def make_loader(cfg: config.Config, split: data.Split, accelerator):
+    tc = cfg.train
+    if cfg.data.loader == "device":
+        return data.DeviceLoader(split, tc.per_device_batch_size, tc.grad_accum_steps, accelerator.process_index,
+                                 accelerator.num_processes, tc.seed, accelerator.device)
+    return data.DataLoaderLoader(split, tc.per_device_batch_size, tc.grad_accum_steps, tc.seed,
+                                 cfg.data.num_workers, accelerator.prepare_data_loader)
+
+
+def make_model_and_optimizer(cfg: config.Config, accelerator, steps_per_epoch: int):
+    """(model, optimizer, scheduler) prepared by Accelerate, and the parameter count."""
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    model = models.build(cfg.model.name, **cfg.model.kwargs)
+    n_params = models.num_parameters(model)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg.train, model.parameters(), fused=accelerator.device.type == "cuda")
+    scheduler = make_scheduler(cfg.train, optimizer, steps_per_epoch)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if cfg.model.compile:
+        # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
+        # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
+        model = torch.compile(model, dynamic=False)
+    return model, optimizer, scheduler, n_params
+
+
 def git_revision() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -258,6 +284,13 @@ class LossWindow:
         return state["last_train_loss"], images
 
 
+def fresh_state() -> dict:
+    """The loop's progress: what a checkpoint's state.json holds besides the config (per-process counts are
+    rank 0's)."""
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "last_train_loss": None, "train_seconds": 0.0,
+            "last_train_accuracy": None, "samples_seen": 0, **{k: 0.0 for k in LossWindow.KEYS}}
+
+
 def save_checkpoint(accelerator, cfg, state: dict, tracker, window: LossWindow) -> Path:
     window.fold(accelerator, state)
     meta = {**state, "world_size": accelerator.num_processes, "tracker_run_id": tracker.run_id,
@@ -293,31 +326,14 @@ def train(cfg: config.Config) -> int:
     with accelerator.local_main_process_first():
         datasets = data.load_datasets(cfg.data)
     mean, std = data.STATS[cfg.data.name]
-    if cfg.data.loader == "device":
-        loader = data.DeviceLoader(datasets.train, tc.per_device_batch_size, tc.grad_accum_steps,
-                                   accelerator.process_index, world, tc.seed, accelerator.device)
-    else:
-        loader = data.DataLoaderLoader(datasets.train, tc.per_device_batch_size, tc.grad_accum_steps, tc.seed,
-                                       cfg.data.num_workers, accelerator.prepare_data_loader)
+    loader = make_loader(cfg, datasets.train, accelerator)
     eval_splits = {"val": datasets.val, "test": datasets.test}
 
     # ------------------------------------------------------------------ model, optimizer, schedule
-    torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = models.build(cfg.model.name, **cfg.model.kwargs)
-    n_params = models.num_parameters(model)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(tc, model.parameters(), fused=accelerator.device.type == "cuda")
-    scheduler = make_scheduler(tc, optimizer, len(loader))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if cfg.model.compile:
-        # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
-        # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
-        model = torch.compile(model, dynamic=False)
+    model, optimizer, scheduler, n_params = make_model_and_optimizer(cfg, accelerator, len(loader))
 
     # ------------------------------------------------------------------ resume
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "last_train_loss": None, "train_seconds": 0.0,
-             "last_train_accuracy": None, "samples_seen": 0, **{k: 0.0 for k in LossWindow.KEYS}}
+    state = fresh_state()
     resume_from = checkpoint.find_resume(run_dir, cfg.checkpoint.resume)
     resumed_meta = None
     if resume_from is not None:
