@@ -5,6 +5,7 @@ Only this file talks to the Accelerator. Quantities are per-process unless named
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -167,88 +168,77 @@ def evaluate(accelerator, model, split: data.Split, mean: float, std: float, bat
 
 def train_one_epoch(accelerator, model, optimizer, scheduler, loader, epoch: int, start_step: int, state: dict,
                     window, cfg: config.Config, flags: StopFlags, tracker, mean: float, std: float):
-    """One pass over this rank's share of the training data. Returns "done", "preempted" or "stopped"."""
+    """One pass over this rank's share of the training data.
+    Returns "done", "preempted", "stopped" (train.max_steps) or "non_finite"."""
     from tqdm.auto import tqdm
     tc = cfg.train
     aug_gen = torch.Generator(device=accelerator.device if accelerator.device.type != "mps" else "cpu")
     t_log = time.perf_counter()
-    bar = tqdm(total=len(loader), initial=start_step, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
-               disable=not (accelerator.is_main_process and tc.progress), dynamic_ncols=True)
-    for step_in_epoch, (micro_batches, scale) in enumerate(loader.epoch(epoch, start_step), start=start_step):
-        # Randomness depends only on (seed, global step, rank): a resumed run draws exactly the same numbers.
-        torch.manual_seed(tc.seed * 1_000_003 + state["global_step"] * 97 + accelerator.process_index)
-        if cfg.data.augment:
-            aug_gen.manual_seed(tc.seed * 7919 + state["global_step"] * 31 + accelerator.process_index)
-        # Ranks only compare non-finite flags at guard steps: other steps skip the flag's device work.
-        guard_step = (state["global_step"] + 1) % cfg.run.guard_every_steps == 0
-        non_finite = torch.zeros((), dtype=torch.bool, device=accelerator.device) if guard_step else None
-        if INJECT_FAULT == f"{accelerator.process_index}:{state['global_step']}":
-            raise RuntimeError(f"injected fault on rank {accelerator.process_index} (MNIST_DIST_INJECT_FAULT)")
-        for i, (xb, yb) in enumerate(micro_batches):
-            x = data.normalize(xb.to(accelerator.device, non_blocking=True), mean, std)
-            y = yb.to(accelerator.device, non_blocking=True)
+    with tqdm(total=len(loader), initial=start_step, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False,
+              disable=not (accelerator.is_main_process and tc.progress), dynamic_ncols=True) as bar:
+        for step_in_epoch, (micro_batches, scale) in enumerate(loader.epoch(epoch, start_step), start=start_step):
+            # Randomness depends only on (seed, global step, rank): a resumed run draws exactly the same numbers.
+            torch.manual_seed(tc.seed * 1_000_003 + state["global_step"] * 97 + accelerator.process_index)
             if cfg.data.augment:
-                x = data.augment(x, cfg.data.augment_shift, aug_gen)
-            if cfg.model.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            # Gradients are all-reduced only on the last micro-batch of the step.
-            sync = i == len(micro_batches) - 1
-            with (accelerator.no_sync(model) if not sync else _nullcontext()):
-                logits = model(x)
-                per_sample_sum = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=tc.label_smoothing)
-                accelerator.backward(per_sample_sum * scale)
-            window.add(per_sample_sum.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
-            state["samples_seen"] += len(y)  # this rank's, over the whole run
+                aug_gen.manual_seed(tc.seed * 7919 + state["global_step"] * 31 + accelerator.process_index)
+            # Ranks only compare non-finite flags at guard steps: other steps skip the flag's device work.
+            guard_step = (state["global_step"] + 1) % cfg.run.guard_every_steps == 0
+            non_finite = torch.zeros((), dtype=torch.bool, device=accelerator.device) if guard_step else None
+            if INJECT_FAULT == f"{accelerator.process_index}:{state['global_step']}":
+                raise RuntimeError(f"injected fault on rank {accelerator.process_index} (MNIST_DIST_INJECT_FAULT)")
+            for i, (xb, yb) in enumerate(micro_batches):
+                x = data.normalize(xb.to(accelerator.device, non_blocking=True), mean, std)
+                y = yb.to(accelerator.device, non_blocking=True)
+                if cfg.data.augment:
+                    x = data.augment(x, cfg.data.augment_shift, aug_gen)
+                if cfg.model.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # Gradients are all-reduced only on the last micro-batch of the step.
+                sync = i == len(micro_batches) - 1
+                with (accelerator.no_sync(model) if not sync else contextlib.nullcontext()):
+                    logits = model(x)
+                    per_sample_sum = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=tc.label_smoothing)
+                    accelerator.backward(per_sample_sum * scale)
+                window.add(per_sample_sum.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
+                state["samples_seen"] += len(y)  # this rank's, over the whole run
+                if guard_step:
+                    non_finite |= ~torch.isfinite(per_sample_sum.detach())
+            # Ranks agree on stopping before the optimizer step, so a NaN never reaches the weights.
+            # Every rank must take this branch at the same steps (it may hold a collective).
+            preempt, bad = (False, False)
             if guard_step:
-                non_finite |= ~torch.isfinite(per_sample_sum.detach())
-        # Ranks agree on stopping before the optimizer step, so a NaN never reaches the weights.
-        # Every rank must take this branch at the same steps (it may hold a collective).
-        preempt, bad = (False, False)
-        if guard_step:
-            preempt, bad = flags.agree(accelerator, non_finite)
-        if bad:
+                preempt, bad = flags.agree(accelerator, non_finite)
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                return "non_finite"
+            if tc.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            bar.close()
-            return "non_finite"
-        if tc.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["global_step"] += 1
-        state["step_in_epoch"] = step_in_epoch + 1
-        bar.update(1)
+            state["global_step"] += 1
+            state["step_in_epoch"] = step_in_epoch + 1
+            bar.update(1)
 
-        if state["global_step"] % tc.log_every_steps == 0:
-            # Sync point: the global mean loss over every rank's samples since the last log.
-            train_loss, images = window.drain(accelerator, state)
-            dt = time.perf_counter() - t_log
-            record = {"train_loss": train_loss, "train_accuracy": state["last_train_accuracy"],
-                      "lr": scheduler.get_last_lr()[0],
-                      "images_per_s": images / dt if dt > 0 else float("nan"),
-                      "epoch": epoch + (step_in_epoch + 1) / len(loader)}
-            tracker.log(record, step=state["global_step"])
-            bar.set_postfix(loss=f"{train_loss:.4f}")
-            t_log = time.perf_counter()
-        if cfg.checkpoint.every_steps and state["global_step"] % cfg.checkpoint.every_steps == 0:
-            save_checkpoint(accelerator, cfg, state, tracker, window)
-        if preempt:
-            bar.close()
-            return "preempted"
-        if tc.max_steps and state["global_step"] >= tc.max_steps:
-            bar.close()
-            return "stopped"
-    window.drain(accelerator, state)  # the epoch's last train loss covers the steps since the last log
-    bar.close()
+            if state["global_step"] % tc.log_every_steps == 0:
+                # Sync point: the global mean loss over every rank's samples since the last log.
+                train_loss, images = window.drain(accelerator, state)
+                dt = time.perf_counter() - t_log
+                record = {"train_loss": train_loss, "train_accuracy": state["last_train_accuracy"],
+                          "lr": scheduler.get_last_lr()[0],
+                          "images_per_s": images / dt if dt > 0 else float("nan"),
+                          "epoch": epoch + (step_in_epoch + 1) / len(loader)}
+                tracker.log(record, step=state["global_step"])
+                bar.set_postfix(loss=f"{train_loss:.4f}")
+                t_log = time.perf_counter()
+            if cfg.checkpoint.every_steps and state["global_step"] % cfg.checkpoint.every_steps == 0:
+                save_checkpoint(accelerator, cfg, state, tracker, window)
+            if preempt:
+                return "preempted"
+            if tc.max_steps and state["global_step"] >= tc.max_steps:
+                return "stopped"
+        window.drain(accelerator, state)  # the epoch's last train loss covers the steps since the last log
     return "done"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class LossWindow:
