@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import checkpoint, config, data, plots
+from mnist_dist import checkpoint, data, plots
 from mnist_dist.errors import UserError
 
 CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
@@ -52,13 +52,12 @@ def _model_meta(run_dir: Path) -> dict | None:
 
 
 def _test_split(run_dir: Path) -> data.Split:
-    """The test split named by the run's own config.yaml (only its data section is read)."""
-    import yaml
+    """The test split named by the run's own config.yaml."""
+    from mnist_dist.evaluate import load_run_config
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"{path}: missing; it says which data the run used")
-    section = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-    return data.load_datasets(config.from_dict(config.DataConfig, {**section, "val_size": 0}, "data.")).test
+    return data.load_datasets(load_run_config(run_dir, ["data.val_size=0"]).data).test
 
 
 def build(run_dir: str | Path, model: torch.nn.Module | None = None, test: data.Split | None = None) -> list[str]:
