@@ -67,19 +67,31 @@ def conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def stage(cin: int, cout: int, pool_first: bool) -> list[nn.Module]:
+    """conv-BN-ReLU then a 2x2 max-pool; with pool_first conv -> pool -> BN -> ReLU, so BN and ReLU (memory-bound,
+    a third of a CPU step) run on a map 4x smaller."""
+    if pool_first:
+        return [nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(cout),
+                              nn.ReLU(inplace=True))]
+    return [conv_bn(cin, cout), nn.MaxPool2d(2)]
+
+
 @register("cnn_bn")
-def cnn_bn(width: int = 32, dropout: float = 0.1):
+def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidden: int = 0):
     """The default: three conv-BN-ReLU-pool stages (28 -> 14 -> 7 -> 3) doubling the channels, linear head.
 
-    `width` is the first stage's channel count. One conv per stage keeps it cheap on CPUs: the full-resolution
-    stage is the expensive one, and it has a single input channel.
+    `width` is the first stage's channel count. One conv per stage keeps it cheap on CPUs; the full-resolution
+    stage has a single input channel. `pool_first` pools before BN and ReLU (+30% images/s on a 2-core CPU,
+    bench/README.md); `hidden` > 0 puts a hidden fully-connected layer of that size in the head.
     """
     w1, w2, w3 = width, 2 * width, 4 * width
+    head = [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10)] if hidden else \
+        [nn.Linear(w3 * 3 * 3, 10)]
     return nn.Sequential(
-        conv_bn(1, w1), nn.MaxPool2d(2),      # 28 -> 14
-        conv_bn(w1, w2), nn.MaxPool2d(2),     # 14 -> 7
-        conv_bn(w2, w3), nn.MaxPool2d(2),     # 7 -> 3
-        nn.Flatten(), nn.Dropout(dropout), nn.Linear(w3 * 3 * 3, 10),
+        *stage(1, w1, pool_first),       # 28 -> 14
+        *stage(w1, w2, pool_first),      # 14 -> 7
+        *stage(w2, w3, pool_first),      # 7 -> 3
+        nn.Flatten(), nn.Dropout(dropout), *head,
     )
 
 
