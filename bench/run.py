@@ -11,7 +11,8 @@ Every figure comes from real processes started here, so start-up is counted:
   reference   bench/reference.py, the tutorial loop (torchvision + ToTensor + DataLoader(32) + tutorial_cnn +
               SGD 0.01), timed the same way, so every speed-up is a ratio taken side by side.
   throughput  bench/throughput.py: steady-state images/s of the real training loop per loader path and model.
-  ddp         (CPU) the same recipe and global batch with 1 process (2 threads) and 2 processes (gloo).
+  ddp         (CPU) the same recipe and global batch with 1 process (2 threads) and 2 processes (gloo), both
+              started by accelerate launch.
 Writes OUT/<tag>.json and OUT/<tag>.png (test accuracy against wall-clock time) and prints a table.
 """
 from __future__ import annotations
@@ -136,13 +137,15 @@ def config_path(recipe: str) -> str:
     return f"{recipe}.yaml" if "/" in recipe else f"configs/train/{recipe}.yaml"
 
 
-def train_cmd(recipe: str, run_dir: Path, seed: int, overrides: list[str], processes: int = 1) -> list[str]:
+def train_cmd(recipe: str, run_dir: Path, seed: int, overrides: list[str], processes: int | None = None) -> list[str]:
+    """`python train_accel.py ...`, or with `processes` the same under `accelerate launch` on that many CPU
+    processes (the launcher's own start-up, ~3 s here, then counts for 1 process too)."""
     args = ["train_accel.py", "--config", config_path(recipe), f"run.dir={run_dir}",
             "train.progress=false", "checkpoint.resume=never", f"train.seed={seed}", *overrides]
-    if processes == 1:
+    if processes is None:
         return [sys.executable, *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_ddp2.yaml",
-            *args]
+    launch_config = "configs/accelerate/cpu.yaml" if processes == 1 else "configs/accelerate/cpu_ddp2.yaml"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", launch_config, *args]
 
 
 def summarize_runs(name: str, runs: list[dict], targets: list[float]) -> dict:
@@ -223,7 +226,8 @@ def suite_throughput(args, plan, work: Path, common: list[str]) -> dict:
 
 
 def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
-    """Same recipe, same global batch: 1 process with the machine's threads vs 2 processes over gloo."""
+    """Same recipe, same global batch, same launcher (accelerate launch): 1 process with the machine's threads
+    vs 2 processes over gloo."""
     recipe = plan["ddp_recipe"]
     from mnist_dist import config
     batch = config.load(ROOT / config_path(recipe)).train.per_device_batch_size
@@ -236,11 +240,14 @@ def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
             r = watch(train_cmd(recipe, run_dir, seed, overrides, processes), run_dir,
                       work / f"ddp{processes}-s{seed}.log", args.timeout)
             world = (r["summary"] or {}).get("world_size")
-            print(f"  {recipe} x{processes} processes (world_size={world}) seed {seed}: rc={r['returncode']} "
+            threads = (r["summary"] or {}).get("torch_threads")
+            print(f"  {recipe} x{processes} processes (world_size={world}, {threads} threads) seed {seed}: rc={r['returncode']} "
                   f"wall {r['wall_seconds']:.1f}s train {(r['summary'] or {}).get('train_seconds')}", flush=True)
             runs.append(r)
         s = summarize_runs(f"{recipe} x{processes}", runs, targets)
         s["world_size"] = [(r["summary"] or {}).get("world_size") for r in runs]
+        s["train_images_per_s_median"] = median_or_none(
+            [sum(r["summary"]["train_samples_per_rank"]) / r["summary"]["train_seconds"] for r in runs if r["summary"]])
         s["curves"] = [curve(r) for r in runs]
         s["failures"] = [r["log_tail"] for r in runs if r["returncode"] != 0]
         out[f"{processes}"] = s
@@ -299,6 +306,12 @@ def ratios(result: dict) -> list[str]:
                 if ref85 and mine:
                     lines.append(f"{name}: {float(t):.0%} after {mine:.1f}s wall; the reference reached 85% after "
                                  f"{ref85:.1f}s: {ref85 / mine:.1f}x sooner")
+    one, two = (result.get("ddp", {}).get(k) for k in ("1", "2"))
+    if one and two and one.get("train_images_per_s_median") and two.get("train_images_per_s_median"):
+        a, b = one["train_images_per_s_median"], two["train_images_per_s_median"]
+        lines.append(f"ddp: training {b:.0f} images/s with 2 processes vs {a:.0f} with 1 process "
+                     f"({b / a - 1:+.0%}); whole-process wall {fmt(two['wall_seconds_median'])} vs "
+                     f"{fmt(one['wall_seconds_median'])} s (both started by accelerate launch)")
     return lines
 
 

@@ -431,6 +431,7 @@ def train(cfg: config.Config) -> int:
             "global_batch_size": global_batch_size, "train_samples_per_rank": samples_per_rank,
             "train_seconds": state["train_seconds"],
             "wall_seconds": time.perf_counter() - t_start, "device": str(accelerator.device),
+            "torch_threads": torch.get_num_threads(),
             "distributed_type": accelerator.distributed_type.value, "mixed_precision": accelerator.mixed_precision,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
             "git_revision": git_revision(), "torch_version": torch.__version__,
