@@ -74,7 +74,7 @@ def make_optimizer(cfg: config.TrainConfig, params):
         cls, kwargs = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW), {}
     try:
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **kwargs)
-    except RuntimeError:  # older torch: fused kernels for CUDA only
+    except (RuntimeError, TypeError):  # older torch: fused kernels for CUDA only, or none for SGD
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
