@@ -67,5 +67,5 @@ def run(args) -> int:
         if args.png:
             from mnist_dist import plots
             plots.confusion_matrix(result["confusion"], meta["classes"], args.png)
-    accelerator.end_training()
+    train_mod.end_distributed(accelerator)
     return 0

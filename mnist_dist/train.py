@@ -63,6 +63,13 @@ def make_accelerator(cfg: config.Config):
     )
 
 
+def end_distributed(accelerator) -> None:
+    """Every rank arrives before any tears the process group down: a rank that destroys it while another still
+    works (writing files, requeueing) can abort with gloo's 'terminate called without an active exception'."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def make_optimizer(cfg: config.TrainConfig, params):
     """The fused kernel where this torch has one for the device: on a CPU the default is a per-tensor loop
     (AdamW ~4x slower per step, ~8% of a small CPU step), on a GPU fewer kernel launches (the step is host-bound,
@@ -419,7 +426,7 @@ def train(cfg: config.Config) -> int:
         tracker.finish(None)
         if cfg.run.requeue:
             requeue_slurm_job(accelerator)
-        accelerator.end_training()
+        end_distributed(accelerator)
         return PREEMPTED_EXIT_CODE
 
     if record is None:  # resumed from a checkpoint written after the last epoch: nothing left to train
@@ -444,8 +451,7 @@ def train(cfg: config.Config) -> int:
         checkpoint.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         report.write_after_training(run_dir, unwrapped, datasets.test)  # curves/confusion/samples PNGs + report.md
     tracker.finish(summary, run_dir=run_dir, model=accelerator.unwrap_model(model), datasets=datasets)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_distributed(accelerator)
     accelerator.print(f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
                       f"train {state['train_seconds']:.1f}s, run folder {run_dir}")
     return 0
