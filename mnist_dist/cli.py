@@ -19,9 +19,11 @@ COMMANDS = {  # name: (module, one-line help)
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one parser per available command."""
     parser = argparse.ArgumentParser(prog="mnist-dist", description="Train and use MNIST-family classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {}
     for name, (module, help_text) in COMMANDS.items():
         try:
             mod = importlib.import_module(module)
@@ -29,14 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != module:  # a real missing dependency inside the module
                 raise
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
-    return parser
+        p.set_defaults(_run=mod.run, command=name)
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, commands = build_parser()
+    if argv and argv[0] in commands:
+        # Intermixed: options and key=value overrides in any order (`eval RUN --json data.dir=X`), which plain
+        # parse_args refuses once an option has ended the positionals.
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)  # --help, or a usage error naming the commands
     try:
         return args._run(args) or 0
     except UserError as e:

@@ -72,3 +72,11 @@ def test_cli_print_config_shows_merged_values():
     proc = run_cli(["train", "--config", "configs/train/debug.yaml", "--print-config", "train.epochs=9"])
     merged = config.from_dict(config.Config, __import__("yaml").safe_load(proc.stdout))
     assert merged.train.epochs == 9 and merged.data.name == "fashion_mnist"
+
+
+def test_cli_takes_options_and_overrides_in_any_order(capsys):
+    from mnist_dist.cli import main
+    assert main(["train", "train.epochs=9", "--print-config", "train.lr=0.05", "--config", "configs/train/debug.yaml",
+                 "train.seed=7"]) == 0
+    merged = config.from_dict(config.Config, __import__("yaml").safe_load(capsys.readouterr().out))
+    assert (merged.train.epochs, merged.train.lr, merged.train.seed, merged.data.name) == (9, 0.05, 7, "fashion_mnist")
