@@ -18,6 +18,8 @@ import string
 import sys
 from pathlib import Path
 
+from mnist_dist.errors import PREEMPTED_EXIT_CODE
+
 MISCLASSIFIED_ROWS = 64  # rows of the W&B table of wrong test predictions, per evaluation
 SAMPLE_IMAGES = 32  # images in the W&B grid of sample predictions, per evaluation
 SCAN_LIMIT = 5000  # test images scanned for mistakes per evaluation (main process only, other ranks wait)
@@ -81,8 +83,8 @@ class Tracker:
     def log_eval(self, record: dict, step: int, model=None, test=None) -> None:
         pass
 
-    def finish(self, summary: dict | None, **artifacts) -> None:
-        pass
+    def finish(self, summary: dict | None, preempted: bool = False, **artifacts) -> None:
+        """summary=None: the run stopped early; preempted: it saved a checkpoint and will be resumed."""
 
 
 def _section(key: str) -> str:
@@ -149,14 +151,14 @@ class _AccelerateTracker(Tracker):
         self.last_step = step
         self._guard("log_eval", self.accelerator.log, _scalars(record, self.classes), step=step)
 
-    def finish(self, summary: dict | None, run_dir=None, **_) -> None:
+    def finish(self, summary: dict | None, preempted: bool = False, run_dir=None, **_) -> None:
         if self.broken:
             return
-        self._guard("finish", self._finish, summary, Path(run_dir) if run_dir else self.run_dir)
+        self._guard("finish", self._finish, summary, Path(run_dir) if run_dir else self.run_dir, preempted)
         if not self.broken:
             self._detach()
 
-    def _finish(self, summary: dict | None, run_dir: Path) -> None:
+    def _finish(self, summary: dict | None, run_dir: Path, preempted: bool) -> None:
         raise NotImplementedError
 
 
@@ -206,7 +208,7 @@ class WandbTracker(_AccelerateTracker):
                            float(confidence[k]), float(probs[k, labels[k]]), *[float(p) for p in probs[k]])
         return {"test/samples": grid, "test/misclassified": table}
 
-    def _finish(self, summary: dict | None, run_dir: Path) -> None:
+    def _finish(self, summary: dict | None, run_dir: Path, preempted: bool) -> None:
         import wandb
         from mnist_dist import report
         run = self._backend()
@@ -224,8 +226,11 @@ class WandbTracker(_AccelerateTracker):
                 run.log_artifact(artifact, aliases=["latest", "final"])
         offline = run.settings.mode == "offline"
         sync_dir = run.settings.sync_dir
-        # exit_code != 0 marks a run that stopped early (preempted or non-finite); a resume reopens it.
-        run.finish(exit_code=0 if summary is not None else 1)
+        # W&B's contract for a run that will come back: mark_preempting(), then a non-zero exit code (the run shows
+        # as preempted, not failed; the resume reopens it). Any other early stop (non-finite loss) is a failure.
+        if preempted:
+            run.mark_preempting()
+        run.finish(exit_code=0 if summary is not None else PREEMPTED_EXIT_CODE if preempted else 1)
         if offline:
             _say(f"W&B run {run.id} saved offline in {sync_dir}; upload it with: wandb sync {sync_dir}")
 
@@ -268,7 +273,7 @@ class TensorBoardTracker(_AccelerateTracker):
 
     name = "tensorboard"
 
-    def _finish(self, summary: dict | None, run_dir: Path) -> None:
+    def _finish(self, summary: dict | None, run_dir: Path, preempted: bool) -> None:
         import numpy as np
         from PIL import Image
         from mnist_dist import report

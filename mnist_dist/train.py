@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from mnist_dist import checkpoint, config, data, metrics, models, report, tracking
-from mnist_dist.errors import UserError
+from mnist_dist.errors import PREEMPTED_EXIT_CODE, UserError
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: the run saved its state and wants to be started again
 # Fault injection for the tests: "RANK:STEP" makes that rank raise at that global step.
 INJECT_FAULT = os.environ.get("MNIST_DIST_INJECT_FAULT")
 
@@ -423,7 +422,7 @@ def train(cfg: config.Config) -> int:
     if outcome == "preempted":
         accelerator.print(f"preempted by {flags.signal_received or 'a signal on another rank'}: checkpoint saved at "
                           f"global_step {state['global_step']}")
-        tracker.finish(None)
+        tracker.finish(None, preempted=True)
         if cfg.run.requeue:
             requeue_slurm_job(accelerator)
         end_distributed(accelerator)

@@ -75,7 +75,8 @@ def _update(target: dict, items) -> dict:
 
 def read_run(run_file: Path) -> dict:
     """run id, config, history rows and final summary, as W&B would show them."""
-    out = {"id": None, "config": {}, "history": [], "summary": {}, "artifacts": {}}
+    out = {"id": None, "config": {}, "history": [], "summary": {}, "artifacts": {}, "preempting": False,
+           "exit_code": None}
     for r in wandb_records(run_file):
         kind = r.WhichOneof("record_type")
         if kind == "artifact":
@@ -89,6 +90,10 @@ def read_run(run_file: Path) -> dict:
             out["history"].append(_update({}, r.history.item))
         elif kind == "summary":
             _update(out["summary"], r.summary.update)
+        elif kind == "preempting":
+            out["preempting"] = True
+        elif kind == "exit":
+            out["exit_code"] = r.exit.exit_code
     return out
 
 
@@ -148,13 +153,18 @@ def test_two_processes_leave_one_offline_wandb_run(tmp_path):
     assert_no_secret(run_dir, result.stdout, result.stderr)
 
 
-def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path, monkeypatch, capsys):
-    # No WANDB_MODE, no key, a HOME without ~/.netrc: W&B must go offline by itself, never prompt.
+def no_wandb_settings(monkeypatch, tmp_path):
+    """No WANDB_MODE, no key, a HOME without ~/.netrc (W&B must go offline by itself), no stdin for a prompt.
+    (Not WANDB_MODE=offline: wandb reads its environment once per process, at its first init.)"""
     for name in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))  # restored after the test
     monkeypatch.setattr("sys.stdin", None)  # a prompt would fail loudly
+
+
+def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path, monkeypatch, capsys):
+    no_wandb_settings(monkeypatch, tmp_path)
     cfg = wandb_config(tmp_path / "run")
     run_ids = []
     for step in (4, 8):  # a fresh run, then a resume with the id train.py read from the checkpoint
@@ -172,6 +182,21 @@ def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path, monk
     first, second = (read_run(p) for p in sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
     assert first["id"] == second["id"] == run_ids[0]
     assert [h["_step"] for h in second["history"] if "train/loss" in h] == [8]
+    assert first["exit_code"] == second["exit_code"] == 0 and not first["preempting"]
+
+
+@pytest.mark.parametrize("preempted, exit_code", [(True, 75), (False, 1)])
+def test_an_early_stop_is_marked_preempting_only_when_it_will_resume(tmp_path, monkeypatch, preempted, exit_code):
+    """W&B's contract: mark_preempting() and a non-zero exit code show a run as preempted (to be resumed); a run
+    stopped by a non-finite loss is a plain failure."""
+    no_wandb_settings(monkeypatch, tmp_path)
+    accelerator = make_accelerator(tmp_path, "wandb")
+    tracker = tracking.start(accelerator, wandb_config(tmp_path / "run"), tmp_path / "run", None)
+    tracker.log({"train_loss": 1.0, "lr": 0.1}, step=4)
+    tracker.finish(None, preempted=preempted)
+    accelerator.end_training()
+    run = read_run(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert run["preempting"] is preempted and run["exit_code"] == exit_code
 
 
 def make_accelerator(tmp_path, log_with):
