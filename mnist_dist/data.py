@@ -176,11 +176,21 @@ def _local_dir(cfg) -> str | None:
 
 def load_splits(cfg) -> tuple[Split, Split, str]:
     """(train, test, source description) for a DataConfig, trying sources in order for source=auto."""
+    (train, test), source = _load(cfg, ("train", "test"))
+    return train, test, source
+
+
+def load_test(cfg) -> Split:
+    """The test split alone: evaluation and reports need neither the training files nor their decoding."""
+    return _load(cfg, ("test",))[0][0]
+
+
+def _load(cfg, splits: tuple[str, ...]) -> tuple[list[Split], str]:
     if cfg.source == "idx" or (cfg.source == "auto" and _local_dir(cfg)):
         folder = _local_dir(cfg)
         if folder is None:
             raise DataError(f"data.source=idx needs data.dir: a folder with {', '.join(sum(IDX_NAMES.values(), ()))}")
-        return load_idx(folder, "train"), load_idx(folder, "test"), f"idx:{folder}"
+        return [load_idx(folder, s) for s in splits], f"idx:{folder}"
     loaders = {"hf": lambda s: load_hf(cfg.name, cfg.hf_path, s),
                "torchvision": lambda s: load_torchvision(cfg.name, cfg.dir, s)}
     order = ["hf", "torchvision"] if cfg.source == "auto" else [cfg.source]
@@ -188,7 +198,7 @@ def load_splits(cfg) -> tuple[Split, Split, str]:
     for source in order:
         try:
             where = cfg.hf_path or HF_IDS[cfg.name] if source == "hf" else "download"
-            return loaders[source]("train"), loaders[source]("test"), f"{source}:{where}"
+            return [loaders[source](s) for s in splits], f"{source}:{where}"
         except DataError as e:
             errors.append(f"{source}: {e}")
     if len(order) == 1:

@@ -55,8 +55,7 @@ def run(args) -> int:
         print(f"note: model was trained on {meta['dataset']}, evaluating on {cfg.data.name}")
     accelerator = train_mod.make_accelerator(cfg)
     with accelerator.local_main_process_first():
-        datasets = data.load_datasets(cfg.data)
-    split = getattr(datasets, args.split)
+        split = data.load_test(cfg.data) if args.split == "test" else getattr(data.load_datasets(cfg.data), args.split)
     if split is None:
         raise config.ConfigError("--split val needs data.val_size > 0")
     model = accelerator.prepare_model(model, evaluation_mode=True)

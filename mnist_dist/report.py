@@ -57,7 +57,7 @@ def _test_split(run_dir: Path) -> data.Split:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"{path}: missing; it says which data the run used")
-    return data.load_datasets(load_run_config(run_dir, ["data.val_size=0"]).data).test
+    return data.load_test(load_run_config(run_dir, []).data)
 
 
 def build(run_dir: str | Path, model: torch.nn.Module | None = None, test: data.Split | None = None) -> list[str]:

@@ -2,6 +2,7 @@
 DDP that agrees with a 1-process run on the same global batch."""
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -47,6 +48,19 @@ def test_eval_reproduces_the_runs_test_accuracy(one_proc_run):
     assert result["count"] == summary["test_count"]
     assert result["accuracy"] == summary["test_accuracy"]
     assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+def test_eval_of_the_test_split_needs_only_the_test_files(one_proc_run, tiny_idx, tmp_path):
+    """An offline cluster can copy just t10k-*.gz to evaluate; only --split val/train reads the training files."""
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    for f in tiny_idx.glob("t10k-*"):
+        shutil.copy(f, only_test)
+    summary = json.loads((one_proc_run / "summary.json").read_text())
+    result = json.loads(run_cli(["eval", str(one_proc_run), "--json", f"data.dir={only_test}"]).stdout.splitlines()[-1])
+    assert result["count"] == 300 and result["accuracy"] == summary["test_accuracy"]
+    proc = run_cli(["eval", str(one_proc_run), "--split", "val", f"data.dir={only_test}"], check=False)
+    assert proc.returncode == 2 and "train-images-idx3-ubyte" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 @pytest.mark.slow
