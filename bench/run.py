@@ -227,14 +227,14 @@ def suite_throughput(args, plan, work: Path, common: list[str]) -> dict:
 
 def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
     """Same recipe, same global batch, same launcher (accelerate launch): 1 process with the machine's threads
-    vs 2 processes over gloo."""
+    vs 2 processes over gloo. The two alternate seed by seed, so a drift in the machine's speed (a shared VM's
+    is several percent over minutes) lands on both sides, and each seed gives a paired ratio."""
     recipe = plan["ddp_recipe"]
     from mnist_dist import config
     batch = config.load(ROOT / config_path(recipe)).train.per_device_batch_size
-    out = {}
-    for processes in (1, 2):
-        runs = []
-        for seed in range(args.ddp_seeds):
+    runs = {1: [], 2: []}
+    for seed in range(args.ddp_seeds):
+        for processes in (1, 2):
             run_dir = work / f"ddp{processes}-s{seed}"
             overrides = [*common, f"train.per_device_batch_size={batch // processes}"]
             r = watch(train_cmd(recipe, run_dir, seed, overrides, processes), run_dir,
@@ -243,15 +243,30 @@ def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
             threads = (r["summary"] or {}).get("torch_threads")
             print(f"  {recipe} x{processes} processes (world_size={world}, {threads} threads) seed {seed}: rc={r['returncode']} "
                   f"wall {r['wall_seconds']:.1f}s train {(r['summary'] or {}).get('train_seconds')}", flush=True)
-            runs.append(r)
-        s = summarize_runs(f"{recipe} x{processes}", runs, targets)
-        s["world_size"] = [(r["summary"] or {}).get("world_size") for r in runs]
-        s["train_images_per_s_median"] = median_or_none(
-            [sum(r["summary"]["train_samples_per_rank"]) / r["summary"]["train_seconds"] for r in runs if r["summary"]])
-        s["curves"] = [curve(r) for r in runs]
-        s["failures"] = [r["log_tail"] for r in runs if r["returncode"] != 0]
+            runs[processes].append(r)
+    out = {}
+    for processes, rs in runs.items():
+        s = summarize_runs(f"{recipe} x{processes}", rs, targets)
+        s["world_size"] = [(r["summary"] or {}).get("world_size") for r in rs]
+        s["train_images_per_s"] = [train_images_per_s(r) for r in rs]
+        s["train_images_per_s_median"] = median_or_none([x for x in s["train_images_per_s"] if x])
+        s["curves"] = [curve(r) for r in rs]
+        s["failures"] = [r["log_tail"] for r in rs if r["returncode"] != 0]
         out[f"{processes}"] = s
+    # 2 processes / 1 process, seed by seed (runs next to each other in time)
+    out["paired_ratios"] = [b / a for a, b in zip(out["1"]["train_images_per_s"], out["2"]["train_images_per_s"])
+                            if a and b]
     return out
+
+
+def ddp_runs(result: dict) -> list[dict]:
+    """The 1- and 2-process summaries of a result's DDP suite (none without one)."""
+    return [result["ddp"][k] for k in ("1", "2") if k in result.get("ddp", {})]
+
+
+def train_images_per_s(run: dict) -> float | None:
+    s = run["summary"]
+    return sum(s["train_samples_per_rank"]) / s["train_seconds"] if s else None
 
 
 def curve(run: dict) -> list[list[float]]:
@@ -272,7 +287,7 @@ def print_table(result: dict) -> None:
     rows = {**result.get("tta", {})}
     if "reference" in result:
         rows["reference (tutorial loop)"] = result["reference"]
-    for k, v in result.get("ddp", {}).items():
+    for v in ddp_runs(result):
         rows[f"ddp: {v['name']}"] = v
     if rows:
         head = "".join(f"  wall/train to {float(t):.0%}" for t in targets)
@@ -309,9 +324,14 @@ def ratios(result: dict) -> list[str]:
     one, two = (result.get("ddp", {}).get(k) for k in ("1", "2"))
     if one and two and one.get("train_images_per_s_median") and two.get("train_images_per_s_median"):
         a, b = one["train_images_per_s_median"], two["train_images_per_s_median"]
+        paired = result["ddp"].get("paired_ratios") or []
         lines.append(f"ddp: training {b:.0f} images/s with 2 processes vs {a:.0f} with 1 process "
                      f"({b / a - 1:+.0%}); whole-process wall {fmt(two['wall_seconds_median'])} vs "
                      f"{fmt(one['wall_seconds_median'])} s (both started by accelerate launch)")
+        if paired:
+            lines.append("ddp: 2 processes / 1 process images/s, seed by seed: "
+                         + " ".join(f"{x - 1:+.1%}" for x in paired)
+                         + f" (median {median_or_none(paired) - 1:+.1%})")
     return lines
 
 
@@ -319,11 +339,12 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(8, 5))
     series = {**result.get("tta", {})}
     if "reference" in result:
         series["reference (tutorial loop)"] = result["reference"]
-    for k, v in result.get("ddp", {}).items():
+    for v in ddp_runs(result):
         series[f"ddp {v['name']}"] = v
     for i, (name, s) in enumerate(series.items()):
         color = f"C{i}"
@@ -333,7 +354,12 @@ def plot(result: dict, path: Path) -> None:
                         label=name if j == 0 else None)
     for t in result["targets"]:
         ax.axhline(float(t), color="grey", lw=0.5, ls=":")
-    ax.set_xscale("log")
+    times = [p[0] for s in series.values() for c in s.get("curves", []) for p in c if p[0] > 0]
+    if times and max(times) > 5 * min(times):  # seconds to minutes (the reference): a log axis keeps both legible
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # 20, 30, 50, 200, ... in plain numbers
+            lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else ""))
     ax.set_xlabel("whole-process wall-clock seconds (start-up included)")
     ax.set_ylabel("test accuracy")
     accs = [p[2] for s in series.values() for c in s.get("curves", []) for p in c]
