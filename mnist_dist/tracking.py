@@ -6,6 +6,8 @@ backend=none, gets the base Tracker, whose methods do nothing: one W&B run per j
 W&B never blocks or prompts and never kills training:
   - without credentials (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a ~/.netrc entry) it runs offline into
     RUN_DIR/wandb/ and says how to upload (`wandb sync PATH`); WANDB_MODE=offline|disabled is honoured;
+  - with credentials but no route to the W&B server (a compute node without internet), the same, after a
+    TCP connect of at most 5 s instead of wandb's ~90 s wait that ends untracked;
   - any W&B error (init or log) prints one warning and the run goes on untracked;
   - a resumed run continues the same W&B run: the id is stored in every checkpoint (train.save_checkpoint).
 Nothing here reads or writes credentials: wandb finds them itself; they never enter the config we log.
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import string
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mnist_dist.errors import PREEMPTED_EXIT_CODE
 
@@ -50,11 +54,35 @@ def _has_wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     try:
-        import wandb
         from wandb.sdk.lib.wbauth import wbnetrc
-        return wbnetrc.read_netrc_auth(host=wandb.Settings().base_url) is not None  # honours WANDB_BASE_URL
+        return wbnetrc.read_netrc_auth(host=_wandb_base_url()) is not None
     except Exception:  # a private wandb API that moved, or an unreadable .netrc: treat as no credentials
         return False
+
+
+def _wandb_base_url() -> str:
+    """The server wandb.init will use (its default < `wandb login --host` < WANDB_BASE_URL), as wandb's own
+    process-wide settings resolve it; a bare wandb.Settings() reads neither the settings files nor the environment."""
+    import wandb
+    return wandb.setup().settings.base_url
+
+
+def _wandb_server_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the W&B server cannot be reached (a compute node without internet), or None if it can or we cannot
+    tell (a proxy is set: only wandb's own client knows the way). Online, wandb.init would wait ~90 s and then
+    fail, and the run would have no tracking at all; offline it keeps everything for `wandb sync`."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    try:
+        url = urlparse(_wandb_base_url())
+        host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    except Exception:  # a settings layout this wandb does not have: let wandb find out itself
+        return None
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return None
+    except OSError as e:
+        return f"{url.scheme}://{host}:{port} unreachable ({type(e).__name__}: {e})"
 
 
 def _warn(message: str) -> None:
@@ -242,11 +270,14 @@ def _start_wandb(accelerator, cfg, run_dir: Path, resume_run_id: str | None) -> 
     run_id = resume_run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     init = {"id": run_id, "resume": "allow", "dir": str(run_dir), "entity": tc.entity, "name": tc.run_name,
             "tags": list(tc.tags) or None, "group": tc.group or slurm_group()}
-    mode = wandb_mode()
-    if not _has_wandb_credentials() and mode != "offline":
-        # Online without credentials would prompt for a key (or fail): go offline into the run folder instead.
-        init["mode"] = "offline"
-        _say("no W&B credentials (WANDB_API_KEY or ~/.netrc): W&B logs offline into the run folder")
+    if wandb_mode() != "offline":
+        if not _has_wandb_credentials():
+            # Online without credentials would prompt for a key (or fail): go offline into the run folder instead.
+            init["mode"] = "offline"
+            _say("no W&B credentials (WANDB_API_KEY or ~/.netrc): W&B logs offline into the run folder")
+        elif why := _wandb_server_unreachable():
+            init["mode"] = "offline"
+            _say(f"W&B server {why}: W&B logs offline into the run folder")
     tracker = WandbTracker(accelerator, cfg, run_dir, run_id)
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)  # wandb falls back to /tmp if dir does not exist
     # Tables are staged as artifact files under WANDB_DATA_DIR (default ~/.local/share/wandb) until synced:

@@ -5,8 +5,9 @@
   log step, val/test metrics, per-class accuracy, the confusion chart, sample images, the misclassified
   table and the final summary; its id is the one stored in the checkpoints.
 - A sentinel WANDB_API_KEY appears nowhere: not in stdout/stderr, not in any file of the run folder.
-- Without credentials W&B runs offline (never prompts) and says how to sync; a tracker started with the
-  id a checkpoint stored continues that W&B run.
+- Without credentials, or with a key but no route to the W&B server, W&B runs offline (never prompts, never
+  waits out wandb's timeout) and says how to sync; a tracker started with the id a checkpoint stored continues
+  that W&B run. A preempted run is marked preempting (W&B's contract for a run that will resume).
 - WANDB_MODE=disabled means no W&B at all; a failing wandb.init or log warns once and training goes on.
 """
 import json
@@ -161,6 +162,21 @@ def no_wandb_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))  # restored after the test
     monkeypatch.setattr("sys.stdin", None)  # a prompt would fail loudly
+
+
+@pytest.mark.slow
+def test_a_key_but_no_route_to_the_server_logs_offline(tmp_path):
+    """A compute node without internet: online, wandb would wait ~90 s and the run would end untracked."""
+    idx = fashion_slice(tmp_path / "idx", n_train=600, n_test=200)
+    run_dir = tmp_path / "run"
+    env = clean_env(tmp_path / "home", WANDB_API_KEY=SENTINEL, WANDB_BASE_URL="http://127.0.0.1:9")  # port 9: closed
+    result = subprocess.run([str(BIN / "mnist-dist"), "train", *train_args(idx, run_dir, "train.max_steps=4")], cwd=REPO,
+                            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "W&B server http://127.0.0.1:9 unreachable" in result.stdout and "wandb sync" in result.stdout
+    run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert [h["_step"] for h in run["history"] if "train/loss" in h] == [4] and run["exit_code"] == 0
+    assert_no_secret(run_dir, result.stdout, result.stderr)
 
 
 def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path, monkeypatch, capsys):
