@@ -298,10 +298,15 @@ def fresh_state() -> dict:
             "last_train_accuracy": None, "samples_seen": 0, **{k: 0.0 for k in LossWindow.KEYS}}
 
 
+def samples_seen_per_rank(accelerator, state: dict) -> list[int]:
+    """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
+    return accelerator.gather(torch.tensor([state["samples_seen"]], device=accelerator.device)).tolist()
+
+
 def save_checkpoint(accelerator, cfg, state: dict, tracker, window: LossWindow) -> Path:
     window.fold(accelerator, state)
-    meta = {**state, "world_size": accelerator.num_processes, "tracker_run_id": tracker.run_id,
-            "config": config.to_dict(cfg)}
+    meta = {**state, "samples_seen_per_rank": samples_seen_per_rank(accelerator, state),
+            "world_size": accelerator.num_processes, "tracker_run_id": tracker.run_id, "config": config.to_dict(cfg)}
     return checkpoint.save_checkpoint(accelerator, Path(cfg.run.dir), meta, keep=cfg.checkpoint.keep)
 
 
@@ -351,6 +356,8 @@ def train(cfg: config.Config) -> int:
                             f"and a new run.dir")
         checkpoint.load_checkpoint(accelerator, resume_from)
         state.update({k: resumed_meta[k] for k in state if k in resumed_meta})
+        if "samples_seen_per_rank" in resumed_meta:  # state.json's samples_seen is rank 0's
+            state["samples_seen"] = resumed_meta["samples_seen_per_rank"][accelerator.process_index]
 
     # ------------------------------------------------------------------ run folder, tracking, summary
     if accelerator.is_main_process:
@@ -430,7 +437,7 @@ def train(cfg: config.Config) -> int:
 
     if record is None:  # resumed from a checkpoint written after the last epoch: nothing left to train
         record = evaluate_record(state, len(loader))
-    samples_per_rank = accelerator.gather(torch.tensor([state["samples_seen"]], device=accelerator.device)).tolist()
+    samples_per_rank = samples_seen_per_rank(accelerator, state)
     summary = None
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)

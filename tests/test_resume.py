@@ -44,10 +44,10 @@ def popen_train(args, launcher=None):
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_checkpoint(run_dir: Path, proc, timeout=180):
+def wait_for_checkpoint(run_dir: Path, proc, timeout=180, min_step=0):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if checkpoint.complete_checkpoints(run_dir):
+        if any(int(c.name.split("_")[1]) >= min_step for c in checkpoint.complete_checkpoints(run_dir)):
             return
         if proc.poll() is not None:
             raise AssertionError("run ended before its first checkpoint:\n" + proc.stdout.read())
@@ -168,12 +168,13 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
 
 @pytest.mark.slow
 def test_preempt_signal_to_one_rank_stops_both_and_resumes_identically(tiny_idx, tmp_path):
-    args = lambda d: slow_overrides(tiny_idx, d, "train.per_device_batch_size=5")
+    # 999 training images: each epoch's last step has 9, split 4 / 5, so the two ranks' sample counts differ.
+    args = lambda d: slow_overrides(tiny_idx, d, "train.per_device_batch_size=5", "data.val_size=201")
     ref = tmp_path / "ref2"
     run_cli(["train", *args(ref)], launcher=ddp2_launcher(29614))
     run_dir = tmp_path / "pre"
     proc = popen_train(args(run_dir), launcher=ddp2_launcher(29615))
-    wait_for_checkpoint(run_dir, proc)
+    wait_for_checkpoint(run_dir, proc, min_step=125)  # past the first epoch's uneven last step
     pids = worker_pids(proc.pid)
     assert sorted(pids) == [0, 1]
     os.kill(pids[1], signal.SIGUSR1)  # only rank 1 hears it; the ranks agree at the next step boundary
@@ -185,6 +186,8 @@ def test_preempt_signal_to_one_rank_stops_both_and_resumes_identically(tiny_idx,
     out = run_cli(["train", *args(run_dir)], launcher=ddp2_launcher(29616)).stdout
     assert f"resumed from {latest}" in out
     assert_same_run(ref, run_dir)
+    per_rank = [json.loads((d / "summary.json").read_text())["train_samples_per_rank"] for d in (ref, run_dir)]
+    assert per_rank[0] == per_rank[1] == [3 * 499, 3 * 500]
 
 
 @pytest.mark.slow
