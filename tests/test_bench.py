@@ -33,11 +33,11 @@ def test_bench_ddp_suite_pairs_one_and_two_processes(tmp_path, tiny_idx):
     """The DDP suite really starts 1 and then 2 processes per seed (world_size read back from each run's summary)
     and reports a ratio per seed."""
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--suites", "ddp", "--ddp-seeds", "2",
+    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--suites", "ddp", "--ddp-seeds", "1",
                            "--data-dir", str(tiny_idx), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((out / "quick.json").read_text())["ddp"]
-    assert ddp["1"]["world_size"] == [1, 1] and ddp["2"]["world_size"] == [2, 2]
-    assert len(ddp["paired_ratios"]) == 2 and all(r > 0 for r in ddp["paired_ratios"])
+    assert ddp["1"]["world_size"] == [1] and ddp["2"]["world_size"] == [2]
+    assert len(ddp["paired_ratios"]) == 1 and all(r > 0 for r in ddp["paired_ratios"])
     assert "seed by seed" in proc.stdout
