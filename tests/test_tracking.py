@@ -40,6 +40,14 @@ def clean_env(home: Path, **extra) -> dict:
     return {**env, "HOME": str(home), "PYTHONUNBUFFERED": "1", **extra}
 
 
+def run_ok(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """A real training process that must succeed, with no stdin (a W&B prompt would fail, not hang)."""
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
 def wandb_records(path: Path):
     """Records of a .wandb file: a 7-byte header, then a LevelDB-style log of 32 KiB blocks whose chunks
     (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) carry serialised wandb Record protobufs."""
@@ -114,9 +122,7 @@ def test_two_processes_leave_one_offline_wandb_run(tmp_path):
     cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_ddp2.yaml", "train_accel.py",
            *train_args(idx, run_dir, "train.max_steps=8", "tracking.tags=[ci]", "tracking.log_model=true")]
     env = clean_env(tmp_path / "home", WANDB_MODE="offline", WANDB_API_KEY=SENTINEL)
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = run_ok(cmd, env)
 
     run_files = list((run_dir / "wandb").glob("*run-*/run-*.wandb"))
     assert len(run_files) == 1, run_files  # one W&B run for two processes
@@ -170,9 +176,7 @@ def test_a_key_but_no_route_to_the_server_logs_offline(tmp_path):
     idx = fashion_slice(tmp_path / "idx", n_train=600, n_test=200)
     run_dir = tmp_path / "run"
     env = clean_env(tmp_path / "home", WANDB_API_KEY=SENTINEL, WANDB_BASE_URL="http://127.0.0.1:9")  # port 9: closed
-    result = subprocess.run([str(BIN / "mnist-dist"), "train", *train_args(idx, run_dir, "train.max_steps=4")], cwd=REPO,
-                            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = run_ok([str(BIN / "mnist-dist"), "train", *train_args(idx, run_dir, "train.max_steps=4")], env)
     assert "W&B server http://127.0.0.1:9 unreachable" in result.stdout and "wandb sync" in result.stdout
     run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
     assert [h["_step"] for h in run["history"] if "train/loss" in h] == [4] and run["exit_code"] == 0
