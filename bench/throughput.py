@@ -44,7 +44,7 @@ def main() -> int:
         mean, std = data.STATS[cfg.data.name]
         world = accelerator.num_processes
         loader = train.make_loader(cfg, datasets.train, accelerator)
-        model, optimizer, scheduler, _ = train.make_model_and_optimizer(cfg, accelerator, len(loader))
+        model, optimizer, scheduler, _, _ = train.make_model_and_optimizer(cfg, accelerator, len(loader))
         if cfg.model.compile:
             # Warm up past the first epoch end, so the last batch's (smaller) graph is compiled before timing.
             args.warmup = max(args.warmup, len(loader) + 1)

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist_dist import checkpoint, config, data, metrics, models, report, tracking
+from mnist_dist import checkpoint, config, data, metrics, models, report, shm_allreduce, tracking
 from mnist_dist.errors import PREEMPTED_EXIT_CODE, UserError
 
 # Fault injection for the tests: "RANK:STEP" makes that rank raise at that global step.
@@ -58,7 +59,8 @@ def make_accelerator(cfg: config.Config):
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.run.dist_timeout_s)),
                          # No per-step broadcast of BN running stats (a collective per forward, ~6% of a CPU DDP
                          # step): only evaluation reads them, and evaluate() gives every rank rank 0's first.
-                         DistributedDataParallelKwargs(broadcast_buffers=False)],
+                         # Gradients that are views into DDP's buckets: no copy in and out of them per step.
+                         DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)],
     )
 
 
@@ -114,11 +116,36 @@ def make_model_and_optimizer(cfg: config.Config, accelerator, steps_per_epoch: i
     optimizer = make_optimizer(cfg.train, model.parameters())
     scheduler = make_scheduler(cfg.train, optimizer, steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    allreduce = attach_cpu_allreduce(cfg.run, accelerator, model)
     if cfg.model.compile:
         # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
         # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
         model = torch.compile(model, dynamic=False)
-    return model, optimizer, scheduler, n_params
+    return model, optimizer, scheduler, n_params, allreduce
+
+
+def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
+    """Gives multi-process CPU DDP the shared-memory all-reduce where asked or possible; returns which all-reduce
+    averages the gradients ("none" in a single process, "nccl"/"gloo"/... from the process group otherwise)."""
+    from accelerate.utils import DistributedType
+    if accelerator.num_processes == 1:
+        return "none"
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or rc.cpu_allreduce == "gloo":
+        return torch.distributed.get_backend()
+    if not shm_allreduce.supported():
+        if rc.cpu_allreduce == "shared_memory":
+            raise UserError(f"run.cpu_allreduce=shared_memory needs Linux on x86-64 with {shm_allreduce.SHM_DIR}; "
+                            f"this is {platform.system()} on {platform.machine()}: use run.cpu_allreduce=auto")
+        return "gloo"
+    max_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    try:
+        allreduce = shm_allreduce.SharedMemoryAllReduce(max_bytes, timeout_s=rc.dist_timeout_s)
+    except OSError as e:  # every rank gets the same verdict: the check inside is a collective
+        if rc.cpu_allreduce == "shared_memory":
+            raise UserError(f"run.cpu_allreduce=shared_memory: {e}; use run.cpu_allreduce=auto") from None
+        return "gloo"
+    model.register_comm_hook(None, allreduce.hook)
+    return "shared_memory"
 
 
 def git_revision() -> str | None:
@@ -342,7 +369,7 @@ def train(cfg: config.Config) -> int:
     eval_splits = {"val": datasets.val, "test": datasets.test}
 
     # ------------------------------------------------------------------ model, optimizer, schedule
-    model, optimizer, scheduler, n_params = make_model_and_optimizer(cfg, accelerator, len(loader))
+    model, optimizer, scheduler, n_params, allreduce = make_model_and_optimizer(cfg, accelerator, len(loader))
 
     # ------------------------------------------------------------------ resume
     state = fresh_state()
@@ -366,7 +393,7 @@ def train(cfg: config.Config) -> int:
     tracker = tracking.start(accelerator, cfg, run_dir, resumed_meta.get("tracker_run_id") if resumed_meta else None)
     accelerator.print(
         f"mnist-dist: device={accelerator.device} distributed={accelerator.distributed_type.value} "
-        f"world_size={world} mixed_precision={accelerator.mixed_precision}\n"
+        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision}\n"
         f"  model={cfg.model.name} params={n_params:,} data={cfg.data.name} source={datasets.source} "
         f"loader={cfg.data.loader} train/val/test={len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}\n"
         f"  per_device_batch_size={tc.per_device_batch_size} grad_accum_steps={tc.grad_accum_steps} "
@@ -450,7 +477,7 @@ def train(cfg: config.Config) -> int:
             "train_seconds": state["train_seconds"],
             "wall_seconds": time.perf_counter() - t_start, "device": str(accelerator.device),
             "torch_threads": torch.get_num_threads(),
-            "distributed_type": accelerator.distributed_type.value, "mixed_precision": accelerator.mixed_precision,
+            "distributed_type": accelerator.distributed_type.value, "allreduce": allreduce, "mixed_precision": accelerator.mixed_precision,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
             "git_revision": git_revision(), "torch_version": torch.__version__,
         }
