@@ -185,8 +185,13 @@ def load_test(cfg) -> Split:
     return _load(cfg, ("test",))[0][0]
 
 
+def reads_idx_folder(cfg) -> bool:
+    """Whether loading only reads a local IDX folder (no download, no cache written): ranks may load at once."""
+    return cfg.source == "idx" or (cfg.source == "auto" and _local_dir(cfg) is not None)
+
+
 def _load(cfg, splits: tuple[str, ...]) -> tuple[list[Split], str]:
-    if cfg.source == "idx" or (cfg.source == "auto" and _local_dir(cfg)):
+    if reads_idx_folder(cfg):
         folder = _local_dir(cfg)
         if folder is None:
             raise DataError(f"data.source=idx needs data.dir: a folder with {', '.join(sum(IDX_NAMES.values(), ()))}")
