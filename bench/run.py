@@ -11,8 +11,8 @@ Every figure comes from real processes started here, so start-up is counted:
   reference   bench/reference.py, the tutorial loop (torchvision + ToTensor + DataLoader(32) + tutorial_cnn +
               SGD 0.01), timed the same way, so every speed-up is a ratio taken side by side.
   throughput  bench/throughput.py: steady-state images/s of the real training loop per loader path and model.
-  ddp         (CPU) the same recipe and global batch with 1 process (2 threads) and 2 processes (gloo), both
-              started by accelerate launch.
+  ddp         (CPU) the same recipe and global batch with 1 process (2 threads) and 2 processes, with the
+              default (shared-memory) all-reduce and with gloo's, all started by accelerate launch.
 Writes OUT/<tag>.json and OUT/<tag>.png (test accuracy against wall-clock time) and prints a table.
 """
 from __future__ import annotations
@@ -225,43 +225,50 @@ def suite_throughput(args, plan, work: Path, common: list[str]) -> dict:
     return out
 
 
+# key: (processes, overrides, label). "2" takes the default all-reduce (shared memory where it works), "2-gloo"
+# names gloo's, so the suite also measures what the shared-memory hook buys.
+DDP_VARIANTS = {"1": (1, [], "x1"), "2": (2, [], "x2"), "2-gloo": (2, ["run.cpu_allreduce=gloo"], "x2 gloo")}
+
+
 def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
     """Same recipe, same global batch, same launcher (accelerate launch): 1 process with the machine's threads
-    vs 2 processes over gloo. The two alternate seed by seed, so a drift in the machine's speed (a shared VM's
-    is several percent over minutes) lands on both sides, and each seed gives a paired ratio."""
+    vs 2 processes with the default all-reduce vs 2 with gloo's. The three alternate seed by seed, so a drift in
+    the machine's speed (a shared VM's is several percent over minutes) lands on all, and each seed gives paired
+    ratios."""
     recipe = plan["ddp_recipe"]
     from mnist_dist import config
     batch = config.load(ROOT / config_path(recipe)).train.per_device_batch_size
-    runs = {1: [], 2: []}
+    runs = {key: [] for key in DDP_VARIANTS}
     for seed in range(args.ddp_seeds):
-        for processes in (1, 2):
-            run_dir = work / f"ddp{processes}-s{seed}"
-            overrides = [*common, f"train.per_device_batch_size={batch // processes}"]
+        for key, (processes, extra, _) in DDP_VARIANTS.items():
+            run_dir = work / f"ddp{key}-s{seed}"
+            overrides = [*common, f"train.per_device_batch_size={batch // processes}", *extra]
             r = watch(train_cmd(recipe, run_dir, seed, overrides, processes), run_dir,
-                      work / f"ddp{processes}-s{seed}.log", args.timeout)
-            world = (r["summary"] or {}).get("world_size")
-            threads = (r["summary"] or {}).get("torch_threads")
-            print(f"  {recipe} x{processes} processes (world_size={world}, {threads} threads) seed {seed}: rc={r['returncode']} "
-                  f"wall {r['wall_seconds']:.1f}s train {(r['summary'] or {}).get('train_seconds')}", flush=True)
-            runs[processes].append(r)
+                      work / f"ddp{key}-s{seed}.log", args.timeout)
+            s = r["summary"] or {}
+            print(f"  {recipe} x{processes} processes (world_size={s.get('world_size')}, {s.get('torch_threads')} "
+                  f"threads, all-reduce {s.get('allreduce')}) seed {seed}: rc={r['returncode']} "
+                  f"wall {r['wall_seconds']:.1f}s train {s.get('train_seconds')}", flush=True)
+            runs[key].append(r)
     out = {}
-    for processes, rs in runs.items():
-        s = summarize_runs(f"{recipe} x{processes}", rs, targets)
+    for key, rs in runs.items():
+        s = summarize_runs(f"{recipe} {DDP_VARIANTS[key][2]}", rs, targets)
         s["world_size"] = [(r["summary"] or {}).get("world_size") for r in rs]
+        s["allreduce"] = [(r["summary"] or {}).get("allreduce") for r in rs]
         s["train_images_per_s"] = [train_images_per_s(r) for r in rs]
         s["train_images_per_s_median"] = median_or_none([x for x in s["train_images_per_s"] if x])
         s["curves"] = [curve(r) for r in rs]
         s["failures"] = [r["log_tail"] for r in rs if r["returncode"] != 0]
-        out[f"{processes}"] = s
+        out[key] = s
     # 2 processes / 1 process, seed by seed (runs next to each other in time)
-    out["paired_ratios"] = [b / a for a, b in zip(out["1"]["train_images_per_s"], out["2"]["train_images_per_s"])
-                            if a and b]
+    for key, name in (("2", "paired_ratios"), ("2-gloo", "paired_ratios_gloo")):
+        out[name] = [b / a for a, b in zip(out["1"]["train_images_per_s"], out[key]["train_images_per_s"]) if a and b]
     return out
 
 
 def ddp_runs(result: dict) -> list[dict]:
-    """The 1- and 2-process summaries of a result's DDP suite (none without one)."""
-    return [result["ddp"][k] for k in ("1", "2") if k in result.get("ddp", {})]
+    """The summaries of a result's DDP suite, 1 process first (none without one)."""
+    return [result["ddp"][k] for k in DDP_VARIANTS if k in result.get("ddp", {})]
 
 
 def train_images_per_s(run: dict) -> float | None:
@@ -321,15 +328,19 @@ def ratios(result: dict) -> list[str]:
                 if ref85 and mine:
                     lines.append(f"{name}: {float(t):.0%} after {mine:.1f}s wall; the reference reached 85% after "
                                  f"{ref85:.1f}s: {ref85 / mine:.1f}x sooner")
-    one, two = (result.get("ddp", {}).get(k) for k in ("1", "2"))
-    if one and two and one.get("train_images_per_s_median") and two.get("train_images_per_s_median"):
+    one = result.get("ddp", {}).get("1")
+    for key, paired_key in (("2", "paired_ratios"), ("2-gloo", "paired_ratios_gloo")):
+        two = result.get("ddp", {}).get(key)
+        if not (one and two and one.get("train_images_per_s_median") and two.get("train_images_per_s_median")):
+            continue
         a, b = one["train_images_per_s_median"], two["train_images_per_s_median"]
-        paired = result["ddp"].get("paired_ratios") or []
-        lines.append(f"ddp: training {b:.0f} images/s with 2 processes vs {a:.0f} with 1 process "
-                     f"({b / a - 1:+.0%}); whole-process wall {fmt(two['wall_seconds_median'])} vs "
+        via = sorted(set(two.get("allreduce") or ["gloo"]) - {None})  # results before the hook have no field
+        paired = result["ddp"].get(paired_key) or []
+        lines.append(f"ddp: training {b:.0f} images/s with 2 processes ({'/'.join(via)} all-reduce) vs {a:.0f} with "
+                     f"1 process ({b / a - 1:+.1%}); whole-process wall {fmt(two['wall_seconds_median'])} vs "
                      f"{fmt(one['wall_seconds_median'])} s (both started by accelerate launch)")
         if paired:
-            lines.append("ddp: 2 processes / 1 process images/s, seed by seed: "
+            lines.append(f"ddp: 2 processes ({'/'.join(via)}) / 1 process images/s, seed by seed: "
                          + " ".join(f"{x - 1:+.1%}" for x in paired)
                          + f" (median {median_or_none(paired) - 1:+.1%})")
     return lines
