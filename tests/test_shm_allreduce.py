@@ -1,5 +1,5 @@
-"""The shared-memory all-reduce of CPU DDP: two real processes in a gloo group get the exact mean, the same bits
-on both ranks, over calls of changing sizes and dtypes; ranks that cannot map the same file fail together in one
+"""The shared-memory all-reduce of CPU DDP: real processes in a gloo group get the exact mean, the same bits
+on every rank, over calls of changing sizes and dtypes; ranks that cannot map the same file fail together in one
 message; a rank that never arrives ends the wait with an error instead of a hang; and in the real training
 entry point it trains bit-for-bit the weights that gloo's all-reduce trains, leaving nothing in /dev/shm."""
 import json
@@ -27,7 +27,7 @@ def rank_tensor(rank: int, call: int, numel: int, dtype) -> torch.Tensor:
 
 
 def worker(rank: int, tmp, scenario: str, shm_dirs: list):
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=len(shm_dirs))
     shm_allreduce.SHM_DIR = shm_dirs[rank]  # a rank on "another host" looks in a folder rank 0 did not write to
     out = {}
     try:
@@ -43,26 +43,32 @@ def worker(rank: int, tmp, scenario: str, shm_dirs: list):
     dist.destroy_process_group()
 
 
-def run_pair(tmp_path, scenario, shm_dirs=(shm_allreduce.SHM_DIR, shm_allreduce.SHM_DIR), timeout_s=60):
-    """Both ranks' outputs; a pair still running after timeout_s (a hang) is killed and fails the test."""
-    ctx = mp.spawn(worker, args=(tmp_path, scenario, list(shm_dirs)), nprocs=2, join=False)
+def run_ranks(tmp_path, scenario, shm_dirs=(shm_allreduce.SHM_DIR,) * 2, timeout_s=60):
+    """Every rank's output, one rank per entry of shm_dirs; ranks still running after timeout_s (a hang) are
+    killed and fail the test."""
+    ctx = mp.spawn(worker, args=(tmp_path, scenario, list(shm_dirs)), nprocs=len(shm_dirs), join=False)
     deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
             pytest.fail(f"scenario {scenario!r} still running after {timeout_s} s")
-    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(len(shm_dirs))]
 
 
-def test_every_rank_gets_the_same_exact_mean(tmp_path):
-    outs = run_pair(tmp_path, "mean")
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_gets_the_same_exact_mean(tmp_path, world):
+    """Two ranks take a shortcut (each adds the other's slot); three or more add the slots in rank order."""
+    outs = run_ranks(tmp_path, "mean", (shm_allreduce.SHM_DIR,) * world)
     for i, (numel, dtype) in enumerate(CALLS):
-        a, b = (out["results"][i] for out in outs)
-        assert a.dtype == dtype and a.shape == (numel,)
-        assert torch.equal(a, b), f"call {i}: the ranks disagree"
-        expected = (rank_tensor(0, i, numel, dtype) + rank_tensor(1, i, numel, dtype)) / 2
-        assert torch.equal(a, expected), f"call {i}: not the mean"
+        first = outs[0]["results"][i]
+        assert first.dtype == dtype and first.shape == (numel,)
+        for out in outs[1:]:
+            assert torch.equal(out["results"][i], first), f"call {i}: the ranks disagree"
+        expected = rank_tensor(0, i, numel, dtype)
+        for r in range(1, world):
+            expected = expected + rank_tensor(r, i, numel, dtype)
+        assert torch.equal(first, expected / world), f"call {i}: not the mean"
 
 
 @pytest.mark.parametrize("where", ["rank 1 on another host", "rank 0 cannot create the file"])
@@ -73,14 +79,14 @@ def test_ranks_that_cannot_share_memory_fail_together(tmp_path, where):
         dirs = (shm_allreduce.SHM_DIR, str(elsewhere))
     else:  # a missing folder: as unwritable as a read-only or full /dev/shm, for mkstemp
         dirs = (str(elsewhere), shm_allreduce.SHM_DIR)
-    outs = run_pair(tmp_path, "mean", dirs)
+    outs = run_ranks(tmp_path, "mean", dirs)
     for out in outs:
         assert "results" not in out
         assert "the ranks could not share a file in" in out["error"]
 
 
 def test_a_rank_that_never_arrives_ends_the_wait(tmp_path):
-    outs = run_pair(tmp_path, "late")
+    outs = run_ranks(tmp_path, "late")
     assert "waited 1 s for the gradients of rank(s) [1]" in outs[0]["error"]
     assert "error" not in outs[1]
 
