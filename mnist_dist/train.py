@@ -12,6 +12,7 @@ import platform
 import signal
 import subprocess
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -115,7 +116,12 @@ def make_model_and_optimizer(cfg: config.Config, accelerator, steps_per_epoch: i
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg.train, model.parameters())
     scheduler = make_scheduler(cfg.train, optimizer, steps_per_epoch)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    with warnings.catch_warnings():
+        # torch 2.14 renames DDP's broadcast_buffers to forward_sync_buffers, which Accelerate cannot pass yet.
+        # What we ask for (no buffer broadcast per forward) is the same under both names; the warning, twice per
+        # rank on every DDP run, would only alarm.
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     allreduce = attach_cpu_allreduce(cfg.run, accelerator, model)
     if cfg.model.compile:
         # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
