@@ -485,7 +485,8 @@ def train(cfg: config.Config) -> int:
             "train_seconds": state["train_seconds"],
             "wall_seconds": time.perf_counter() - t_start, "device": str(accelerator.device),
             "torch_threads": torch.get_num_threads(),
-            "distributed_type": accelerator.distributed_type.value, "allreduce": allreduce, "mixed_precision": accelerator.mixed_precision,
+            "distributed_type": accelerator.distributed_type.value, "allreduce": allreduce,
+            "mixed_precision": accelerator.mixed_precision,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
             "git_revision": git_revision(), "torch_version": torch.__version__,
         }
