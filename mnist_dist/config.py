@@ -131,9 +131,10 @@ class RunConfig:
     dist_timeout_s: int = 180
     """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
     cpu_allreduce: str = field(default="auto", metadata=choice("auto", "shared_memory", "gloo"))
-    """How multi-process CPU DDP averages gradients. shared_memory: through a file in /dev/shm that all ranks
-    map (one x86-64 Linux host; mnist_dist/shm_allreduce.py). gloo: the process group's all-reduce over TCP.
-    auto: shared_memory where it works, else gloo. Ignored on GPUs and in a single process."""
+    """How multi-process CPU DDP averages gradients. shared_memory: through a file in /dev/shm (or
+    $MNIST_DIST_SHM_DIR) that all ranks map: one x86-64 host (mnist_dist/shm_allreduce.py). gloo: the process
+    group's all-reduce over TCP. auto: shared_memory where it works, else gloo. Ignored on GPUs and in a single
+    process."""
 
 
 @dataclass

@@ -140,8 +140,8 @@ def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
         return torch.distributed.get_backend()
     if not shm_allreduce.supported():
         if rc.cpu_allreduce == "shared_memory":
-            raise UserError(f"run.cpu_allreduce=shared_memory needs Linux on x86-64 with {shm_allreduce.SHM_DIR}; "
-                            f"this is {platform.system()} on {platform.machine()}: use run.cpu_allreduce=auto")
+            raise UserError(f"run.cpu_allreduce=shared_memory needs an x86-64 CPU, this is {platform.machine()}: "
+                            f"use run.cpu_allreduce=auto")
         return "gloo"
     max_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     try:

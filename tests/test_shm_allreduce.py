@@ -1,7 +1,8 @@
 """The shared-memory all-reduce of CPU DDP: real processes in a gloo group get the exact mean, the same bits
 on every rank, over calls of changing sizes and dtypes; ranks that cannot map the same file fail together in one
 message; a rank that never arrives ends the wait with an error instead of a hang; and in the real training
-entry point it trains bit-for-bit the weights that gloo's all-reduce trains, leaving nothing in /dev/shm."""
+entry point it trains bit-for-bit the weights that gloo's all-reduce trains, leaving nothing in /dev/shm, while
+a folder the ranks cannot share means gloo (auto) or one line and exit 2 (shared_memory)."""
 import json
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from mnist_dist import shm_allreduce
 
 from conftest import ddp2_launcher, run_cli, tiny_overrides
 
-pytestmark = pytest.mark.skipif(not shm_allreduce.supported(), reason="needs Linux on x86-64 with /dev/shm")
+pytestmark = pytest.mark.skipif(not (shm_allreduce.supported() and Path(shm_allreduce.SHM_DIR).is_dir()),
+                                reason="needs an x86-64 CPU and /dev/shm")
 
 # (numel, dtype) per call; 1003 float64 is the largest (8024 bytes), the odd sizes cross slot alignment.
 CALLS = [(1003, torch.float64), (7, torch.float32), (1000, torch.float32), (513, torch.bfloat16), (1, torch.float32)]
@@ -109,3 +111,19 @@ def test_training_with_it_gives_gloos_weights_bit_for_bit(tiny_idx, tmp_path):
         assert torch.equal(shm[name], gloo[name]), name
     assert summaries["shared_memory"]["test_loss"] == summaries["gloo"]["test_loss"]
     assert shm_files() == before, "the shared file outlived the run"
+
+
+@pytest.mark.slow
+def test_without_a_shared_folder_auto_takes_gloo_and_shared_memory_stops(tiny_idx, tmp_path):
+    env = {"MNIST_DIST_SHM_DIR": str(tmp_path / "missing")}
+    run_cli(["train", *tiny_overrides(tiny_idx, tmp_path / "auto", "train.per_device_batch_size=25")],
+            launcher=ddp2_launcher(29623), env=env)
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["allreduce"] == "gloo"
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, tmp_path / "insist", "run.cpu_allreduce=shared_memory")],
+                   launcher=ddp2_launcher(29624), env=env, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "could not share a file in" in line]
+    assert errors and all(line.startswith("mnist-dist train: error: run.cpu_allreduce=shared_memory: the ranks")
+                          for line in errors), proc.stderr[-3000:]
+    assert not (tmp_path / "insist" / "summary.json").exists()
