@@ -82,6 +82,8 @@ class SharedMemoryAllReduce:
         if self.rank == 0 and name is not None:
             os.unlink(os.path.join(SHM_DIR, name))
         if not flag.item():
+            if mm is not None:  # mapped, but not rank 0's file: let it go before falling back
+                mm.close()
             raise OSError(f"the ranks could not share a file in {SHM_DIR} (not writable, full, or the processes "
                           f"are not on one host)")
         mm[size - len(token):] = bytes(len(token))
