@@ -25,7 +25,6 @@ T_START = time.perf_counter()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mnist_dist without installing it
 from mnist_dist import data, models  # noqa: E402
 
 TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}

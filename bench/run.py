@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from mnist_dist import config, data
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from mnist_dist import data  # noqa: E402
 
 # What a full run measures, per device kind. recipe: (config file stem, seeds, extra overrides).
 PLANS = {
@@ -236,7 +236,6 @@ def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
     the machine's speed (a shared VM's is several percent over minutes) lands on all, and each seed gives paired
     ratios."""
     recipe = plan["ddp_recipe"]
-    from mnist_dist import config
     batch = config.load(ROOT / config_path(recipe)).train.per_device_batch_size
     runs = {key: [] for key in DDP_VARIANTS}
     for seed in range(args.ddp_seeds):

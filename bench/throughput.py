@@ -2,7 +2,7 @@
 
     python bench/throughput.py --config configs/train/fast_fashion.yaml [--steps 100] [key=value ...]
 
-Builds the data, loader, model and optimizer exactly as train.train() does, runs `--warmup` optimizer steps
+Builds the loop's parts with train.build_loop, as train.train() does, runs `--warmup` optimizer steps
 (start-up, cuDNN autotuning, torch.compile), then times `--steps` more with the device synchronised at both
 ends. Prints one JSON line: {"images_per_s": ..., ...}. No evaluation, no checkpoints.
 """
@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # mnist_dist without installing it
-import torch  # noqa: E402
+import torch
 
-from mnist_dist import config, data, train, tracking  # noqa: E402
+from mnist_dist import config, data, runtime, train, tracking
+from mnist_dist.checkpoint import TrainState
 
 
 def sync(device) -> None:
@@ -38,31 +38,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.load(args.config, [*args.overrides, "train.progress=false", f"run.dir={tmp}",
                                         "train.log_every_steps=1000000", "checkpoint.every_steps=0"])
-        tc = cfg.train
-        accelerator = train.make_accelerator(cfg)
+        accelerator = runtime.make_accelerator(cfg)
         datasets = data.load_datasets(cfg.data)
-        mean, std = data.STATS[cfg.data.name]
-        world = accelerator.num_processes
-        loader = train.make_loader(cfg, datasets.train, accelerator)
-        model, optimizer, scheduler, _, _ = train.make_model_and_optimizer(cfg, accelerator, len(loader))
+        loop, _, _ = train.build_loop(cfg, accelerator, datasets.train, runtime.StopFlags([]))
         if cfg.model.compile:
             # Warm up past the first epoch end, so the last batch's (smaller) graph is compiled before timing.
-            args.warmup = max(args.warmup, len(loader) + 1)
-        flags, tracker = train.StopFlags([]), tracking.Tracker(accelerator)
-        state = train.fresh_state()
-        window = train.LossWindow(accelerator.device)
+            args.warmup = max(args.warmup, len(loop.loader) + 1)
+        logger = tracking.MetricLogger(None, tracking.Tracker())
+        state = TrainState()
 
         def run_until(total_steps: int) -> None:
-            tc.max_steps = total_steps
-            while state["global_step"] < total_steps:
-                outcome = train.train_one_epoch(accelerator, model, optimizer, scheduler, loader, state["epoch"],
-                                                state["step_in_epoch"], state, window, cfg, flags, tracker, mean, std)
-                if outcome == "done":
-                    state["epoch"], state["step_in_epoch"] = state["epoch"] + 1, 0
+            cfg.train.max_steps = total_steps  # train_one_epoch returns at it
+            while state.global_step < total_steps:
+                train.train_one_epoch(loop, state, logger)
 
         run_until(args.warmup)
         sync(accelerator.device)
-        t0, step0 = time.perf_counter(), state["global_step"]
+        t0, step0 = time.perf_counter(), state.global_step
         syncs = None
         if args.sync_debug and accelerator.device.type == "cuda":
             import warnings
@@ -79,10 +71,11 @@ def main() -> int:
             run_until(args.warmup + args.steps)
         sync(accelerator.device)
         seconds = time.perf_counter() - t0
-    global_batch = tc.per_device_batch_size * tc.grad_accum_steps * world
-    images = (state["global_step"] - step0) * global_batch
+    world = accelerator.num_processes
+    global_batch = cfg.train.global_batch_size(world)
+    images = (state.global_step - step0) * global_batch
     if accelerator.is_main_process:
-        print(json.dumps({"images_per_s": images / seconds, "seconds": seconds, "steps": state["global_step"] - step0,
+        print(json.dumps({"images_per_s": images / seconds, "seconds": seconds, "steps": state.global_step - step0,
                           "global_batch_size": global_batch, "world_size": world, "device": str(accelerator.device),
                           "torch_threads": torch.get_num_threads(), **({"syncs": syncs} if syncs is not None else {})}))
     return 0

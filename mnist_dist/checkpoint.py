@@ -1,10 +1,11 @@
-"""Files a run leaves: the trained model (safetensors + JSON), and full training-state checkpoints.
+"""Files a run leaves: the trained model (safetensors + JSON), and full training-state checkpoints with the
+loop's TrainState.
 
 Nothing here unpickles: weights are safetensors, metadata is JSON.
 """
 from __future__ import annotations
 
-from mnist_dist.errors import UserError
+import dataclasses
 import json
 import os
 import shutil
@@ -13,24 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mnist_dist import models
-
-CLASSES = {
-    "mnist": [str(i) for i in range(10)],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
-}
-MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+from mnist_dist import data, models
+from mnist_dist.errors import UserError
+from mnist_dist.rundir import MODEL_FILE, MODEL_META, atomic_write_text
 
 
 class ModelFileError(UserError):
     """A model path that is missing, unreadable or not ours; printed as one line."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, model_kwargs: dict,
@@ -42,14 +32,14 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, mod
     save_file(state, str(tmp))
     os.replace(tmp, run_dir / MODEL_FILE)
     meta = {"name": model_name, "kwargs": model_kwargs, "dataset": dataset, "mean": mean, "std": std,
-            "classes": CLASSES[dataset], "input": "uint8 28x28 grey, light ink on dark background, then "
+            "classes": data.CLASSES[dataset], "input": "uint8 28x28 grey, light ink on dark background, then "
             "(x/255 - mean)/std, shape [B, 1, 28, 28]"}
     atomic_write_text(run_dir / MODEL_META, json.dumps(meta, indent=2))
     return run_dir / MODEL_FILE
 
 
-def load_model(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """Load (model in eval mode, metadata) from a run folder or a model.safetensors with model.json beside it."""
+def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Load (model in eval mode on the CPU, metadata) from a run folder or a model.safetensors with model.json beside it."""
     path = Path(path)
     weights = path / MODEL_FILE if path.is_dir() else path
     meta_path = weights.with_name(MODEL_META)
@@ -65,7 +55,7 @@ def load_model(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:
         raise ModelFileError(f"{weights}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), meta
+    return model.eval(), meta
 
 
 # ----------------------------------------------------------------------------- training-state checkpoints
@@ -74,6 +64,31 @@ def load_model(path: str | Path, device="cpu") -> tuple[torch.nn.Module, dict]:
 # rename the folder. A folder without the final name (or without state.json) is never loaded.
 
 CKPT_DIR, STATE_FILE = "checkpoints", "state.json"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The loop's progress: what a checkpoint's state.json holds besides the config and the world. Counts are
+    global unless marked per-rank; the window_* sums are the training loss since the last log, already reduced
+    over ranks (a resumed run logs the same numbers as an uninterrupted one)."""
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0  # optimizer steps done in the whole run
+    samples_seen: int = 0  # this rank's training samples over the whole run (state.json: rank 0's)
+    train_seconds: float = 0.0
+    last_train_loss: float | None = None
+    last_train_accuracy: float | None = None
+    window_loss_sum: float = 0.0
+    window_correct: float = 0.0
+    window_count: float = 0.0
+
+    @classmethod
+    def from_meta(cls, meta: dict, rank: int) -> "TrainState":
+        """The state a checkpoint's state.json describes, as seen by `rank`."""
+        state = cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+        if "samples_seen_per_rank" in meta:  # state.json's samples_seen is rank 0's
+            state.samples_seen = meta["samples_seen_per_rank"][rank]
+        return state
 
 
 def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
@@ -134,18 +149,6 @@ def load_checkpoint(accelerator, ckpt: Path) -> None:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise ModelFileError(f"{ckpt}: cannot load this checkpoint ({type(e).__name__}: {first}); "
                              f"only tensors and plain data are accepted. Set checkpoint.resume=never to start over") from None
-
-
-def truncate_jsonl(path: Path, max_global_step: int) -> None:
-    """Keep only records with global_step <= max_global_step (-1: remove the file)."""
-    if not path.exists():
-        return
-    if max_global_step < 0:
-        path.unlink()
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def find_resume(run_dir: Path, resume: str) -> Path | None:

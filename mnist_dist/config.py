@@ -1,18 +1,21 @@
 """One typed config tree: defaults < YAML file < dotted `a.b=value` overrides.
 
-Unknown keys, wrong types and impossible values raise ConfigError before any work starts.
+Unknown keys, wrong types and impossible values raise ConfigError before any work starts: types are checked
+while building (from_dict), ranges next to their fields (each section's __post_init__).
 The world size is not part of the config: it comes from the launcher.
 """
 from __future__ import annotations
 
-from mnist_dist.errors import UserError
 import dataclasses
 import inspect
+import signal
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from mnist_dist.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -21,6 +24,16 @@ class ConfigError(UserError, ValueError):
 
 def choice(*options):
     return {"choices": options}
+
+
+def _check_range(section: str, obj, positive=(), non_negative=()) -> None:
+    """Range checks for one section, run from its __post_init__: `section.key must be > 0, got 0`."""
+    for name in positive:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {getattr(obj, name)}")
+    for name in non_negative:
+        if getattr(obj, name) < 0:
+            raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(obj, name)}")
 
 
 @dataclass
@@ -44,6 +57,9 @@ class DataConfig:
     augment_shift: int = 2
     """Maximum translation in pixels when augment is on."""
 
+    def __post_init__(self):
+        _check_range("data", self, non_negative=("val_size", "num_workers", "augment_shift"))
+
 
 @dataclass
 class ModelConfig:
@@ -56,6 +72,17 @@ class ModelConfig:
     compile: bool = False
     """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
+
+    def __post_init__(self):
+        from mnist_dist.models import MODELS  # models imports torch: only a config that is built pays for it
+        if self.name not in MODELS:
+            raise ConfigError(f"model.name: unknown model {self.name!r}; choose one of {', '.join(sorted(MODELS))}")
+        try:
+            inspect.signature(MODELS[self.name]).bind(**self.kwargs)
+        except TypeError as e:
+            params = ", ".join(inspect.signature(MODELS[self.name]).parameters) or "none"
+            raise ConfigError(f"model.kwargs {self.kwargs} do not fit {self.name} ({e}); "
+                              f"its arguments: {params}") from None
 
 
 @dataclass
@@ -93,6 +120,17 @@ class TrainConfig:
     progress: bool = True
     """tqdm progress bars (main process only)."""
 
+    def global_batch_size(self, world_size: int) -> int:
+        """Images per optimizer step over all processes."""
+        return self.per_device_batch_size * self.grad_accum_steps * world_size
+
+    def __post_init__(self):
+        _check_range("train", self, positive=("epochs", "per_device_batch_size", "eval_batch_size", "grad_accum_steps",
+                                              "log_every_steps", "lr"),
+                     non_negative=("weight_decay", "momentum", "grad_clip", "max_steps"))
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
 
 @dataclass
 class CheckpointConfig:
@@ -102,6 +140,11 @@ class CheckpointConfig:
     """How many complete checkpoints to keep (at least 2)."""
     resume: str = "auto"
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
+
+    def __post_init__(self):
+        _check_range("checkpoint", self, non_negative=("every_steps",))
+        if self.keep < 2:
+            raise ConfigError(f"checkpoint.keep must be >= 2 so a complete checkpoint always survives, got {self.keep}")
 
 
 @dataclass
@@ -136,6 +179,12 @@ class RunConfig:
     group's all-reduce over TCP. auto: shared_memory where it works, else gloo. Ignored on GPUs and in a single
     process."""
 
+    def __post_init__(self):
+        _check_range("run", self, positive=("guard_every_steps", "dist_timeout_s"))
+        for name in self.preempt_signals:
+            if not isinstance(name, str) or not hasattr(signal, name):
+                raise ConfigError(f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)")
+
 
 @dataclass
 class Config:
@@ -146,44 +195,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def __post_init__(self):
-        validate(self)
 
-
-# ----------------------------------------------------------------------------- validation
-
-POSITIVE = {"train.epochs", "train.per_device_batch_size", "train.eval_batch_size", "train.grad_accum_steps",
-            "train.log_every_steps", "checkpoint.keep",
-            "run.guard_every_steps", "run.dist_timeout_s"}
-NON_NEGATIVE = {"train.lr", "train.weight_decay", "train.momentum", "train.grad_clip", "train.max_steps",
-                "data.val_size", "data.num_workers", "data.augment_shift", "checkpoint.every_steps"}
-
-
-def validate(cfg: Config) -> None:
-    from mnist_dist.models import MODELS
-    for key, value in flatten(cfg).items():
-        if key in POSITIVE and value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-        if key in NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}")
-    if not 0 <= cfg.train.label_smoothing < 1:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
-    if cfg.model.name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of {', '.join(sorted(MODELS))}")
-    try:
-        inspect.signature(MODELS[cfg.model.name]).bind(**cfg.model.kwargs)
-    except TypeError as e:
-        params = ", ".join(inspect.signature(MODELS[cfg.model.name]).parameters) or "none"
-        raise ConfigError(f"model.kwargs {cfg.model.kwargs} do not fit {cfg.model.name} ({e}); "
-                          f"its arguments: {params}") from None
-    if cfg.checkpoint.keep < 2:
-        raise ConfigError(f"checkpoint.keep must be >= 2 so a complete checkpoint always survives, got {cfg.checkpoint.keep}")
-    import signal
-    for name in cfg.run.preempt_signals:
-        if not isinstance(name, str) or not hasattr(signal, name):
-            raise ConfigError(f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)")
+# ----------------------------------------------------------------------------- views
 
 
 def flatten(cfg, prefix="") -> dict:
@@ -259,8 +272,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
             kwargs[name] = from_dict(tp, value or {}, key + ".")
         else:
             kwargs[name] = _coerce(key, value, tp, fields[name].metadata)
-    # Nested sections must not validate on their own (Config.__post_init__ does it once).
-    return cls(**kwargs)
+    return cls(**kwargs)  # each section's __post_init__ checks its own values
 
 
 def merge(base: dict, override: dict) -> dict:

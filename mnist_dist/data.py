@@ -5,7 +5,6 @@ Accelerator: the loop passes in rank, world size and device.
 """
 from __future__ import annotations
 
-from mnist_dist.errors import UserError
 import gzip
 import math
 import os
@@ -18,12 +17,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mnist_dist.errors import UserError
+
 # Per-dataset pixel statistics of the training sets (after scaling to [0, 1]).
 STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 HF_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
 LOCAL_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}  # Debian's dataset-fashion-mnist
 IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CLASSES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+}
 VAL_SPLIT_SEED = 1234  # the validation split is the same whatever train.seed is
 
 
@@ -289,7 +295,7 @@ class DeviceLoader:
             yield micro, self.world / len(chunk)
 
 
-class DataLoaderLoader:
+class TorchLoader:
     """The standard PyTorch DataLoader (per-sample indexing + collate), sharded by Accelerate's prepare()."""
 
     def __init__(self, split: Split, per_device_batch_size: int, accum: int, seed: int, num_workers: int, prepare):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import checkpoint
+from mnist_dist import checkpoint, rundir
 from mnist_dist.errors import UserError
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -31,7 +31,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     model, meta = checkpoint.load_model(args.model)
-    weights = Path(args.model) / checkpoint.MODEL_FILE if Path(args.model).is_dir() else Path(args.model)
+    weights = Path(args.model) / rundir.MODEL_FILE if Path(args.model).is_dir() else Path(args.model)
     out = Path(args.out) if args.out else weights.with_name("model" + SUFFIXES[args.format])
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":

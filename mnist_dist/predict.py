@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_dist import checkpoint, data
+from mnist_dist import checkpoint, inference
 from mnist_dist.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}  # what a folder is scanned for
@@ -178,8 +178,7 @@ def run(args) -> int:
         if not good:
             continue
         batch = torch.from_numpy(np.stack(images))
-        with torch.no_grad():
-            probs = model(data.normalize(batch, meta["mean"], meta["std"])).softmax(dim=1)
+        probs = inference.predict(model, batch, meta["mean"], meta["std"], batch_size=len(batch))
         top_p, top_i = probs.topk(top_k, dim=1)
         for n, path in enumerate(good):
             ranked = [(classes[i], p) for i, p in zip(top_i[n].tolist(), top_p[n].tolist())]

@@ -1,7 +1,9 @@
-"""Experiment tracking behind one small interface: W&B or TensorBoard through Accelerate's trackers, or nothing.
+"""Experiment tracking behind one small interface (log, log_eval, finish): W&B, TensorBoard, or nothing.
 
-The loop calls tracker.log / log_eval / finish unconditionally. Every process other than the main one, and
-backend=none, gets the base Tracker, whose methods do nothing: one W&B run per job, however many processes.
+The loop calls the tracker unconditionally, through one MetricLogger that also appends metrics.jsonl. Every
+process other than the main one, and backend=none, gets the null Tracker, whose methods do nothing: one W&B
+run per job, however many processes. Media (sample grid, misclassified table) are built from the predictions
+the evaluation already made: nothing here runs the model.
 
 W&B never blocks or prompts and never kills training:
   - without credentials (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a ~/.netrc entry) it runs offline into
@@ -9,11 +11,13 @@ W&B never blocks or prompts and never kills training:
   - with credentials but no route to the W&B server (a compute node without internet), the same, after a
     TCP connect of at most 5 s instead of wandb's ~90 s wait that ends untracked;
   - any W&B error (init or log) prints one warning and the run goes on untracked;
-  - a resumed run continues the same W&B run: the id is stored in every checkpoint (train.save_checkpoint).
+  - a resumed run continues the same W&B run: the id is stored in every checkpoint's state.json;
+  - under a W&B sweep agent, the run keeps the id the agent gave it (WANDB_RUN_ID).
 Nothing here reads or writes credentials: wandb finds them itself; they never enter the config we log.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import socket
@@ -22,11 +26,13 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mnist_dist import config, data, rundir
 from mnist_dist.errors import PREEMPTED_EXIT_CODE
+from mnist_dist.inference import Predictions
 
 MISCLASSIFIED_ROWS = 64  # rows of the W&B table of wrong test predictions, per evaluation
 SAMPLE_IMAGES = 32  # images in the W&B grid of sample predictions, per evaluation
-SCAN_LIMIT = 5000  # test images scanned for mistakes per evaluation (main process only, other ranks wait)
+SCAN_LIMIT = 5000  # test images (rank 0's share of the evaluation) scanned for mistakes per evaluation
 
 
 def wandb_mode() -> str | None:
@@ -35,13 +41,6 @@ def wandb_mode() -> str | None:
         return "disabled"
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     return {"dryrun": "offline", "run": "online"}.get(mode, mode) or None
-
-
-def log_with(tcfg) -> str | None:
-    """What make_accelerator passes to Accelerator(log_with=...)."""
-    if tcfg.backend == "none" or (tcfg.backend == "wandb" and wandb_mode() == "disabled"):
-        return None
-    return tcfg.backend
 
 
 def slurm_group() -> str | None:
@@ -102,17 +101,35 @@ def _say(message: str) -> None:
 class Tracker:
     """No tracking. run_id is kept so that a run resumed with tracking on continues the same W&B run."""
 
-    def __init__(self, accelerator=None, run_id: str | None = None):
-        self.accelerator, self.run_id = accelerator, run_id
+    predictions_wanted = 0  # test images whose class probabilities log_eval would use
+
+    def __init__(self, run_id: str | None = None):
+        self.run_id = run_id
 
     def log(self, values: dict, step: int) -> None:
         pass
 
-    def log_eval(self, record: dict, step: int, model=None, test=None) -> None:
+    def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
         pass
 
-    def finish(self, summary: dict | None, preempted: bool = False, **artifacts) -> None:
+    def finish(self, summary: dict | None, preempted: bool = False) -> None:
         """summary=None: the run stopped early; preempted: it saved a checkpoint and will be resumed."""
+
+
+def _warn_failed(name: str, what: str, e: Exception) -> None:
+    _warn(f"{name} failed during {what} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+          f"training goes on without experiment tracking")
+
+
+def _guarded(tracker, what: str, fn, *args, **kwargs) -> None:
+    """Calls fn; the tracking library's first error prints one warning and turns the tracker off for good."""
+    if tracker.broken:
+        return
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:
+        tracker.broken = True
+        _warn_failed(tracker.name, what, e)
 
 
 def _section(key: str) -> str:
@@ -138,69 +155,31 @@ def _scalars(record: dict, classes: list[str]) -> dict:
     return out
 
 
-class _AccelerateTracker(Tracker):
-    """Logs through the Accelerator's started tracker (main process only). The first error from the
-    tracking library prints one warning and turns this object into a Tracker that does nothing."""
-
-    name = ""  # Accelerate's tracker name
-
-    def __init__(self, accelerator, cfg, run_dir: Path, run_id: str | None):
-        super().__init__(accelerator, run_id)
-        from mnist_dist.checkpoint import CLASSES
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.classes = CLASSES[cfg.data.name]
-        self.last_step = 0
-        self.broken = False
-
-    def _guard(self, what: str, fn, *args, **kwargs):
-        if self.broken:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            self.broken = True
-            _warn(f"{self.name} failed during {what} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-                  f"training goes on without experiment tracking")
-            self._detach()
-            return None
-
-    def _detach(self) -> None:
-        # end_training() would otherwise call the tracker's finish() again (W&B raises on a finished run).
-        self.accelerator.trackers = [t for t in self.accelerator.trackers if t.name != self.name]
-
-    def _backend(self):
-        return self.accelerator.get_tracker(self.name, unwrap=True)
-
-    def log(self, values: dict, step: int) -> None:
-        self.last_step = step
-        self._guard("log", self.accelerator.log, {_section(k): v for k, v in values.items()}, step=step)
-
-    def log_eval(self, record: dict, step: int, model=None, test=None) -> None:
-        self.last_step = step
-        self._guard("log_eval", self.accelerator.log, _scalars(record, self.classes), step=step)
-
-    def finish(self, summary: dict | None, preempted: bool = False, run_dir=None, **_) -> None:
-        if self.broken:
-            return
-        self._guard("finish", self._finish, summary, Path(run_dir) if run_dir else self.run_dir, preempted)
-        if not self.broken:
-            self._detach()
-
-    def _finish(self, summary: dict | None, run_dir: Path, preempted: bool) -> None:
-        raise NotImplementedError
-
-
 # ----------------------------------------------------------------------------- W&B
 
 
-class WandbTracker(_AccelerateTracker):
+class WandbTracker:
+    """One wandb run, main process only."""
+
     name = "wandb"
+    predictions_wanted = SCAN_LIMIT
 
-    def log_eval(self, record: dict, step: int, model=None, test=None) -> None:
-        super().log_eval(record, step)
-        self._guard("log_eval", self._log_eval_media, record, step, model, test)
+    def __init__(self, run, cfg: config.Config, run_dir: Path):
+        self.run, self.run_id, self.broken = run, run.id, False
+        self.log_model, self.run_dir = cfg.tracking.log_model, Path(run_dir)
+        self.classes = data.CLASSES[cfg.data.name]
+        self.last_step = 0
 
-    def _log_eval_media(self, record: dict, step: int, model, test) -> None:
+    def log(self, values: dict, step: int) -> None:
+        self.last_step = step
+        _guarded(self, "log", self.run.log, {_section(k): v for k, v in values.items()}, step=step)
+
+    def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
+        self.last_step = step
+        _guarded(self, "log_eval", lambda: self.run.log({**_scalars(record, self.classes),
+                                                          **self._media(record, step, predictions)}, step=step))
+
+    def _media(self, record: dict, step: int, predictions: Predictions | None) -> dict:
         import wandb
         values = {}
         if "test_confusion" in record:
@@ -211,46 +190,44 @@ class WandbTracker(_AccelerateTracker):
                 "wandb/confusion_matrix/v1", wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows),
                 {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
                 {"title": f"test confusion matrix, step {step}"})
-        if model is not None and test is not None:
-            values.update(self._predictions(model, test))
-        if values:
-            self._backend().log(values, step=step)
+        if predictions is not None:
+            values.update(self._predictions(predictions))
+        return values
 
-    def _predictions(self, model, test) -> dict:
+    def _predictions(self, p: Predictions) -> dict:
         """A grid of the first test images and a table of misclassified ones, with every class probability."""
         import torch
         import wandb
-        from mnist_dist import data, report
-        mean, std = data.STATS[self.cfg.data.name]
-        images, labels = test.images[:SCAN_LIMIT], test.labels[:SCAN_LIMIT]
-        probs = report.predict(model, images, mean, std, batch_size=self.cfg.train.eval_batch_size)
-        confidence, preds = probs.max(1)
-        grid = [wandb.Image(images[k].numpy(), caption=f"{self.classes[preds[k]]} ({confidence[k]:.2f})"
-                            + ("" if preds[k] == labels[k] else f" - true {self.classes[labels[k]]}"))
-                for k in range(min(SAMPLE_IMAGES, len(labels)))]
-        wrong = torch.nonzero(preds != labels).flatten()[:MISCLASSIFIED_ROWS].tolist()
+        confidence, preds = p.probs.max(1)
+        grid = [wandb.Image(p.images[k].numpy(), caption=f"{self.classes[preds[k]]} ({confidence[k]:.2f})"
+                            + ("" if preds[k] == p.labels[k] else f" - true {self.classes[p.labels[k]]}"))
+                for k in range(min(SAMPLE_IMAGES, len(p.labels)))]
+        wrong = torch.nonzero(preds != p.labels).flatten()[:MISCLASSIFIED_ROWS].tolist()
         table = wandb.Table(columns=["index", "image", "true", "predicted", "confidence", "p_true",
                                      *[f"p_{c}" for c in self.classes]])
         for k in wrong:
-            table.add_data(k, wandb.Image(images[k].numpy()), self.classes[labels[k]], self.classes[preds[k]],
-                           float(confidence[k]), float(probs[k, labels[k]]), *[float(p) for p in probs[k]])
+            table.add_data(k, wandb.Image(p.images[k].numpy()), self.classes[p.labels[k]], self.classes[preds[k]],
+                           float(confidence[k]), float(p.probs[k, p.labels[k]]), *[float(x) for x in p.probs[k]])
         return {"test/samples": grid, "test/misclassified": table}
 
-    def _finish(self, summary: dict | None, run_dir: Path, preempted: bool) -> None:
+    def finish(self, summary: dict | None, preempted: bool = False) -> None:
+        _guarded(self, "finish", self._finish, summary, preempted)
+        self.broken = True  # finished: nothing more is sent
+
+    def _finish(self, summary: dict | None, preempted: bool) -> None:
         import wandb
-        from mnist_dist import report
-        run = self._backend()
+        run, run_dir = self.run, self.run_dir
         if summary is not None:
             run.summary.update({k: v for k, v in summary.items() if v is not None})
             pictures = {f"report/{name[:-4]}": wandb.Image(str(run_dir / name))
-                        for name in (report.CURVES, report.CONFUSION, report.SAMPLES) if (run_dir / name).is_file()}
+                        for name in rundir.PICTURES if (run_dir / name).is_file()}
             if pictures:
                 run.log(pictures, step=self.last_step)
-            model_file = run_dir / "model.safetensors"
-            if self.cfg.tracking.log_model and model_file.is_file():
+            model_file = run_dir / rundir.MODEL_FILE
+            if self.log_model and model_file.is_file():
                 artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=summary)
                 artifact.add_file(str(model_file))
-                artifact.add_file(str(run_dir / "model.json"))
+                artifact.add_file(str(run_dir / rundir.MODEL_META))
                 run.log_artifact(artifact, aliases=["latest", "final"])
         offline = run.settings.mode == "offline"
         sync_dir = run.settings.sync_dir
@@ -263,13 +240,12 @@ class WandbTracker(_AccelerateTracker):
             _say(f"W&B run {run.id} saved offline in {sync_dir}; upload it with: wandb sync {sync_dir}")
 
 
-def _start_wandb(accelerator, cfg, run_dir: Path, resume_run_id: str | None) -> Tracker:
-    from mnist_dist import config
+def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -> Tracker | WandbTracker:
+    import wandb
     tc = cfg.tracking
-    # W&B's own id format (8 base-36 characters), made here so it exists before init and survives its failure.
-    run_id = resume_run_id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-    init = {"id": run_id, "resume": "allow", "dir": str(run_dir), "entity": tc.entity, "name": tc.run_name,
-            "tags": list(tc.tags) or None, "group": tc.group or slurm_group()}
+    init = {"project": tc.project, "id": run_id, "resume": "allow", "dir": str(run_dir), "entity": tc.entity,
+            "name": tc.run_name, "tags": list(tc.tags) or None, "group": tc.group or slurm_group(),
+            "config": {**config.to_dict(cfg), "launch": launch}}
     if wandb_mode() != "offline":
         if not _has_wandb_credentials():
             # Online without credentials would prompt for a key (or fail): go offline into the run folder instead.
@@ -278,68 +254,116 @@ def _start_wandb(accelerator, cfg, run_dir: Path, resume_run_id: str | None) -> 
         elif why := _wandb_server_unreachable():
             init["mode"] = "offline"
             _say(f"W&B server {why}: W&B logs offline into the run folder")
-    tracker = WandbTracker(accelerator, cfg, run_dir, run_id)
     (run_dir / "wandb").mkdir(parents=True, exist_ok=True)  # wandb falls back to /tmp if dir does not exist
     # Tables are staged as artifact files under WANDB_DATA_DIR (default ~/.local/share/wandb) until synced:
     # keep them with the run unless the user chose a place.
     os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb" / "data"))
-    launch = {"world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-              "distributed_type": accelerator.distributed_type.value,
-              "global_batch_size": cfg.train.per_device_batch_size * accelerator.num_processes * cfg.train.grad_accum_steps}
-    tracker._guard("init", accelerator.init_trackers, tc.project, config={**config.to_dict(cfg), "launch": launch},
-                   init_kwargs={"wandb": init})
-    if tracker.broken:
-        return Tracker(accelerator, run_id)
-    run = tracker._backend()
+    try:
+        run = wandb.init(**init)
+    except Exception as e:
+        _warn_failed("wandb", "init", e)
+        return Tracker(run_id)
     if run.settings.mode == "offline":
         _say(f"W&B run {run.id} logs offline into {run.settings.sync_dir}; upload with: wandb sync {run.settings.sync_dir}")
-    return tracker
+    return WandbTracker(run, cfg, run_dir)
 
 
 # ----------------------------------------------------------------------------- TensorBoard
 
 
-class TensorBoardTracker(_AccelerateTracker):
-    """Scalars (per-class accuracy as one scalar per class) and, at the end, the run's pictures."""
+class TensorBoardTracker:
+    """Scalars into RUN_DIR/tensorboard/ (per-class accuracy as one scalar per class) and, at the end, the run's
+    pictures."""
 
     name = "tensorboard"
+    predictions_wanted = 0
 
-    def _finish(self, summary: dict | None, run_dir: Path, preempted: bool) -> None:
+    def __init__(self, writer, cfg: config.Config, run_dir: Path, run_id: str | None):
+        self.writer, self.run_id, self.broken = writer, run_id, False
+        self.run_dir, self.classes = Path(run_dir), data.CLASSES[cfg.data.name]
+        self.last_step = 0
+
+    def _scalars(self, values: dict, step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+
+    def log(self, values: dict, step: int) -> None:
+        self.last_step = step
+        _guarded(self, "log", self._scalars, {_section(k): v for k, v in values.items() if v is not None}, step)
+
+    def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
+        self.last_step = step
+        _guarded(self, "log_eval", self._scalars, _scalars(record, self.classes), step)
+
+    def finish(self, summary: dict | None, preempted: bool = False) -> None:
+        _guarded(self, "finish", self._finish, summary)
+        self.broken = True
+
+    def _finish(self, summary: dict | None) -> None:
         import numpy as np
         from PIL import Image
-        from mnist_dist import report
-        writer = self._backend()
         if summary is not None:
-            for name in (report.CURVES, report.CONFUSION, report.SAMPLES):
-                if (run_dir / name).is_file():
-                    with Image.open(run_dir / name) as img:
-                        writer.add_image(f"report/{name[:-4]}", np.asarray(img.convert("RGB")), self.last_step,
-                                         dataformats="HWC")
-        writer.close()
+            for name in rundir.PICTURES:
+                if (self.run_dir / name).is_file():
+                    with Image.open(self.run_dir / name) as img:
+                        self.writer.add_image(f"report/{name[:-4]}", np.asarray(img.convert("RGB")), self.last_step,
+                                              dataformats="HWC")
+        self.writer.close()
 
 
-def _start_tensorboard(accelerator, cfg, run_dir: Path, resume_run_id: str | None) -> Tracker:
-    from mnist_dist import config
-    tracker = TensorBoardTracker(accelerator, cfg, run_dir, resume_run_id)
-    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.flatten(cfg).items()}
-    # Accelerate writes the events into <logging_dir>/<name>/, and logging_dir is the run folder.
-    tracker._guard("init", accelerator.init_trackers, "tensorboard", config=hparams)
-    return Tracker(accelerator, resume_run_id) if tracker.broken else tracker
+def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str | None) -> Tracker | TensorBoardTracker:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.flatten(cfg).items()}
+        writer.add_hparams(hparams, metric_dict={}, run_name=".")
+    except Exception as e:
+        _warn_failed("tensorboard", "init", e)
+        return Tracker(run_id)
+    return TensorBoardTracker(writer, cfg, run_dir, run_id)
 
 
 # ----------------------------------------------------------------------------- start
 
 
-def start(accelerator, cfg, run_dir, resume_run_id: str | None) -> Tracker:
-    """The tracker for this process: the real one on the main process, a do-nothing Tracker elsewhere."""
+def start(cfg: config.Config, run_dir: Path, resume_run_id: str | None = None, launch: dict | None = None,
+          is_main_process: bool = True):
+    """The tracker for this process: the real one on the main process, the null Tracker elsewhere.
+
+    The run id: the one a checkpoint stored (a resume continues its W&B run), else the one a W&B sweep agent
+    gave (WANDB_RUN_ID), else a new one in W&B's own format (8 base-36 characters), made here so that it
+    exists before init and survives init's failure.
+    """
     backend = cfg.tracking.backend
-    if not accelerator.is_main_process or backend == "none":
-        return Tracker(accelerator, resume_run_id)
+    run_id = resume_run_id or os.environ.get("WANDB_RUN_ID") or "".join(
+        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    if not is_main_process or backend == "none":
+        return Tracker(run_id)
     if backend == "wandb" and wandb_mode() == "disabled":
         _say("W&B is disabled (WANDB_MODE=disabled): no experiment tracking")
-        return Tracker(accelerator, resume_run_id)
-    if not any(getattr(t, "value", t) == backend for t in accelerator.log_with):
+        return Tracker(run_id)
+    module = {"wandb": "wandb", "tensorboard": "tensorboard"}[backend]
+    if importlib.util.find_spec(module) is None:
         _warn(f"tracking.backend={backend} but the {backend} package is not installed; no experiment tracking")
-        return Tracker(accelerator, resume_run_id)
-    starter = _start_wandb if backend == "wandb" else _start_tensorboard
-    return starter(accelerator, cfg, Path(run_dir), resume_run_id)
+        return Tracker(run_id)
+    run_dir = Path(run_dir)
+    if backend == "wandb":
+        return _start_wandb(cfg, run_dir, run_id, launch or {})
+    return _start_tensorboard(cfg, run_dir, run_id)
+
+
+class MetricLogger:
+    """The one writer of a run's metrics: evaluation records are appended to metrics.jsonl (main process) and,
+    like training records, sent to the tracker (the null one elsewhere)."""
+
+    def __init__(self, metrics_path: Path | None, tracker):
+        self.metrics_path, self.tracker = metrics_path, tracker
+
+    def log_train(self, values: dict, step: int) -> None:
+        self.tracker.log(values, step=step)
+
+    def log_eval(self, record: dict, predictions: Predictions | None = None) -> None:
+        if self.metrics_path is not None:
+            rundir.append_jsonl(self.metrics_path, record)
+        self.tracker.log_eval(record, step=record["global_step"], predictions=predictions)

@@ -55,7 +55,7 @@ def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
     assert torch_logits.std() > 0.5  # the comparison is between real, varied logits
 
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert json.loads(props["mnist_dist.classes"]) == checkpoint.CLASSES["fashion_mnist"]
+    assert json.loads(props["mnist_dist.classes"]) == data.CLASSES["fashion_mnist"]
     assert float(props["mnist_dist.mean"]) == meta["mean"] and float(props["mnist_dist.std"]) == meta["std"]
 
 

@@ -181,7 +181,7 @@ def test_cli_lines_json_show_and_exit_codes(tmp_path, model_dir, test_split):
     (folder / "readme.txt").write_text("not scanned: a folder is searched for image suffixes only")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    expected = [checkpoint.CLASSES["fashion_mnist"][i]
+    expected = [data.CLASSES["fashion_mnist"][i]
                 for i in classify(model_dir, np.stack([predict.preprocess(folder / f"item{k}.png",
                                                                           predict.LAYOUTS["fashion_mnist"])
                                                        for k in range(5)]))]

@@ -195,7 +195,8 @@ def test_an_exception_on_one_rank_ends_the_whole_job(tiny_idx, tmp_path):
     """Rank 1 raises mid-run while rank 0 waits in a collective: the launcher must take both down quickly."""
     t0 = time.time()
     proc = run_cli(["train", *slow_overrides(tiny_idx, tmp_path / "fault")], launcher=ddp2_launcher(29617),
-                   env={"MNIST_DIST_INJECT_FAULT": "1:20"}, check=False, timeout=300)
+                   env={"MNIST_DIST_INJECT_FAULT": "1:20", "PYTHONPATH": str(ROOT / "tests" / "fault_injection")},
+                   check=False, timeout=300)
     assert proc.returncode != 0
     assert "injected fault on rank 1" in proc.stdout + proc.stderr
     assert time.time() - t0 < 60 + 30, "the surviving rank hung"

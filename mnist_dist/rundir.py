@@ -1,0 +1,74 @@
+"""The run folder: the names of the files a run leaves, and how they are read and written.
+
+RUN_DIR/config.yaml      the merged config            RUN_DIR/metrics.jsonl   one record per evaluation
+RUN_DIR/summary.json     final numbers                RUN_DIR/model.safetensors + model.json   the model
+RUN_DIR/checkpoints/     full training state          RUN_DIR/curves.png ... report.md          pictures
+Every whole-file write goes to a temporary name first and is renamed: a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from mnist_dist import config
+
+CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
+MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
+PICTURES = (CURVES, CONFUSION, SAMPLES)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def of_model(model_path: str | Path) -> Path:
+    """The run folder of a run folder or of a model.safetensors inside one."""
+    model_path = Path(model_path)
+    return model_path if model_path.is_dir() else model_path.parent
+
+
+def load_run_config(model_path: str | Path, overrides: list[str]) -> config.Config:
+    """The run's own data and train config (so the data are what it was trained on), with the user's overrides on
+    top; run.dir is the run folder and progress bars are off."""
+    run_dir = of_model(model_path)
+    saved = run_dir / CONFIG
+    base = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
+    base = {k: v for k, v in base.items() if k in ("data", "train")}
+    for text in overrides:
+        base = config.merge(base, config.parse_override(text))
+    base.setdefault("run", {})["dir"] = str(run_dir)
+    base.setdefault("train", {})["progress"] = False
+    return config.from_dict(config.Config, base)
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_jsonl(path: Path, max_global_step: int) -> None:
+    """Keep only records with global_step <= max_global_step (-1: remove the file)."""
+    if not path.exists():
+        return
+    if max_global_step < 0:
+        path.unlink()
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))

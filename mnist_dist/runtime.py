@@ -1,0 +1,138 @@
+"""The process's distributed runtime: building the Accelerator, the CPU all-reduce, stop signals, the way out.
+
+Everything that decides how processes talk to each other is here; the loop only calls what it builds.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from mnist_dist import config, shm_allreduce
+from mnist_dist.errors import UserError
+
+
+def make_accelerator(cfg: config.Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), "
+                        "or use train.device=auto")
+    if want == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device=mps but MPS is not available on this machine; use train.device=auto")
+    # Without CUDA or MPS, cpu=True is what makes a multi-process launch real DDP over gloo; a plain
+    # Accelerator() would run N independent single-process copies.
+    cpu = want == "cpu" or (want == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
+    mp = None if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
+    if mp == "fp16" and cpu:
+        raise UserError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mp,
+        # We step the scheduler once per optimizer step ourselves (Accelerate would step it world_size times).
+        step_scheduler_with_optimizer=False,
+        # A rank that dies takes the launcher down with it; this bounds how long the others wait otherwise.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.run.dist_timeout_s)),
+                         # No per-step broadcast of BN running stats (a collective per forward, ~6% of a CPU DDP
+                         # step): only evaluation reads them, and evaluate() gives every rank rank 0's first.
+                         # Gradients that are views into DDP's buckets: no copy in and out of them per step.
+                         DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)],
+    )
+
+
+def prepare(accelerator, *objects):
+    """accelerator.prepare, without torch 2.14's warning that DDP's broadcast_buffers is renamed
+    forward_sync_buffers (Accelerate cannot pass the new name yet; what we ask for, no buffer broadcast per
+    forward, is the same under both, and the warning, twice per rank on every DDP run, would only alarm)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return accelerator.prepare(*objects)
+
+
+def end_distributed(accelerator, wait: bool = True) -> None:
+    """Tear the process group down. wait: every rank arrives first (a rank that destroys it while another still
+    works, writing files or requeueing, can abort with gloo's 'terminate called without an active exception').
+    After an error on this rank alone the others may never arrive: then leave at once and let the launcher end
+    the job."""
+    if wait:
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
+    """Gives multi-process CPU DDP the shared-memory all-reduce where asked or possible; returns which all-reduce
+    averages the gradients ("none" in a single process, "nccl"/"gloo"/... from the process group otherwise)."""
+    from accelerate.utils import DistributedType
+    if accelerator.num_processes == 1:
+        return "none"
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or rc.cpu_allreduce == "gloo":
+        return torch.distributed.get_backend()
+    if not shm_allreduce.supported():
+        if rc.cpu_allreduce == "shared_memory":
+            raise UserError(f"run.cpu_allreduce=shared_memory needs an x86-64 CPU, this is {platform.machine()}: "
+                            f"use run.cpu_allreduce=auto")
+        return "gloo"
+    max_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    try:
+        allreduce = shm_allreduce.SharedMemoryAllReduce(max_bytes, timeout_s=rc.dist_timeout_s)
+    except OSError as e:  # every rank gets the same verdict: the check inside is a collective
+        if rc.cpu_allreduce == "shared_memory":
+            raise UserError(f"run.cpu_allreduce=shared_memory: {e}; use run.cpu_allreduce=auto") from None
+        return "gloo"
+    model.register_comm_hook(None, allreduce.hook)
+    return "shared_memory"
+
+
+class StopFlags:
+    """Preemption signals set a local flag; ranks agree on it (and on non-finite losses) at step boundaries."""
+
+    def __init__(self, signal_names):
+        self.signal_received = None
+        for name in signal_names:
+            signal.signal(getattr(signal, name), self._handler)
+
+    def _handler(self, signum, frame):
+        self.signal_received = signal.Signals(signum).name
+
+    def agree(self, accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
+        """(preempt, non_finite) as agreed by every rank. A host-device sync point."""
+        local = torch.stack([torch.tensor(float(self.signal_received is not None), device=non_finite.device),
+                             non_finite.float()])
+        if accelerator.num_processes > 1:
+            local = accelerator.reduce(local, reduction="sum")
+        preempt, bad = local.tolist()
+        return preempt > 0, bad > 0
+
+
+def requeue_slurm_job(accelerator) -> None:
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not accelerator.is_main_process:
+        return
+    # An array task is requeued by its own id (ARRAYJOB_TASK), not the array's.
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        accelerator.print(f"requeue of SLURM job {job} failed ({e}); resubmit with the same run.dir to resume")
+        return
+    accelerator.print(f"requeue of SLURM job {job}: " + ("ok" if result.returncode == 0 else result.stderr.strip()))
+
+
+def git_revision() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

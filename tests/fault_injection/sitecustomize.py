@@ -1,0 +1,19 @@
+"""Fault injection for test_resume, kept out of the training code: Python imports this module at start-up when
+its folder is on PYTHONPATH. MNIST_DIST_INJECT_FAULT=RANK:STEP makes that rank's train_step raise at that
+global step."""
+import os
+
+_spec = os.environ.get("MNIST_DIST_INJECT_FAULT")
+if _spec and "RANK" in os.environ:  # a training process under a launcher, not the launcher itself
+    _rank, _step = (int(part) for part in _spec.split(":"))
+    if int(os.environ["RANK"]) == _rank:
+        from mnist_dist import train
+
+        _original = train.train_step
+
+        def _train_step(loop, state, *args):
+            if state.global_step == _step:
+                raise RuntimeError(f"injected fault on rank {_rank} (MNIST_DIST_INJECT_FAULT)")
+            return _original(loop, state, *args)
+
+        train.train_step = _train_step
