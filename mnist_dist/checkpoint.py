@@ -51,6 +51,13 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise ModelFileError(f"{meta_path}: missing; it says which architecture the weights belong to")
     try:
         meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{meta_path}: not readable JSON ({e})") from None
+    missing = [k for k in ("name", "dataset", "mean", "std", "classes") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ModelFileError(f"{meta_path}: missing {', '.join(missing)}; it must say how to rebuild and feed the model "
+                             f"(re-save it with mnist-dist, or restore the file)")
+    try:
         model = models.build(meta["name"], **meta.get("kwargs", {}))
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import signal
 import typing
 from dataclasses import dataclass, field
@@ -83,6 +84,15 @@ class ModelConfig:
             params = ", ".join(inspect.signature(MODELS[self.name]).parameters) or "none"
             raise ConfigError(f"model.kwargs {self.kwargs} do not fit {self.name} ({e}); "
                               f"its arguments: {params}") from None
+        # Values the signature admits but the layers do not (width -1, dropout 2.0): build it once, on the meta
+        # device (no memory, no init work) and without touching the global RNG the run seeds later.
+        import torch
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                MODELS[self.name](**self.kwargs)
+        except Exception as e:
+            raise ConfigError(f"model.kwargs {self.kwargs} cannot build {self.name} ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
 
 @dataclass
@@ -181,9 +191,14 @@ class RunConfig:
 
     def __post_init__(self):
         _check_range("run", self, positive=("guard_every_steps", "dist_timeout_s"))
+        if not self.dir.strip():
+            raise ConfigError("run.dir must not be empty: name the run folder, e.g. run.dir=runs/first")
         for name in self.preempt_signals:
             if not isinstance(name, str) or not hasattr(signal, name):
                 raise ConfigError(f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)")
+            if name in ("SIGKILL", "SIGSTOP"):
+                raise ConfigError(f"run.preempt_signals: {name} cannot be caught, so it cannot trigger a checkpoint; "
+                                  f"use SIGUSR1 or SIGTERM")
 
 
 @dataclass
@@ -224,6 +239,8 @@ def _coerce(key: str, value, tp, meta):
         if value is None and type(None) in args:
             return None
         tp = next(a for a in args if a is not type(None))
+    if value is None and tp in (dict, list):  # `model.kwargs=null` clears a recipe's kwargs
+        return tp()
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -240,6 +257,8 @@ def _coerce(key: str, value, tp, meta):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
     elif tp is str:
         if not isinstance(value, str):
             # YAML turns `no` into False; mixed_precision=no is common enough to accept.
@@ -276,9 +295,10 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def merge(base: dict, override: dict) -> dict:
+    """Nested dicts merge key by key; any other value, and an empty dict (`model.kwargs={}` clears), replaces."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -287,7 +307,11 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                          f"quote it for the shell, e.g. '{key}={{width: 8}}'") from None
     if isinstance(value, str) or value is None:
         value = raw if raw not in ("null", "~") else None
     out = value
@@ -303,9 +327,15 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping of sections (data, model, train, checkpoint, tracking, "
+                              f"run), got {type(data).__name__} {str(data)[:60]!r}")
     for text in overrides:
         data = merge(data, parse_override(text))
     return from_dict(Config, data)

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _open_idx(folder: Path, stem: str) -> tuple[Path, bytes]:
             try:
                 raw = path.read_bytes()
                 return path, gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-            except (OSError, EOFError, gzip.BadGzipFile) as e:
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: bytes flipped inside
                 raise DataError(f"{path}: cannot read ({e})") from None
     raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
 
@@ -79,6 +80,8 @@ def read_idx_images(folder: Path, stem: str) -> torch.Tensor:
     magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
     if magic != 0x00000803:
         raise DataError(f"{path}: not an IDX image file (magic {magic:#010x}, expected 0x00000803)")
+    if n == 0:
+        raise DataError(f"{path}: the IDX file holds no images")
     if (rows, cols) != (28, 28):
         raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28")
     if len(raw) != 16 + n * rows * cols:

@@ -33,6 +33,8 @@ def run(args) -> int:
     model, meta = checkpoint.load_model(args.model)
     weights = Path(args.model) / rundir.MODEL_FILE if Path(args.model).is_dir() else Path(args.model)
     out = Path(args.out) if args.out else weights.with_name("model" + SUFFIXES[args.format])
+    if out.is_dir():
+        raise ExportError(f"--out {out} is a folder; name the file, e.g. --out {out / ('model' + SUFFIXES[args.format])}")
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":
         max_diff = export_onnx(model, meta, out)

@@ -163,6 +163,8 @@ def run(args) -> int:
         print(f"{name}: {message}", file=sys.stderr)
     show_dir = Path(args.show) if args.show else None
     if show_dir:
+        if show_dir.exists() and not show_dir.is_dir():
+            raise UserError(f"--show {show_dir}: a file is there; --show names a folder for the pictures")
         show_dir.mkdir(parents=True, exist_ok=True)
     failed, shown = len(errors), set()
 

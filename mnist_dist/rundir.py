@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
 from mnist_dist import config
+from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
@@ -25,6 +28,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def check_usable(run_dir: Path) -> None:
+    """One clear line, before any data is read, when run_dir cannot hold a run: a file, or a place nothing can be
+    written (read-only mount, /proc). Tries a temporary folder in the nearest existing folder and removes it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run.dir={run_dir} is a file, not a folder")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"run.dir={run_dir}: {existing} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mnist-dist-probe-", dir=existing))
+    except OSError as e:
+        raise UserError(f"run.dir={run_dir}: cannot create anything in {existing} ({e.strerror})") from None
 
 
 def of_model(model_path: str | Path) -> Path:
@@ -51,10 +70,24 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) pairs. A last line that is not JSON was cut off by a kill during the append: it is dropped
+    with a warning (it never had a checkpoint behind it). A broken line before the last is refused."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1:
+                raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg}); the file was edited or damaged") from None
+            print(f"mnist-dist: warning: {path}: dropped a half-written last line (a run killed while appending)",
+                  file=sys.stderr)
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _records(path)] if path.is_file() else []
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -69,6 +102,5 @@ def truncate_jsonl(path: Path, max_global_step: int) -> None:
     if max_global_step < 0:
         path.unlink()
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= max_global_step]
+    keep = [line for line, record in _records(path) if record.get("global_step", 0) <= max_global_step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))

@@ -34,6 +34,10 @@ def make_accelerator(cfg: config.Config):
     mp = None if cfg.train.mixed_precision == "auto" else cfg.train.mixed_precision
     if mp == "fp16" and cpu:
         raise UserError("train.mixed_precision=fp16 needs a GPU; on CPU use bf16 or no")
+    # `accelerate launch --mixed_precision fp16` says it through the environment; on a CPU nothing would run in
+    # fp16 although summary.json would record it.
+    if mp is None and cpu and os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() == "fp16":
+        raise UserError("accelerate launch --mixed_precision fp16 needs a GPU; on CPU use bf16 or no")
     return Accelerator(
         cpu=cpu,
         mixed_precision=mp,

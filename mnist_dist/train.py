@@ -310,6 +310,8 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     world = accelerator.num_processes
     global_batch_size = cfg.train.global_batch_size(world)
 
+    rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
+
     # ------------------------------------------------------------------ data (downloads once per node)
     # A download or HF cache is written by the node's first rank while the others wait; local IDX files are read
     # by all at once (waiting cost a 2-process CPU start-up ~0.4 s).

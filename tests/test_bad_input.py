@@ -1,0 +1,208 @@
+"""Every bad input a user can give ends in one line on stderr, a non-zero exit and nothing written: broken
+config overrides and files, impossible values, a bad run.dir (checked before any data is read), corrupt data
+files, a half-written metrics.jsonl, broken model metadata, predict/export outputs that point at the wrong kind
+of path, and fp16 asked of a CPU by the launcher."""
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_dist import checkpoint, cli, config, data, models, rundir
+from mnist_dist.config import ConfigError
+from mnist_dist.data import DataError
+
+from conftest import make_digits, run_cli, tiny_overrides
+
+
+def one_line_error(capsys, argv: list[str], *words: str) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.kwargs={width: 8", ["model.kwargs", "YAML"]),
+    ("train.lr=[0.1", ["train.lr", "YAML"]),
+    ("train.lr=nan", ["train.lr", "finite"]),
+    ("train.lr=inf", ["train.lr", "finite"]),
+    ("train.weight_decay=.nan", ["train.weight_decay", "finite"]),
+    ("run.preempt_signals=[SIGKILL]", ["SIGKILL", "cannot be caught"]),
+    ("model.kwargs={width: -1}", ["model.kwargs", "cnn_bn"]),
+    ("model.kwargs={dropout: 2.0}", ["model.kwargs", "dropout"]),
+    ("model.kwargs={width: abc}", ["model.kwargs", "cnn_bn"]),
+    ("run.dir=", ["run.dir", "empty"]),
+])
+def test_bad_overrides_are_one_line(capsys, tmp_path, override, words):
+    one_line_error(capsys, ["train", f"run.dir={tmp_path / 'r'}", override], *words)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"- a\n- b\n", ["must be a mapping"]),
+    (b"3\n", ["must be a mapping"]),
+    (b"train:\n  lr: 0.1 \xff\xfe\n", ["not UTF-8"]),
+])
+def test_bad_yaml_files_are_one_line(capsys, tmp_path, content, words):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    one_line_error(capsys, ["train", "--config", str(path), "train.epochs=1", f"run.dir={tmp_path / 'r'}"],
+                   str(path), *words)
+
+
+def test_model_kwargs_can_be_cleared(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  name: cnn_bn\n  kwargs: {width: 8, dropout: 0.3}\n")
+    assert config.load(recipe, ["model.kwargs={}"]).model.kwargs == {}
+    assert config.load(recipe, ["model.kwargs=null"]).model.kwargs == {}
+    assert config.load(recipe, ["model.kwargs={width: 4}"]).model.kwargs == {"width": 4, "dropout": 0.3}  # merged
+
+
+def test_validating_model_kwargs_leaves_the_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    config.load(None, ["model.kwargs={width: 8}"])
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ----------------------------------------------------------------------------- run.dir, before any data is read
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A real read-only filesystem (root ignores mode bits, so a chmod would prove nothing)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("where", ["file", "proc", "read_only"])
+def test_bad_run_dir_is_one_line_before_the_data(capsys, tmp_path, request, where):
+    if where == "file":
+        run_dir = tmp_path / "a_file"
+        run_dir.write_text("x")
+    elif where == "proc":
+        run_dir = Path("/proc/x")
+    else:
+        run_dir = request.getfixturevalue("read_only_mount") / "run"
+    t0 = time.time()
+    # data.dir points at nothing: had the data been read first, the error would be about the data.
+    err = one_line_error(capsys, ["train", f"run.dir={run_dir}", "data.source=idx", f"data.dir={tmp_path / 'none'}"],
+                         "run.dir", str(run_dir))
+    assert "data.dir" not in err
+    assert time.time() - t0 < 5
+    assert not run_dir.is_dir()
+
+
+def test_empty_run_dir_does_not_touch_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"keep": 1}\n')
+    one_line_error(capsys, ["train", "run.dir="], "run.dir")
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"keep": 1}\n'
+
+
+# ----------------------------------------------------------------------------- data files
+
+
+def test_a_gzip_with_flipped_bytes_inside_is_one_line(tmp_path):
+    images, labels = make_digits(50, seed=3)
+    data.write_idx(tmp_path, "train", images, labels, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    blob = bytearray(path.read_bytes())
+    for i in range(200, 260):  # inside the deflate stream, not its header or trailer
+        blob[i] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: cannot read"):
+        data.load_idx(tmp_path, "train")
+
+
+def test_an_idx_file_with_no_images_is_one_line(tmp_path):
+    data.write_idx(tmp_path, "train", torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(DataError, match="no images"):
+        data.load_idx(tmp_path, "train")
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+def test_a_half_written_last_line_is_dropped_not_fatal(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"global_step": 5, "a": 1}\n{"global_step": 10, "a": 2}\n{"global_step": 15, "a"')
+    assert [r["global_step"] for r in rundir.read_jsonl(path)] == [5, 10]
+    rundir.truncate_jsonl(path, 10)
+    assert path.read_text() == '{"global_step": 5, "a": 1}\n{"global_step": 10, "a": 2}\n'
+
+
+def test_resume_after_a_kill_while_appending_metrics(tiny_idx, tmp_path):
+    run_dir = tmp_path / "r"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.max_steps=20", "checkpoint.every_steps=10")])
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 1.0, "global_st')  # killed mid-append
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.max_steps=30")], check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+# ----------------------------------------------------------------------------- other commands
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    model = models.build("mlp_128")
+    checkpoint.save_model(tmp_path, model, "mlp_128", {}, "mnist", 0.1307, 0.3081)
+    return tmp_path
+
+
+@pytest.mark.parametrize("key", ["mean", "std", "classes", "name"])
+def test_model_json_missing_a_key_is_one_line(capsys, model_dir, key):
+    meta = json.loads((model_dir / "model.json").read_text())
+    del meta[key]
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    (model_dir / "x.png").write_bytes(b"")
+    one_line_error(capsys, ["predict", str(model_dir), str(model_dir / "x.png")], "model.json", key)
+
+
+def test_predict_show_on_an_existing_file_is_one_line(capsys, model_dir, tmp_path):
+    from PIL import Image
+    Image.new("L", (28, 28), 255).save(tmp_path / "x.png")
+    target = tmp_path / "taken.txt"
+    target.write_text("mine")
+    one_line_error(capsys, ["predict", str(model_dir), str(tmp_path / "x.png"), "--show", str(target)], "--show")
+    assert target.read_text() == "mine"
+
+
+def test_export_out_on_a_folder_is_one_line_and_leaves_nothing(capsys, model_dir, tmp_path):
+    out = tmp_path / "out_folder"
+    out.mkdir()
+    one_line_error(capsys, ["export", str(model_dir), "--format", "torchscript", "--out", str(out)], "--out")
+    assert list(out.iterdir()) == [] and not list(tmp_path.glob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- the launcher's fp16 on a CPU
+
+
+@pytest.mark.slow
+def test_launcher_fp16_on_a_cpu_is_refused_like_the_config_key(tiny_idx, tmp_path):
+    from conftest import VENV_BIN
+    run_dir = tmp_path / "fp16"
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], check=False,
+                   launcher=[str(VENV_BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1",
+                             "--mixed_precision", "fp16"])
+    # The training process exits 2 with one line; a 1-process `accelerate launch` then exits 1 with its own
+    # CalledProcessError traceback, which names no file of ours.
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "mnist-dist train: error: accelerate launch --mixed_precision fp16 needs a GPU" in proc.stderr
+    assert "mnist_dist/" not in proc.stderr and "returned non-zero exit status 2" in proc.stderr
+    assert not (run_dir / "summary.json").exists()
