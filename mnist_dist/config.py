@@ -214,19 +214,43 @@ class Config:
 # ----------------------------------------------------------------------------- views
 
 
-def flatten(cfg, prefix="") -> dict:
+def flatten(tree: Config | dict, prefix: str = "") -> dict:
+    """{"train.lr": 0.003, "model.kwargs": {...}, ...} from a Config or its dict (as saved in a checkpoint)."""
+    tree = to_dict(tree) if dataclasses.is_dataclass(tree) else tree
     out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(flatten(value, f"{prefix}{f.name}."))
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{f.name}"] = value
+            out[f"{prefix}{k}"] = v
     return out
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# Keys a resumed run may change: they decide where data is read from, how the run is watched, checkpointed,
+# launched and stopped, not which numbers it computes. Every other key defines the trajectory and must match.
+RESUME_MAY_CHANGE = ("data.dir", "data.source", "data.hf_path", "data.num_workers", "model.compile",
+                     "model.channels_last", "train.device", "train.eval_batch_size", "train.log_every_steps",
+                     "train.max_steps", "train.progress", "checkpoint.", "tracking.", "run.")
+# Schedules whose shape does not depend on the run's length: with these, train.epochs may grow on resume.
+LENGTH_FREE_SCHEDULERS = ("none", "step")
+
+
+def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
+    """'key old -> new' for every trajectory key that differs between a checkpoint's config and this one."""
+    old, new = flatten(saved), flatten(cfg)
+    conflicts = []
+    for key, value in new.items():
+        if key.startswith(RESUME_MAY_CHANGE) or key not in old or old[key] == value:
+            continue
+        if key == "train.epochs" and cfg.train.scheduler in LENGTH_FREE_SCHEDULERS:
+            continue  # more (or fewer) epochs of the same constant or per-epoch schedule
+        conflicts.append(f"{key} {old[key]!r} -> {value!r}")
+    return conflicts
+
 
 
 # ----------------------------------------------------------------------------- building from dicts

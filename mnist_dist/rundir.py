@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -20,6 +23,7 @@ from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+LOCK = ".lock"
 CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
 PICTURES = (CURVES, CONFUSION, SAMPLES)
 
@@ -104,3 +108,98 @@ def truncate_jsonl(path: Path, max_global_step: int) -> None:
         return
     keep = [line for line, record in _records(path) if record.get("global_step", 0) <= max_global_step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+# ----------------------------------------------------------------------------- the folder lock
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat): a pid reused later has another."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _slurm_job() -> str | None:
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class RunLock:
+    """RUN_DIR/.lock names the one process that may write the folder: pid, host, SLURM job, start time.
+
+    Created with O_CREAT|O_EXCL, which is atomic on local filesystems and on NFS (v3 and later), so it works on
+    the shared filesystem of a cluster; a thread refreshes its mtime every HEARTBEAT_S seconds. A lock is stale,
+    and taken over, when its holder is a process of this host that no longer exists, when it belongs to this
+    same SLURM job (a requeued job resuming), or when nobody has refreshed it for STALE_S seconds (a node that
+    died). Released (deleted) when the run ends, however it ends; SIGKILL leaves it behind as a stale lock.
+    """
+
+    HEARTBEAT_S, STALE_S = 10.0, 120.0
+
+    def __init__(self, path: Path):
+        self.path, self._stop = path, threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="mnist-dist-run-lock")
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> "RunLock":
+        lock = cls(Path(run_dir) / LOCK)
+        me = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
+              "slurm_job": _slurm_job(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for attempt in range(2):
+            try:
+                fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock._holder()
+                why_stale = lock._stale(holder)
+                if why_stale is None or attempt:
+                    raise UserError(f"run.dir={run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                                    f"(since {holder.get('since')}" + (f", SLURM job {holder['slurm_job']}"
+                                                                        if holder.get("slurm_job") else "")
+                                    + f"): wait for it or use another run.dir; if that run is gone, delete "
+                                      f"{lock.path}") from None
+                print(f"mnist-dist: taking over {lock.path}: {why_stale}", flush=True)
+                lock.path.unlink(missing_ok=True)  # two takers: only one of them creates the file next
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            lock._thread.start()
+            return lock
+        raise AssertionError("unreachable")
+
+    def _holder(self) -> dict:
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}  # being written this very moment, or damaged: judged by its age below
+
+    def _stale(self, holder: dict) -> str | None:
+        """Why the lock's holder is gone, or None while it may be alive."""
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return "released meanwhile"
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            start = _process_start(holder["pid"])
+            if start is None or start != holder.get("pid_start"):
+                return f"pid {holder['pid']} on this host has ended"
+            return None
+        if holder.get("slurm_job") and holder.get("slurm_job") == _slurm_job():
+            return f"it belongs to this SLURM job ({holder['slurm_job']}), requeued"
+        if age > self.STALE_S:
+            return f"not refreshed for {age:.0f} s (its host {holder.get('host')} stopped)"
+        return None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)

@@ -270,6 +270,13 @@ def resume(cfg: config.Config, accelerator) -> tuple[TrainState, Path | None, di
     if resume_from is None:
         return TrainState(), None, {}
     meta = checkpoint.read_meta(resume_from)
+    conflicts = config.resume_conflicts(meta.get("config", {}), cfg)
+    if conflicts:
+        hint = (f"; train.epochs can grow only with train.scheduler={'/'.join(config.LENGTH_FREE_SCHEDULERS)}, "
+                f"since the {cfg.train.scheduler} schedule is shaped by the run's length"
+                if any(c.startswith("train.epochs ") for c in conflicts) else "")
+        raise UserError(f"{resume_from} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
+                        f"with the old values, or start over with checkpoint.resume=never or a new run.dir")
     if meta["world_size"] != accelerator.num_processes:
         raise UserError(f"{resume_from} was written by {meta['world_size']} processes, this run has "
                         f"{accelerator.num_processes}: resume with the same number of processes, or set "
@@ -288,6 +295,7 @@ class Ending:
     summary: dict | None = None  # set on the main process when the run finished
     preempted: bool = False  # a checkpoint was saved to resume from
     ranks_agree: bool = False  # every rank ends here on the same path: safe to wait for all of them
+    lock: rundir.RunLock | None = None  # the run folder's lock (main process)
 
 
 def train(cfg: config.Config) -> int:
@@ -299,6 +307,8 @@ def train(cfg: config.Config) -> int:
         return run_training(cfg, accelerator, flags, ending)
     finally:
         ending.tracker.finish(ending.summary, preempted=ending.preempted)
+        if ending.lock is not None:
+            ending.lock.release()
         if ending.preempted and cfg.run.requeue:
             runtime.requeue_slurm_job(accelerator)  # after the tracker has flushed: requeue ends this job
         runtime.end_distributed(accelerator, wait=ending.ranks_agree)
@@ -311,6 +321,9 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     global_batch_size = cfg.train.global_batch_size(world)
 
     rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
+    if accelerator.is_main_process:  # one writer per folder: a second run into it stops here, having written nothing
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ending.lock = rundir.RunLock.acquire(run_dir)
 
     # ------------------------------------------------------------------ data (downloads once per node)
     # A download or HF cache is written by the node's first rank while the others wait; local IDX files are read
@@ -327,7 +340,6 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
 
     # ------------------------------------------------------------------ run folder, tracking
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
         rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
         # A fresh run in an old folder starts a fresh log; a resumed one drops records the checkpoint does not cover.
         rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step if resume_from else -1)

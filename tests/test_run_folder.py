@@ -1,0 +1,129 @@
+"""The run folder is a contract: one run writes it at a time (a lock that a killed run does not leave blocking
+forever, and that works across hosts), and a resume honours keys that do not change the trajectory but refuses,
+in one line listing each old and new value, the keys that do, before anything in the folder is rewritten."""
+import json
+import os
+import socket
+import time
+
+import pytest
+import yaml
+
+from mnist_dist import checkpoint, config, rundir
+from mnist_dist.errors import UserError
+
+from conftest import run_cli, tiny_overrides
+from test_resume import popen_train, slow_overrides, wait_for_checkpoint
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def test_a_second_run_into_a_busy_folder_stops_at_once_and_a_killed_run_does_not_block(tiny_idx, tmp_path):
+    run_dir = tmp_path / "busy"
+    first = popen_train(slow_overrides(tiny_idx, run_dir, "train.seed=1"))
+    try:
+        wait_for_checkpoint(run_dir, first)
+        t0 = time.time()
+        second = run_cli(["train", *slow_overrides(tiny_idx, run_dir, "train.seed=2")], check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"in use by pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert time.time() - t0 < 30
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"] == 1  # nothing mixed
+    finally:
+        first.kill()  # SIGKILL: the lock stays behind
+        first.wait()
+    assert (run_dir / rundir.LOCK).exists()
+    out = run_cli(["train", *slow_overrides(tiny_idx, run_dir, "train.seed=1")]).stdout
+    assert f"taking over {run_dir / rundir.LOCK}: pid {first.pid} on this host has ended" in out
+    assert "resumed from" in out and not (run_dir / rundir.LOCK).exists()  # released at the end
+
+
+def write_lock(run_dir, age_s: float, **holder):
+    path = run_dir / rundir.LOCK
+    path.write_text(json.dumps({"pid": 1, "host": "node-b", "since": "then", **holder}))
+    os.utime(path, (time.time() - age_s, time.time() - age_s))
+
+
+def test_a_lock_from_another_host_blocks_while_it_is_fresh_and_is_taken_over_when_stale(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    write_lock(tmp_path, age_s=5, slurm_job="77")
+    with pytest.raises(UserError, match=r"in use by pid 1 on node-b \(since then, SLURM job 77\)"):
+        rundir.RunLock.acquire(tmp_path)
+    write_lock(tmp_path, age_s=rundir.RunLock.STALE_S + 10)  # its node died: nobody refreshes it
+    rundir.RunLock.acquire(tmp_path).release()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued onto another node
+    write_lock(tmp_path, age_s=5, slurm_job="77")
+    lock = rundir.RunLock.acquire(tmp_path)
+    assert json.loads((tmp_path / rundir.LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / rundir.LOCK).exists()
+
+
+def test_the_lock_is_refreshed_while_held(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir.RunLock, "HEARTBEAT_S", 0.05)
+    lock = rundir.RunLock.acquire(tmp_path)
+    os.utime(tmp_path / rundir.LOCK, (0, 0))
+    time.sleep(0.3)
+    assert time.time() - (tmp_path / rundir.LOCK).stat().st_mtime < 5
+    lock.release()
+
+
+# ----------------------------------------------------------------------------- what a resume may change
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tiny_idx, tmp_path_factory):
+    """A run stopped by train.max_steps after a periodic checkpoint: the folder a resume starts from."""
+    run_dir = tmp_path_factory.mktemp("contract") / "run"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")])
+    return run_dir
+
+
+@pytest.mark.parametrize("changes, listed", [
+    (["train.lr=0.02"], ["train.lr 0.01 -> 0.02"]),
+    (["data.name=fashion_mnist"], ["data.name 'mnist' -> 'fashion_mnist'"]),
+    (["model.kwargs={width: 8}"], ["model.kwargs {'width': 4} -> {'width': 8}"]),
+    (["train.per_device_batch_size=25", "train.seed=3"], ["train.per_device_batch_size 50 -> 25", "train.seed 0 -> 3"]),
+    (["train.epochs=4"], ["train.epochs 2 -> 4", "onecycle schedule is shaped by the run's length"]),
+])
+def test_a_resume_that_would_change_the_trajectory_is_refused_in_one_line(tiny_idx, stopped_run, changes, listed):
+    before = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, stopped_run, *changes)], check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for words in listed:
+        assert words in proc.stderr
+    assert "pickle" not in proc.stderr
+    after = {p.name: p.read_bytes() for p in stopped_run.iterdir() if p.is_file()}
+    assert after == before  # config.yaml, metrics.jsonl untouched; no lock left
+
+
+def test_a_resume_honours_the_keys_that_may_change(tiny_idx, tmp_path):
+    run_dir = tmp_path / "r"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")])
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.log_every_steps=3", "checkpoint.every_steps=7",
+                                            "train.eval_batch_size=64", "run.guard_every_steps=2")]).stdout
+    assert "resumed from" in out
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["log_every_steps"] == 3 and saved["checkpoint"]["every_steps"] == 7
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 40  # 2 epochs of 20 steps
+
+
+def test_more_epochs_continue_a_length_free_schedule(tiny_idx, tmp_path):
+    run_dir = tmp_path / "longer"
+    args = ["train.scheduler=none", "train.epochs=1"]
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, *args)])
+    first = json.loads((run_dir / "summary.json").read_text())["global_step"]
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.scheduler=none", "train.epochs=3")]).stdout
+    assert "resumed from" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 3 * first and summary["epochs"] == 3
+
+
+def test_resume_conflicts_lists_only_trajectory_keys():
+    old = config.Config()
+    new = config.load(None, ["train.lr=0.1", "tracking.backend=wandb", "run.dir=elsewhere", "data.dir=/x",
+                             "train.progress=false"])
+    assert config.resume_conflicts(config.to_dict(old), new) == ["train.lr 0.003 -> 0.1"]
