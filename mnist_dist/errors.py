@@ -2,7 +2,13 @@
 exits 2); PREEMPTED_EXIT_CODE is a run that saved its state and wants to be started again."""
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL; shown by sacct for the job and in the W&B run record
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class UserError(Exception):
     pass
+
+
+class PeerLost(UserError):
+    """Another rank of the job died: printed as one line like a user error (its own log says why), so that the
+    survivors leave at once instead of waiting for the launcher or a timeout."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_dist import config
+from mnist_dist import config, procs
 from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
@@ -113,14 +113,6 @@ def truncate_jsonl(path: Path, max_global_step: int) -> None:
 # ----------------------------------------------------------------------------- the folder lock
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process (field 22 of /proc/PID/stat): a pid reused later has another."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def _slurm_job() -> str | None:
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
@@ -146,7 +138,8 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: Path) -> "RunLock":
         lock = cls(Path(run_dir) / LOCK)
-        me = {"pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
+        pid, pid_start = procs.me()
+        me = {"pid": pid, "pid_start": pid_start, "host": socket.gethostname(),
               "slurm_job": _slurm_job(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         for attempt in range(2):
             try:
@@ -183,8 +176,7 @@ class RunLock:
         except FileNotFoundError:
             return "released meanwhile"
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            start = _process_start(holder["pid"])
-            if start is None or start != holder.get("pid_start"):
+            if not procs.alive(holder["pid"], holder.get("pid_start")):
                 return f"pid {holder['pid']} on this host has ended"
             return None
         if holder.get("slurm_job") and holder.get("slurm_job") == _slurm_job():

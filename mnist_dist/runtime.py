@@ -8,6 +8,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +16,10 @@ from pathlib import Path
 import torch
 
 from mnist_dist import config, shm_allreduce
-from mnist_dist.errors import UserError
+from mnist_dist.errors import PeerLost, UserError
+
+# What gloo says when the other end of a collective has died (its TCP connection reset or closed).
+GLOO_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
 
 def make_accelerator(cfg: config.Config):
@@ -95,16 +99,37 @@ def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
     return "shared_memory"
 
 
+def as_peer_lost(e: BaseException, rank: int) -> PeerLost | None:
+    """The one-line error for a collective that failed because another rank died, else None."""
+    if isinstance(e, PeerLost):
+        return e
+    text = str(e)
+    if isinstance(e, RuntimeError) and any(s in text for s in GLOO_PEER_GONE):
+        why = next(s for s in GLOO_PEER_GONE if s in text)
+        return PeerLost(f"another rank is gone (gloo: {why.lower()}): rank {rank} stops too (resume from the last "
+                        f"checkpoint with the same run.dir)")
+    return None
+
+
 class StopFlags:
-    """Preemption signals set a local flag; ranks agree on it (and on non-finite losses) at step boundaries."""
+    """Preemption signals, and a first Ctrl-C (SIGINT), set a local flag; ranks agree on it (and on non-finite
+    losses) at step boundaries, then checkpoint and stop. A second Ctrl-C stops at once (KeyboardInterrupt)."""
 
     def __init__(self, signal_names):
         self.signal_received = None
         for name in signal_names:
             signal.signal(getattr(signal, name), self._handler)
+        signal.signal(signal.SIGINT, self._interrupt)
 
     def _handler(self, signum, frame):
         self.signal_received = signal.Signals(signum).name
+
+    def _interrupt(self, signum, frame):
+        if self.signal_received == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the checkpoint
+        self.signal_received = "SIGINT"
+        print("mnist-dist: interrupted: saving a checkpoint at the next step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
 
     def agree(self, accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
         """(preempt, non_finite) as agreed by every rank. A host-device sync point."""

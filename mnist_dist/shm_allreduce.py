@@ -23,9 +23,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mnist_dist import procs
+from mnist_dist.errors import PeerLost
+
 # The memory-backed folder for the shared file; MNIST_DIST_SHM_DIR names another (a node with a small /dev/shm).
 SHM_DIR = os.environ.get("MNIST_DIST_SHM_DIR", "/dev/shm")
 CACHE_LINE = 64
+PEER_CHECK_S = 0.2
 
 
 def supported() -> bool:
@@ -47,6 +51,9 @@ class SharedMemoryAllReduce:
         header = CACHE_LINE * self.world  # one sequence number per rank, each on its own cache line
         size = header + 2 * self.world * self.slot_bytes
         self.mm = self._map_shared_file(size)
+        # Every rank's (pid, start time): the ranks share a host, so a wait can tell a dead peer from a slow one.
+        self.peers = [None] * self.world
+        dist.all_gather_object(self.peers, procs.me())
         self.seq = np.frombuffer(self.mm, dtype=np.int64, count=header // 8).reshape(self.world, -1)[:, 0]
         self.slots = torch.frombuffer(self.mm, dtype=torch.uint8, offset=header,
                                       count=size - header).view(2, self.world, self.slot_bytes)
@@ -109,15 +116,24 @@ class SharedMemoryAllReduce:
 
     def _wait_for_all(self, k: int) -> None:
         # Spin: the wait is short (the ranks do the same work), and a sleep or futex costs more than it lasts here.
-        # Yield every so often so that oversubscribed cores still let the late rank run.
-        deadline, spins = None, 0
+        # Yield every so often so that oversubscribed cores still let the late rank run; every PEER_CHECK_S of
+        # waiting, make sure the late ranks still exist (a dead peer would otherwise hold this one at 100% CPU
+        # until the timeout, deaf to the launcher's SIGTERM, which only sets the preemption flag).
+        deadline, next_check, spins = None, None, 0
         while self.seq.min() < k:
             spins += 1
             if spins % 1024 == 0:
                 os.sched_yield()
-                deadline = deadline or time.monotonic() + self.timeout_s
-                if time.monotonic() > deadline:
-                    late = [r for r in range(self.world) if self.seq[r] < k]
+                now = time.monotonic()
+                deadline, next_check = deadline or now + self.timeout_s, next_check or now + PEER_CHECK_S
+                late = [r for r in range(self.world) if self.seq[r] < k]
+                if now > next_check:
+                    next_check = now + PEER_CHECK_S
+                    for r in late:
+                        if not procs.alive(*self.peers[r]):
+                            raise PeerLost(f"rank {r} (pid {self.peers[r][0]}) is gone: rank {self.rank} stops too "
+                                           f"(resume from the last checkpoint with the same run.dir)")
+                if now > deadline:
                     raise RuntimeError(f"rank {self.rank} waited {self.timeout_s:.0f} s for the gradients of "
                                        f"rank(s) {late}: a rank died or hangs")
 

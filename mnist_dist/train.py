@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mnist_dist import checkpoint, config, data, inference, models, plots, rundir, runtime, tracking
 from mnist_dist.checkpoint import TrainState
-from mnist_dist.errors import PREEMPTED_EXIT_CODE, UserError
+from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 from mnist_dist.inference import Predictions
 
 
@@ -294,6 +294,7 @@ class Ending:
     tracker: object = dataclasses.field(default_factory=tracking.Tracker)
     summary: dict | None = None  # set on the main process when the run finished
     preempted: bool = False  # a checkpoint was saved to resume from
+    interrupted: bool = False  # ...because of Ctrl-C: no requeue
     ranks_agree: bool = False  # every rank ends here on the same path: safe to wait for all of them
     lock: rundir.RunLock | None = None  # the run folder's lock (main process)
 
@@ -305,11 +306,15 @@ def train(cfg: config.Config) -> int:
     ending = Ending()
     try:
         return run_training(cfg, accelerator, flags, ending)
+    except Exception as e:
+        if (lost := runtime.as_peer_lost(e, accelerator.process_index)) is not None:
+            raise lost from None  # one line: the dead rank's own log says why
+        raise
     finally:
         ending.tracker.finish(ending.summary, preempted=ending.preempted)
         if ending.lock is not None:
             ending.lock.release()
-        if ending.preempted and cfg.run.requeue:
+        if ending.preempted and not ending.interrupted and cfg.run.requeue:
             runtime.requeue_slurm_job(accelerator)  # after the tracker has flushed: requeue ends this job
         runtime.end_distributed(accelerator, wait=ending.ranks_agree)
 
@@ -372,10 +377,13 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
                                 f"is kept; lower train.lr or set train.grad_clip")
         if stop is Stop.PREEMPTED:
             save_checkpoint(loop, state, tracker.run_id)
-            accelerator.print(f"preempted by {flags.signal_received or 'a signal on another rank'}: checkpoint saved "
-                              f"at global_step {state.global_step}")
+            # Ctrl-C: the user stopped it (exit 130, no requeue); any other signal: the scheduler did (exit 75).
+            ending.interrupted = flags.signal_received == "SIGINT"
+            accelerator.print(f"{'interrupted' if ending.interrupted else 'preempted'} by "
+                              f"{flags.signal_received or 'a signal on another rank'}: checkpoint saved at "
+                              f"global_step {state.global_step}")
             ending.preempted = ending.ranks_agree = True
-            return PREEMPTED_EXIT_CODE
+            return INTERRUPTED_EXIT_CODE if ending.interrupted else PREEMPTED_EXIT_CODE
         # Evaluate at every epoch end (and when stopped early by max_steps).
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
         logger.log_eval(record, predictions)

@@ -200,3 +200,67 @@ def test_an_exception_on_one_rank_ends_the_whole_job(tiny_idx, tmp_path):
     assert proc.returncode != 0
     assert "injected fault on rank 1" in proc.stdout + proc.stderr
     assert time.time() - t0 < 60 + 30, "the surviving rank hung"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("allreduce", ["shared_memory", "gloo"])
+def test_a_rank_whose_peer_dies_leaves_within_seconds(tiny_idx, tmp_path, allreduce):
+    """SIGKILL rank 1 of a 2-process shared-memory DDP run: rank 0 must notice by itself and leave in one line,
+    not spin until the launcher's SIGKILL (or the process-group timeout) ends it."""
+    run_dir = tmp_path / "peer"
+    proc = popen_train(slow_overrides(tiny_idx, run_dir, f"run.cpu_allreduce={allreduce}", "train.epochs=20"),
+                       launcher=ddp2_launcher(29618))
+    wait_for_checkpoint(run_dir, proc)
+    pids = worker_pids(proc.pid)
+    os.kill(pids[1], signal.SIGKILL)
+    t0 = time.time()
+    while Path(f"/proc/{pids[0]}").exists() and Path(f"/proc/{pids[0]}/stat").read_text().split()[2] != "Z" \
+            and time.time() - t0 < 60:
+        time.sleep(0.05)
+    rank0_gone_s = time.time() - t0
+    print(f"rank 0 left {rank0_gone_s:.2f} s after rank 1's SIGKILL")
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    assert rank0_gone_s < 10, f"rank 0 took {rank0_gone_s:.1f} s to leave:\n{out[-3000:]}"
+    # The shared-memory wait names the dead rank; a gloo collective only knows its connection was reset.
+    assert f"mnist-dist train: error: rank 1 (pid {pids[1]}) is gone" in out or \
+        "mnist-dist train: error: another rank is gone (gloo: connection" in out, out[-3000:]
+    assert "[rank0]: Traceback" not in out, out[-3000:]
+
+
+def test_ctrl_c_saves_at_the_next_step_and_resumes_identically(tiny_idx, tmp_path, reference):
+    run_dir = tmp_path / "ctrl_c"
+    proc = popen_train(slow_overrides(tiny_idx, run_dir))
+    wait_for_checkpoint(run_dir, proc)
+    first = checkpoint.complete_checkpoints(run_dir)[-1].name
+    os.kill(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out[-2000:]
+    assert "Traceback" not in out and "interrupted by SIGINT: checkpoint saved at global_step" in out
+    latest = checkpoint.complete_checkpoints(run_dir)[-1]
+    step = checkpoint.read_meta(latest)["global_step"]
+    assert f"global_step {step}" in out and step % 25 != 0 and latest.name != first  # saved at the stop itself
+    run_cli(["train", *slow_overrides(tiny_idx, run_dir)])
+    assert_same_run(reference, run_dir)
+
+
+def test_a_second_ctrl_c_stops_at_once(capsys):
+    """(In process: two SIGINTs sent to a training process back to back reach Python as one.)"""
+    from mnist_dist import cli, runtime
+    default = signal.getsignal(signal.SIGINT)
+    try:
+        flags = runtime.StopFlags([])
+        signal.raise_signal(signal.SIGINT)  # the first: a flag the ranks agree on at the next step
+        assert flags.signal_received == "SIGINT"
+        assert "Ctrl-C again to stop at once" in capsys.readouterr().err
+
+        def train_until_the_second(args):
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("not stopped")
+        cli_args = type("Args", (), {"_run": train_until_the_second, "command": "train"})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cli.argparse.ArgumentParser, "parse_intermixed_args", lambda self, argv: cli_args)
+            assert cli.main(["train"]) == 130
+        assert capsys.readouterr().err.strip() == "mnist-dist train: interrupted"
+    finally:
+        signal.signal(signal.SIGINT, default)
