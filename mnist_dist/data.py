@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 
 from mnist_dist.errors import UserError
 
@@ -286,10 +287,7 @@ class DeviceLoader:
         return self.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0):
-        n = len(self.split)
-        # The permutation is made on the CPU with a CPU generator: identical on every rank and device type.
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        perm = perm.to(self.split.images.device)
+        perm = epoch_permutation(len(self.split), self.seed, epoch).to(self.split.images.device)
         for step in range(start_step, self.steps_per_epoch):
             chunk = perm[step * self.step_size: (step + 1) * self.step_size]
             lo, hi = self.rank * len(chunk) // self.world, (self.rank + 1) * len(chunk) // self.world
@@ -298,14 +296,38 @@ class DeviceLoader:
             yield micro, self.world / len(chunk)
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's sample order: made on the CPU from (seed, epoch) alone, identical on every rank and device,
+    and the same again after a resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """DataLoader's sampler: epoch_permutation of the epoch set by set_epoch (a shuffle=True sampler draws from
+    one generator that runs on across epochs, so after a resume its order was not the interrupted epoch's)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+
+    def __len__(self):
+        return self.n
+
+
 class TorchLoader:
     """The standard PyTorch DataLoader (per-sample indexing + collate), sharded by Accelerate's prepare()."""
 
     def __init__(self, split: Split, per_device_batch_size: int, accum: int, seed: int, num_workers: int, prepare):
         from torch.utils.data import DataLoader, TensorDataset
-        g = torch.Generator().manual_seed(seed)
-        dl = DataLoader(TensorDataset(split.images, split.labels), batch_size=per_device_batch_size, shuffle=True,
-                        generator=g, num_workers=num_workers, pin_memory=torch.cuda.is_available(), drop_last=False)
+        self.sampler = EpochSampler(len(split), seed)
+        dl = DataLoader(TensorDataset(split.images, split.labels), batch_size=per_device_batch_size,
+                        sampler=self.sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                        drop_last=False)
         self.dl, self.accum = prepare(dl), accum
         self.steps_per_epoch = math.ceil(len(self.dl) / accum)
 
@@ -314,6 +336,9 @@ class TorchLoader:
 
     def epoch(self, epoch: int, start_step: int = 0):
         from accelerate import skip_first_batches
+        # Before the skip, and through Accelerate's loader: its __iter__ sets the sampler's epoch to its own
+        # iteration count, which skip_first_batches copies into the new loader.
+        self.sampler.set_epoch(epoch)
         if hasattr(self.dl, "set_epoch"):
             self.dl.set_epoch(epoch)
         dl = skip_first_batches(self.dl, start_step * self.accum) if start_step else self.dl

@@ -264,3 +264,25 @@ def test_a_second_ctrl_c_stops_at_once(capsys):
         assert capsys.readouterr().err.strip() == "mnist-dist train: interrupted"
     finally:
         signal.signal(signal.SIGINT, default)
+
+
+@pytest.mark.slow
+def test_the_dataloader_path_resumes_exactly_mid_epoch_and_at_an_epoch_end(tiny_idx, tmp_path):
+    """data.loader=dataloader: resuming from a checkpoint inside the second epoch, or at the end of the first,
+    ends with the uninterrupted run's weights, bit for bit."""
+    args = lambda d, *extra: slow_overrides(tiny_idx, d, "data.loader=dataloader", "train.epochs=2",
+                                            "model.name=mlp_128", "model.kwargs={}", "checkpoint.keep=20", *extra)
+    ref = tmp_path / "ref"
+    run_cli(["train", *args(ref)])
+    steps_per_epoch = 100  # 1000 training images, 10 per step
+    for step in (150, steps_per_epoch):
+        resumed = tmp_path / f"from{step}"
+        ckpt = ref / "checkpoints" / f"step_{step:08d}"
+        assert checkpoint.read_meta(ckpt)["step_in_epoch"] == (step % steps_per_epoch)
+        out = run_cli(["train", *args(resumed, f"checkpoint.resume={ckpt}")]).stdout
+        assert f"resumed from {ckpt}" in out
+        wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), f"resumed at step {step}: {k} differs by {(wa[k] - wb[k]).abs().max()}"
+        final = [json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (ref, resumed)]
+        assert final[0]["test_loss"] == final[1]["test_loss"] and final[0]["train_loss"] == final[1]["train_loss"]
