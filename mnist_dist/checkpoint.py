@@ -23,6 +23,10 @@ class ModelFileError(UserError):
     """A model path that is missing, unreadable or not ours; printed as one line."""
 
 
+class CheckpointError(UserError):
+    """A checkpoint that could not be written (a full disk); printed as one line."""
+
+
 def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, model_kwargs: dict,
                dataset: str, mean: float, std: float) -> Path:
     """Weights as safetensors plus a JSON that says how to rebuild and feed the model."""
@@ -107,10 +111,19 @@ def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
             shutil.rmtree(tmp)  # left by a crash during an earlier write
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
-    accelerator.wait_for_everyone()
+    failure = None
+    try:
+        accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
+    except Exception as e:  # a full disk: torch and safetensors each word it their own way
+        failure = e
+    # A collective: every rank learns whether all wrote their part, so a full disk stops them together.
+    if accelerator.reduce(torch.tensor(float(failure is not None), device=accelerator.device), "sum").item():
+        _give_up(accelerator, tmp, failure)
     if accelerator.is_main_process:
-        atomic_write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
+        try:
+            atomic_write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
+        except OSError as e:
+            _give_up(accelerator, tmp, e)
         _fsync_dir(tmp)
         if final.exists():  # the same step saved twice (e.g. epoch end right after a periodic save)
             shutil.rmtree(final)
@@ -120,6 +133,25 @@ def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
             shutil.rmtree(old, ignore_errors=True)  # only after the new one is committed
     accelerator.wait_for_everyone()
     return final
+
+
+def _give_up(accelerator, tmp: Path, cause: Exception | None):
+    """A checkpoint that could not be written: its partial folder goes (it holds the space the next try needs),
+    the committed ones stay, and the run stops in one line."""
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200] if cause else \
+        "another rank could not write its part"
+    free_mb = shutil.disk_usage(tmp.parent).free / 1e6
+    raise CheckpointError(f"cannot write checkpoint {tmp.name[5:]} in {tmp.parent} ({why}; {free_mb:.1f} MB free "
+                          f"there). The earlier checkpoints are intact: free some space, then run the same command "
+                          f"to resume")
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove .tmp-step_N folders that a crash or a full disk left: never loaded, and they hold space."""
+    for tmp in (Path(run_dir) / CKPT_DIR).glob(".tmp-step_*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -30,7 +30,11 @@ PICTURES = (CURVES, CONFUSION, SAMPLES)
 
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+        raise
     os.replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import enum
+import errno
 import json
 import time
 from pathlib import Path
@@ -309,6 +310,9 @@ def train(cfg: config.Config) -> int:
     except Exception as e:
         if (lost := runtime.as_peer_lost(e, accelerator.process_index)) is not None:
             raise lost from None  # one line: the dead rank's own log says why
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise UserError(f"no space left on device for {e.filename or cfg.run.dir}; the checkpoints written so far "
+                            f"are intact: free some space, then run the same command to resume") from None
         raise
     finally:
         ending.tracker.finish(ending.summary, preempted=ending.preempted)
@@ -329,6 +333,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     if accelerator.is_main_process:  # one writer per folder: a second run into it stops here, having written nothing
         run_dir.mkdir(parents=True, exist_ok=True)
         ending.lock = rundir.RunLock.acquire(run_dir)
+        checkpoint.clean_partial(run_dir)  # what a crash or a full disk left: it holds space a resume needs
 
     # ------------------------------------------------------------------ data (downloads once per node)
     # A download or HF cache is written by the node's first rank while the others wait; local IDX files are read

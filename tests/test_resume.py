@@ -286,3 +286,31 @@ def test_the_dataloader_path_resumes_exactly_mid_epoch_and_at_an_epoch_end(tiny_
             assert torch.equal(wa[k], wb[k]), f"resumed at step {step}: {k} differs by {(wa[k] - wb[k]).abs().max()}"
         final = [json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (ref, resumed)]
         assert final[0]["test_loss"] == final[1]["test_loss"] and final[0]["train_loss"] == final[1]["train_loss"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs: room for two checkpoints of slow_overrides' model, not for a third (about 0.4 MB each)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_a_rerun_resumes(tiny_idx, small_disk, reference):
+    run_dir = small_disk / "run"
+    args = slow_overrides(tiny_idx, run_dir, "tracking.backend=none")
+    proc = run_cli(["train", *args], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "cannot write checkpoint step_" in err and "The earlier checkpoints are intact" in err
+    kept = checkpoint.complete_checkpoints(run_dir)
+    assert len(kept) == 2 and all(checkpoint.read_meta(c)["global_step"] for c in kept)
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the partial one is gone
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    out = run_cli(["train", *args]).stdout
+    assert f"resumed from {kept[-1]}" in out
+    assert_same_run(reference, run_dir)
