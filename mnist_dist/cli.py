@@ -1,4 +1,4 @@
-"""`mnist-dist train|eval|predict|export|report`: one entry point, one line per user mistake, exit codes.
+"""`mnist-dist train|eval|predict|export|report|recipes|sweep|compare`: one entry point, one line per user mistake, exit codes.
 
 Each subcommand lives in its own module, which provides add_arguments(parser) and run(args) -> int.
 """
@@ -16,6 +16,9 @@ COMMANDS = {  # name: (module, one-line help)
     "predict": ("mnist_dist.predict", "classify image files (PNG/JPEG/BMP/GIF) with a trained model"),
     "export": ("mnist_dist.export", "export a trained model (ONNX, TorchScript)"),
     "report": ("mnist_dist.report", "rebuild the pictures and report.md of a run folder"),
+    "recipes": ("mnist_dist.recipes", "list the training recipes that --config NAME finds"),
+    "sweep": ("mnist_dist.sweep", "run a sweep file's points (grid or random), each in its own run folder"),
+    "compare": ("mnist_dist.compare", "rank run folders or a sweep folder by a metric: a table and a picture"),
 }
 
 

@@ -6,10 +6,13 @@ The world size is not part of the config: it comes from the launcher.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import inspect
 import math
 import signal
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,14 +107,17 @@ class TrainConfig:
     lr: float = 0.003
     """Peak learning rate."""
     optimizer: str = field(default="adamw", metadata=choice("sgd", "adam", "adamw"))
+    """sgd (with Nesterov momentum when momentum > 0), adam, or adamw (decoupled weight decay); fused kernels where torch has them."""
     momentum: float = 0.9
     """SGD momentum (sgd only)."""
     weight_decay: float = 0.0005
+    """L2 penalty (adam, sgd) or decoupled decay (adamw)."""
     scheduler: str = field(default="onecycle", metadata=choice("none", "step", "cosine", "onecycle"))
     """Learning-rate schedule, stepped once per optimizer step."""
     step_gamma: float = 0.7
     """Multiplier per epoch for scheduler=step."""
     label_smoothing: float = 0.05
+    """Cross-entropy label smoothing in [0, 1)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step."""
     grad_clip: float = 0.0
@@ -121,12 +127,18 @@ class TrainConfig:
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda", "mps"))
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
     seed: int = 0
+    """Initial weights, data order and augmentation all follow from it: the same seed, the same run."""
     eval_batch_size: int = 1000
     """Images per process per evaluation forward pass."""
     log_every_steps: int = 50
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
     max_steps: int = 0
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations (epoch ends) in a row without an improvement of checkpoint.best_metric
+    (0: never stop early). Needs a validation split."""
+    early_stop_min_delta: float = 0.0
+    """The least change of checkpoint.best_metric that counts as an improvement (for the best model too)."""
     progress: bool = True
     """tqdm progress bars (main process only)."""
 
@@ -137,7 +149,8 @@ class TrainConfig:
     def __post_init__(self):
         _check_range("train", self, positive=("epochs", "per_device_batch_size", "eval_batch_size", "grad_accum_steps",
                                               "log_every_steps", "lr"),
-                     non_negative=("weight_decay", "momentum", "grad_clip", "max_steps"))
+                     non_negative=("weight_decay", "momentum", "grad_clip", "max_steps", "early_stop_patience",
+                                   "early_stop_min_delta"))
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -150,6 +163,16 @@ class CheckpointConfig:
     """How many complete checkpoints to keep (at least 2)."""
     resume: str = "auto"
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
+    best_metric: str = field(default="val_accuracy", metadata=choice("val_accuracy", "val_loss", "none"))
+    """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
+    chooses. Off without a validation split (data.val_size=0)."""
+    best_mode: str = field(default="auto", metadata=choice("auto", "max", "min"))
+    """Whether larger or smaller is better; auto: max for accuracy, min for loss."""
+
+    def better(self, value: float, best: float | None, min_delta: float) -> bool:
+        """value beats best by more than min_delta in this metric's direction."""
+        larger = self.best_mode == "max" or (self.best_mode == "auto" and not self.best_metric.endswith("loss"))
+        return best is None or (value - best if larger else best - value) > min_delta
 
     def __post_init__(self):
         _check_range("checkpoint", self, non_negative=("every_steps",))
@@ -161,9 +184,13 @@ class CheckpointConfig:
 class TrackingConfig:
     backend: str = field(default="none", metadata=choice("wandb", "tensorboard", "none"))
     project: str = "mnist-dist"
+    """W&B project."""
     entity: str | None = None
+    """W&B entity (user or team); default: the one wandb is logged in as."""
     run_name: str | None = None
+    """W&B run name; default: W&B's own."""
     tags: list = field(default_factory=list)
+    """W&B tags, e.g. [baseline, cpu]."""
     group: str | None = None
     """W&B group; defaults to the SLURM job id when there is one."""
     log_model: bool = False
@@ -210,6 +237,11 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self):
+        if self.train.early_stop_patience and (self.data.val_size == 0 or self.checkpoint.best_metric == "none"):
+            raise ConfigError("train.early_stop_patience needs a validation metric to watch: data.val_size > 0 and "
+                              "checkpoint.best_metric=val_accuracy or val_loss (the test set never decides)")
+
 
 # ----------------------------------------------------------------------------- views
 
@@ -235,6 +267,8 @@ def to_dict(cfg) -> dict:
 RESUME_MAY_CHANGE = ("data.dir", "data.source", "data.hf_path", "data.num_workers", "model.compile",
                      "model.channels_last", "train.device", "train.eval_batch_size", "train.log_every_steps",
                      "train.max_steps", "train.progress", "checkpoint.", "tracking.", "run.")
+# ...except these: the best score and the patience counter a checkpoint holds are in their terms.
+RESUME_MUST_MATCH = ("checkpoint.best_metric", "checkpoint.best_mode")
 # Schedules whose shape does not depend on the run's length: with these, train.epochs may grow on resume.
 LENGTH_FREE_SCHEDULERS = ("none", "step")
 
@@ -244,7 +278,7 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
     old, new = flatten(saved), flatten(cfg)
     conflicts = []
     for key, value in new.items():
-        if key.startswith(RESUME_MAY_CHANGE) or key not in old or old[key] == value:
+        if (key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH) or key not in old or old[key] == value:
             continue
         if key == "train.epochs" and cfg.train.scheduler in LENGTH_FREE_SCHEDULERS:
             continue  # more (or fewer) epochs of the same constant or per-epoch schedule
@@ -309,7 +343,10 @@ def from_dict(cls, data: dict, prefix: str = ""):
     for name, value in data.items():
         key = prefix + name
         if name not in fields:
-            raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(fields)}")
+            close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} Valid keys here: {', '.join(fields)} "
+                              f"(all keys: mnist-dist train --help)")
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = from_dict(tp, value or {}, key + ".")
@@ -345,11 +382,10 @@ def parse_override(text: str) -> dict:
 
 
 def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """path: a YAML file, or the name of a recipe (`fast_fashion`, see `mnist-dist recipes`)."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = recipe_path(str(path))
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
@@ -367,3 +403,89 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- recipes and self-description
+
+
+def recipe_dirs() -> list[Path]:
+    """Where recipes live: inside the installed package (the wheel ships configs/ as mnist_dist/configs), or the
+    checkout's configs/ beside the package (a development install)."""
+    here = Path(__file__).resolve().parent
+    return [d for d in (here / "configs" / "train", here.parent / "configs" / "train") if d.is_dir()]
+
+
+def recipes() -> dict[str, Path]:
+    found = {}
+    for folder in reversed(recipe_dirs()):
+        found.update({p.stem: p for p in sorted(folder.glob("*.yaml"))})
+    return dict(sorted(found.items()))
+
+
+def recipe_summary(path: Path) -> str:
+    """The recipe's first comment line."""
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def recipe_path(name: str) -> Path:
+    """A YAML file, or a recipe by name (`debug`, `fast_fashion.yaml`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    known = recipes()
+    if path.stem in known and len(path.parts) == 1:
+        return known[path.stem]
+    close = difflib.get_close_matches(path.stem, list(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(f"config file not found: {name} ({hint}recipes: {', '.join(known) or 'none installed'})")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass, read from its source (one place only)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+            and isinstance(doc.value.value, str)}
+
+
+def _type_name(tp) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args:
+        return " or ".join(a.__name__ for a in args) + (" or null" if type(None) in typing.get_args(tp) else "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe() -> list[dict]:
+    """Every config key: its type, default, choices and docstring, generated from the dataclasses."""
+    rows = []
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            choices = f.metadata.get("choices")
+            if (section.name, f.name) == ("model", "name"):
+                from mnist_dist.models import MODELS
+                choices = tuple(sorted(MODELS))
+            rows.append({"key": f"{section.name}.{f.name}", "type": _type_name(hints[f.name]), "default": default,
+                         "choices": choices, "doc": docs.get(f.name, "")})
+    return rows
+
+
+def all_keys() -> list[str]:
+    return [row["key"] for row in describe()]
+
+
+def help_text(width: int = 100) -> str:
+    """The config keys, for `mnist-dist train --help`."""
+    lines = ["config keys (defaults < --config YAML or recipe < key=value overrides):"]
+    for row in describe():
+        default = yaml.safe_dump(row["default"], default_flow_style=True).strip().removesuffix("...").strip()
+        choices = f": {' | '.join(row['choices'])}" if row["choices"] else ""
+        lines.append(f"  {row['key']} = {default}   ({row['type']}{choices})")
+        lines += textwrap.wrap(row["doc"], width, initial_indent="      ", subsequent_indent="      ",
+                               break_on_hyphens=False)
+    return "\n".join(lines)

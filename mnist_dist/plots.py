@@ -232,3 +232,27 @@ def write_after_training(run_dir: Path, predictions: Predictions | None) -> None
         problems = [f"{type(e).__name__}: {e}"]
     for line in problems:
         print(f"mnist-dist: warning: report: {line}; rebuild with `mnist-dist report {run_dir}`", file=sys.stderr)
+
+
+def comparison(rows: list[dict], keys: list[str], metric: str, path: str | Path, title: str = "") -> Path:
+    """`mnist-dist compare`'s picture: the metric against train seconds, and against each swept value."""
+    fig = _figure(4.0 * (1 + len(keys)), 3.4)
+    axes = fig.subplots(1, 1 + len(keys), squeeze=False)[0]
+    done = [r for r in rows if r["metric"] is not None]
+    ax = axes[0]
+    ax.scatter([r["train_seconds"] or 0 for r in done], [r["metric"] for r in done], color=COLORS["val"])
+    for r in done:
+        ax.annotate(r["run"], (r["train_seconds"] or 0, r["metric"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("train seconds")
+    ax.set_ylabel(metric)
+    for ax, key in zip(axes[1:], keys):
+        values = {r["values"][key] for r in done if r["values"][key] is not None}
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        labels = [str(v) for v in sorted(values, key=lambda v: v if numeric else str(v))]
+        ax.scatter([labels.index(str(r["values"][key])) for r in done], [r["metric"] for r in done],
+                   color=COLORS["val"])
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(key)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -23,7 +23,8 @@ from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
-LOCK = ".lock"
+LOCK, BEST = ".lock", "best"  # BEST: the best model by checkpoint.best_metric, a folder like the run's own model
+SWEEP_FILE, SWEEP_POINT = "sweep.yaml", "sweep_point.json"  # a sweep folder's file; a point's overrides and status
 CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
 PICTURES = (CURVES, CONFUSION, SAMPLES)
 
@@ -55,9 +56,21 @@ def check_usable(run_dir: Path) -> None:
 
 
 def of_model(model_path: str | Path) -> Path:
-    """The run folder of a run folder or of a model.safetensors inside one."""
-    model_path = Path(model_path)
-    return model_path if model_path.is_dir() else model_path.parent
+    """The run folder of a run folder, of its best/ folder, or of a model.safetensors inside either."""
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    return folder.parent if folder.name == BEST and (folder.parent / CONFIG).is_file() else folder
+
+
+def pick_model(path: str | Path, best: bool) -> Path:
+    """What eval/predict/export load: the path as given (by default a run's final model), or with best=True the
+    best model by validation that the run kept in RUN_DIR/best/."""
+    if not best:
+        return Path(path)
+    folder = of_model(path) / BEST
+    if not (folder / MODEL_FILE).is_file():
+        raise UserError(f"{folder}: no best model (the run had no validation split, checkpoint.best_metric=none, "
+                        f"or it predates best-model keeping)")
+    return folder
 
 
 def load_run_config(model_path: str | Path, overrides: list[str]) -> config.Config:

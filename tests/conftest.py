@@ -118,3 +118,18 @@ def ddp2_launcher(port: int) -> list[str]:
     """accelerate launch with the repo's 2-process CPU YAML (real gloo DDP), on its own port."""
     return [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu_ddp2.yaml"),
             "--main_process_port", str(port)]
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """One local SLURM (slurmctld + slurmd on localhost) for every test that submits jobs."""
+    from slurm_cluster import LocalSlurm, missing_programs
+    missing = missing_programs()
+    if missing:
+        pytest.skip(f"SLURM is not installed (missing {', '.join(missing)}): apt-get install slurmd slurmctld slurm-client")
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

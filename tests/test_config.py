@@ -80,3 +80,38 @@ def test_cli_takes_options_and_overrides_in_any_order(capsys):
                  "train.seed=7"]) == 0
     merged = config.from_dict(config.Config, __import__("yaml").safe_load(capsys.readouterr().out))
     assert (merged.train.epochs, merged.train.lr, merged.train.seed, merged.data.name) == (9, 0.05, 7, "fashion_mnist")
+
+
+def test_train_help_lists_every_key_with_type_default_choices_and_docstring(capsys):
+    from mnist_dist.cli import main
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    keys = config.describe()
+    assert len(keys) == len(config.flatten(config.Config())) > 40  # every key, generated, none written twice
+    for row in keys:
+        assert f"\n  {row['key']} = " in out, row["key"]
+    assert "  train.lr = 0.003   (float)\n      Peak learning rate." in out  # the docstring under the field
+    assert "  data.name = mnist   (str: mnist | fashion_mnist)" in out
+    assert "model.name = cnn_bn   (str: cnn_bn | mlp_120_84 |" in out  # the model registry's names
+
+
+def test_a_misspelled_key_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        config.load(None, ["train.epohcs=3"])
+    with pytest.raises(ConfigError, match="did you mean 'data.val_size'"):
+        config.load(None, ["data.valsize=3"])
+
+
+def test_a_recipe_is_found_by_name_and_listed(capsys):
+    from mnist_dist.cli import main
+    assert config.load("fast_fashion") == config.load(ROOT / "configs/train/fast_fashion.yaml")
+    assert config.load("debug.yaml", ["train.epochs=2"]).train.epochs == 2
+    with pytest.raises(ConfigError, match="did you mean 'fast_fashion'"):
+        config.load("fast_fashon")
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    recipes = sorted(p.stem for p in (ROOT / "configs/train").glob("*.yaml"))
+    assert [line.split()[0] for line in lines] == recipes
+    first = (ROOT / "configs/train/debug.yaml").read_text().splitlines()[0].lstrip("# ")
+    assert any(line.split(None, 1)[1] == first for line in lines if line.startswith("debug "))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import LocalSlurm, missing_programs
+from slurm_cluster import LocalSlurm
 
 REPO = Path(__file__).resolve().parents[1]
 # The jobs find `accelerate` the way a user's do: on the PATH of the environment they were submitted from.
@@ -30,19 +30,6 @@ TRAIN_ARGS = ["--config", "configs/train/debug.yaml", f"train.max_steps={MAX_STE
               "train.progress=false"]
 JOB_TIMEOUT_S = 300
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    missing = missing_programs()
-    if missing:
-        pytest.skip(f"SLURM is not installed (missing {', '.join(missing)}): apt-get install slurmd slurmctld slurm-client")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def submit(slurm: LocalSlurm, tmp_path: Path, *args: str, script="slurm/cpu.sbatch", options=(), env=None) -> str:

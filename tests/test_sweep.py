@@ -1,0 +1,140 @@
+"""Sweeps without a W&B server: a sweep file in W&B's format runs as a local grid (one point after another, a
+failed point not stopping the others) and as a real SLURM job array (one point per task), each point in its own
+complete run folder; `compare` ranks the points by the sweep's metric; and `wandb agent` would build the command
+line `accelerate launch train_accel.py --config debug key=value ...` (wandb's own helpers) that our CLI reads,
+keeping the run id the agent gives (WANDB_RUN_ID)."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_dist import cli, config, sweeps, tracking
+from mnist_dist.config import ConfigError
+
+from conftest import ROOT, run_cli
+
+GRID = ROOT / "configs" / "sweeps" / "debug_grid.yaml"
+
+
+def tiny_sweep(tmp_path: Path, idx: Path, models: list[str]) -> Path:
+    """debug_grid.yaml's grid (lr x batch size) on the tiny IDX set, plus model.name values (one may not exist)."""
+    raw = yaml.safe_load(GRID.read_text())
+    raw["parameters"] = {"train.lr": {"values": [0.001, 0.01]}, "model.name": {"values": models}}
+    raw["command"] = ["${env}", "accelerate", "launch", "${program}", "--config", "debug", "data.source=idx",
+                      f"data.dir={idx}", "data.name=mnist", "data.val_size=200", "train.max_steps=12",
+                      "train.progress=false", "${args_no_hyphens}"]
+    path = tmp_path / "tiny_grid.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def best_val(run_dir: Path) -> float:
+    return max(json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+
+
+def check_compare(sweep_dir: Path, n_points: int, failed: set[str] = frozenset()):
+    out = run_cli(["compare", str(sweep_dir)]).stdout
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["rank", "run", "train.lr", "model.name"], out
+    rows = [line.split() for line in lines[1:1 + n_points]]
+    ranked = [r[1] for r in rows]
+    done = sorted((d.name for d in sweep_dir.glob("point_*") if (d / "summary.json").is_file()),
+                  key=lambda name: (-best_val(sweep_dir / name), name))
+    assert ranked[:len(done)] == done, out  # ranked by the sweep's metric, best first
+    assert {r[1] for r in rows if r[-1] == "failed"} == set(failed)
+    assert (sweep_dir / "compare.png").stat().st_size > 5000
+    return out
+
+
+def test_the_sweep_file_parses_and_a_grid_has_every_point():
+    sweep = sweeps.load(GRID)
+    assert (sweep.method, sweep.metric, sweep.maximize, sweep.base_args) == ("grid", "val_accuracy", True,
+                                                                             ["--config", "debug"])
+    assert [sweeps.overrides(p) for p in sweep.points()] == [
+        ["train.lr=0.001", "train.per_device_batch_size=32"], ["train.lr=0.001", "train.per_device_batch_size=64"],
+        ["train.lr=0.01", "train.per_device_batch_size=32"], ["train.lr=0.01", "train.per_device_batch_size=64"]]
+
+
+def test_random_points_are_seeded_and_bad_files_are_one_line(tmp_path):
+    raw = {"method": "random", "metric": {"name": "val_loss", "goal": "minimize"}, "command": ["${args_no_hyphens}"],
+           "parameters": {"train.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+                          "train.seed": {"distribution": "int_uniform", "min": 0, "max": 9}}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    sweep = sweeps.load(tmp_path / "r.yaml")
+    a, b = sweep.points(5, seed=1), sweep.points(5, seed=1)
+    assert a == b and len({p["train.lr"] for p in a}) == 5 and all(1e-4 <= p["train.lr"] <= 1e-1 for p in a)
+    for broken, words in [({**raw, "method": "bayes"}, "grid or random"),
+                          ({**raw, "parameters": {"train.lrr": {"values": [1]}}}, "'train.lrr' is not a config key"),
+                          ({**raw, "command": ["${args}"]}, "${args_no_hyphens}")]:
+        (tmp_path / "b.yaml").write_text(yaml.safe_dump(broken))
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            sweeps.load(tmp_path / "b.yaml")
+
+
+def test_the_wandb_agent_command_line_is_read_by_our_cli():
+    """What `wandb agent` runs for one point, built with wandb's own helpers and its macro expansion
+    (wandb/wandb_agent.py: each ${macro} word is replaced by that list of words)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+    raw = yaml.safe_load(GRID.read_text())
+    command = sweep_utils.create_sweep_command(raw["command"])
+    macros = sweep_utils.create_sweep_command_args(
+        {"args": {"train.lr": {"value": 0.01}, "train.per_device_batch_size": {"value": 64}}})
+    macros.update(env=["/usr/bin/env"], program=[raw["program"]], interpreter=["python"])
+    words = [w for c in command for w in (macros.get(c[2:-1]) or [] if c.startswith("${") else [c])]
+    assert words == ["/usr/bin/env", "accelerate", "launch", "train_accel.py", "--config", "debug", "train.lr=0.01",
+                     "train.per_device_batch_size=64"]
+    parser, commands = cli.build_parser()
+    args = commands["train"].parse_intermixed_args(words[4:])
+    cfg = config.load(args.config, args.overrides)
+    assert (cfg.train.lr, cfg.train.per_device_batch_size, cfg.train.max_steps) == (0.01, 64, 40)  # debug's 40
+
+
+def test_under_an_agent_the_run_keeps_the_agents_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_RUN_ID", "agent123")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = config.load(None, ["tracking.backend=wandb", f"run.dir={tmp_path}"])
+    assert tracking.start(cfg, tmp_path).run_id == "agent123"
+    assert tracking.start(cfg, tmp_path, resume_run_id="ckpt0001").run_id == "ckpt0001"  # a resume wins
+
+
+@pytest.mark.slow
+def test_a_local_sweep_runs_every_point_and_a_failed_one_does_not_stop_the_others(tiny_idx, tmp_path):
+    path = tiny_sweep(tmp_path, tiny_idx, ["cnn_bn", "no_such_model"])
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(["sweep", str(path), "--dir", str(sweep_dir)], check=False)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 point(s) failed: [1, 3]" in proc.stderr
+    for i in (0, 2):
+        run_dir = sweep_dir / f"point_{i:03d}"
+        assert {"config.yaml", "metrics.jsonl", "summary.json", "model.safetensors", "report.md"} <= \
+            {p.name for p in run_dir.iterdir()}
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert saved["train"]["lr"] == [0.001, 0.01][i // 2] and saved["tracking"]["group"] == "sweep"
+    check_compare(sweep_dir, 4, failed={"point_001", "point_003"})
+    # Run again: the finished points are skipped, not trained twice.
+    again = run_cli(["sweep", str(path), "--dir", str(sweep_dir), "--index", "0"]).stdout
+    assert "point 0 finished earlier" in again
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_grid_sweep_runs_as_a_slurm_job_array(slurm, tmp_path):
+    from test_slurm import ENDED, JOB_TIMEOUT_S, submit
+    sweep_dir = tmp_path / "sweep"
+    job_id = submit(slurm, tmp_path, str(GRID), "--dir", str(sweep_dir), script="slurm/sweep.sbatch",
+                    options=["--array=0-3"])
+    for task in range(4):
+        info = slurm.wait_for(f"{job_id}_{task}", ENDED, JOB_TIMEOUT_S)
+        log = Path(info["StdOut"]).read_text()
+        assert info["JobState"] == "COMPLETED", log
+    for task in range(4):
+        summary = json.loads((sweep_dir / f"point_{task:03d}" / "summary.json").read_text())
+        assert summary["global_step"] == 40 and summary["test_count"] == 10000
+    out = run_cli(["compare", str(sweep_dir)]).stdout
+    print(out)
+    assert out.splitlines()[0].split()[:4] == ["rank", "run", "train.lr", "train.per_device_batch_size"]
+    ranked = [line.split()[1] for line in out.splitlines()[1:5]]
+    assert ranked == sorted(ranked, key=lambda name: (-best_val(sweep_dir / name), name))
