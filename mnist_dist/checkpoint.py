@@ -31,6 +31,7 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, mod
                dataset: str, mean: float, std: float) -> Path:
     """Weights as safetensors plus a JSON that says how to rebuild and feed the model."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # run.dir/best/ the first time
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = run_dir / (MODEL_FILE + ".tmp")
     save_file(state, str(tmp))
@@ -92,6 +93,11 @@ class TrainState:
     window_loss_sum: float = 0.0
     window_correct: float = 0.0
     window_count: float = 0.0
+    best_value: float | None = None  # of checkpoint.best_metric, at the best evaluation so far
+    best_epoch: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0  # evaluations in a row without an improvement (early stopping's patience)
+    stopped_early: bool = False
 
     @classmethod
     def from_meta(cls, meta: dict, rank: int) -> "TrainState":

@@ -14,6 +14,9 @@ from mnist_dist import checkpoint, config, data, inference, rundir, runtime
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run folder or a model.safetensors file")
+    parser.add_argument("--best", action="store_true",
+                        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+                             "the model summary.json's test numbers describe)")
     parser.add_argument("--split", choices=["test", "val", "train"], default="test")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--png", metavar="PATH", help="also write the confusion matrix as a PNG")
@@ -32,7 +35,7 @@ def format_result(result: dict, classes: list[str], split: str) -> str:
 
 
 def run(args) -> int:
-    model_path = Path(args.model)
+    model_path = rundir.pick_model(args.model, args.best)
     model, meta = checkpoint.load_model(model_path)
     cfg = rundir.load_run_config(model_path, args.overrides)
     if cfg.data.name != meta["dataset"]:

@@ -25,13 +25,17 @@ class ExportError(UserError):
 
 def add_arguments(p):
     p.add_argument("model", help="run folder, or a model.safetensors with model.json beside it")
+    p.add_argument("--best", action="store_true",
+                        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+                             "the model summary.json's test numbers describe)")
     p.add_argument("--format", choices=sorted(SUFFIXES), required=True)
     p.add_argument("--out", help="output file (default: model.onnx or model.torchscript.pt beside the weights)")
 
 
 def run(args) -> int:
-    model, meta = checkpoint.load_model(args.model)
-    weights = Path(args.model) / rundir.MODEL_FILE if Path(args.model).is_dir() else Path(args.model)
+    source = rundir.pick_model(args.model, args.best)
+    model, meta = checkpoint.load_model(source)
+    weights = source / rundir.MODEL_FILE if source.is_dir() else source
     out = Path(args.out) if args.out else weights.with_name("model" + SUFFIXES[args.format])
     if out.is_dir():
         raise ExportError(f"--out {out} is a folder; name the file, e.g. --out {out / ('model' + SUFFIXES[args.format])}")

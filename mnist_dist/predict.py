@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_dist import checkpoint, inference
+from mnist_dist import checkpoint, inference, rundir
 from mnist_dist.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}  # what a folder is scanned for
@@ -208,6 +208,9 @@ def preprocess(path: Path, layout: Layout, max_pixels: int = MAX_PIXELS) -> np.n
 
 def add_arguments(p):
     p.add_argument("model", help="run folder, or a model.safetensors with model.json beside it")
+    p.add_argument("--best", action="store_true",
+                        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+                             "the model summary.json's test numbers describe)")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files, or folders (their " + "/".join(sorted(IMAGE_SUFFIXES)) + " files, not recursive)")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
@@ -236,7 +239,7 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    model, meta = checkpoint.load_model(args.model)
+    model, meta = checkpoint.load_model(rundir.pick_model(args.model, args.best))
     layout = LAYOUTS.get(meta.get("dataset"), LAYOUTS["mnist"])
     classes = meta["classes"]
     top_k = min(args.top_k, len(classes))

@@ -250,6 +250,21 @@ def evaluate(loop: Loop, state: TrainState, splits: dict[str, data.Split | None]
     return record, predictions
 
 
+def update_best(cfg: config.Config, state: TrainState, record: dict) -> bool:
+    """Whether this evaluation is the best so far by checkpoint.best_metric (a validation metric); counts the
+    evaluations since the best for early stopping. The record is the same on every rank (reduced metrics), so
+    every rank decides the same without a collective."""
+    metric = cfg.checkpoint.best_metric
+    if record.get(metric) is None:
+        return False
+    if cfg.checkpoint.better(record[metric], state.best_value, cfg.train.early_stop_min_delta):
+        state.best_value, state.best_epoch, state.best_step = record[metric], record["epoch"], record["global_step"]
+        state.evals_since_best = 0
+        return True
+    state.evals_since_best += 1
+    return False
+
+
 def samples_seen_per_rank(accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
     return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
@@ -372,7 +387,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     # ------------------------------------------------------------------ the loop
     record = predictions = None
     t_train = time.perf_counter() - state.train_seconds
-    while state.epoch < cfg.train.epochs:
+    while state.epoch < cfg.train.epochs and not state.stopped_early:
         stop = train_one_epoch(loop, state, logger)
         state.train_seconds = time.perf_counter() - t_train
         if stop is Stop.NON_FINITE:
@@ -391,6 +406,12 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             return INTERRUPTED_EXIT_CODE if ending.interrupted else PREEMPTED_EXIT_CODE
         # Evaluate at every epoch end (and when stopped early by max_steps).
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
+        if update_best(cfg, state, record) and accelerator.is_main_process:
+            checkpoint.save_model(run_dir / rundir.BEST, accelerator.unwrap_model(loop.model), cfg.model.name,
+                                  cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
+        if cfg.train.early_stop_patience and state.evals_since_best >= cfg.train.early_stop_patience:
+            state.stopped_early = True  # saved in the checkpoint below: a rerun does not train on
+            record["early_stop"] = 1
         logger.log_eval(record, predictions)
         accelerator.print(f"epoch {record['epoch']:.2f} step {state.global_step}: train_loss "
                           f"{record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)} "
@@ -400,9 +421,13 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
         if stop is Stop.MAX_STEPS:
             break
         save_checkpoint(loop, state, tracker.run_id)
+        if state.stopped_early:
+            accelerator.print(f"early stop: no {cfg.checkpoint.best_metric} improvement for "
+                              f"{state.evals_since_best} evaluations; best {state.best_value:.4f} at epoch "
+                              f"{state.best_epoch:g} (step {state.best_step}), kept in {run_dir / rundir.BEST}")
 
     # ------------------------------------------------------------------ the end
-    if record is None:  # resumed from a checkpoint written after the last epoch: nothing left to train
+    if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
     samples_per_rank = samples_seen_per_rank(accelerator, state)  # a collective: before the main-process block
     if accelerator.is_main_process:
@@ -416,6 +441,10 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             "device": str(accelerator.device), "torch_threads": torch.get_num_threads(), "allreduce": allreduce,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
             "git_revision": runtime.git_revision(), "torch_version": torch.__version__,
+            "best": None if state.best_value is None else {
+                "metric": cfg.checkpoint.best_metric, "value": state.best_value, "epoch": state.best_epoch,
+                "global_step": state.best_step, "model": str(run_dir / rundir.BEST)},
+            "early_stopped": state.stopped_early,
         }
         rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(ending.summary, indent=2))
         plots.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
@@ -429,7 +458,10 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="YAML", help="a recipe from configs/train/ (defaults < YAML < overrides)")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = config.help_text()
+    parser.add_argument("--config", metavar="YAML_OR_RECIPE",
+                        help="a YAML file, or a recipe by name (`mnist-dist recipes`; defaults < YAML < overrides)")
     parser.add_argument("--dry-run", action="store_true", help="smoke test: 1 epoch, 5 steps, no progress bars")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
