@@ -9,6 +9,7 @@ ends. Prints one JSON line: {"images_per_s": ..., ...}. No evaluation, no checkp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def main() -> int:
         cfg = config.load(args.config, [*args.overrides, "train.progress=false", f"run.dir={tmp}",
                                         "train.log_every_steps=1000000", "checkpoint.every_steps=0"])
         accelerator = runtime.make_accelerator(cfg)
+        cfg = dataclasses.replace(cfg, train=cfg.train.for_world(accelerator.num_processes))
         datasets = data.load_datasets(cfg.data)
         loop, _, _ = train.build_loop(cfg, accelerator, datasets.train, runtime.StopFlags([]))
         if cfg.model.compile:
@@ -72,7 +74,7 @@ def main() -> int:
         sync(accelerator.device)
         seconds = time.perf_counter() - t0
     world = accelerator.num_processes
-    global_batch = cfg.train.global_batch_size(world)
+    global_batch = cfg.train.global_batch(world)
     images = (state.global_step - step0) * global_batch
     if accelerator.is_main_process:
         print(json.dumps({"images_per_s": images / seconds, "seconds": seconds, "steps": state.global_step - step0,

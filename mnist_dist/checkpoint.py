@@ -100,11 +100,14 @@ class TrainState:
     stopped_early: bool = False
 
     @classmethod
-    def from_meta(cls, meta: dict, rank: int) -> "TrainState":
+    def from_meta(cls, meta: dict, rank: int, world_size: int) -> "TrainState":
         """The state a checkpoint's state.json describes, as seen by `rank`."""
         state = cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
-        if "samples_seen_per_rank" in meta:  # state.json's samples_seen is rank 0's
-            state.samples_seen = meta["samples_seen_per_rank"][rank]
+        per_rank = meta.get("samples_seen_per_rank")  # state.json's samples_seen is rank 0's
+        if per_rank is not None and len(per_rank) == world_size:
+            state.samples_seen = per_rank[rank]
+        elif per_rank is not None:  # another world size (elastic resume): rank 0 carries the count, the sum is exact
+            state.samples_seen = sum(per_rank) if rank == 0 else 0
         return state
 
 

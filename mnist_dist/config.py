@@ -104,6 +104,9 @@ class TrainConfig:
     """Passes over the training split."""
     per_device_batch_size: int = 128
     """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
+    global_batch_size: int = 0
+    """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
+    the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
     lr: float = 0.003
     """Peak learning rate."""
     optimizer: str = field(default="adamw", metadata=choice("sgd", "adam", "adamw"))
@@ -142,15 +145,25 @@ class TrainConfig:
     progress: bool = True
     """tqdm progress bars (main process only)."""
 
-    def global_batch_size(self, world_size: int) -> int:
+    def global_batch(self, world_size: int) -> int:
         """Images per optimizer step over all processes."""
         return self.per_device_batch_size * self.grad_accum_steps * world_size
+
+    def for_world(self, world_size: int) -> "TrainConfig":
+        """This config with per_device_batch_size derived from global_batch_size for `world_size` processes."""
+        if not self.global_batch_size:
+            return self
+        per_step = world_size * self.grad_accum_steps
+        if self.global_batch_size % per_step:
+            raise ConfigError(f"train.global_batch_size={self.global_batch_size} does not split over {world_size} "
+                              f"process(es) x {self.grad_accum_steps} accumulation step(s); use a multiple of {per_step}")
+        return dataclasses.replace(self, per_device_batch_size=self.global_batch_size // per_step)
 
     def __post_init__(self):
         _check_range("train", self, positive=("epochs", "per_device_batch_size", "eval_batch_size", "grad_accum_steps",
                                               "log_every_steps", "lr"),
                      non_negative=("weight_decay", "momentum", "grad_clip", "max_steps", "early_stop_patience",
-                                   "early_stop_min_delta"))
+                                   "early_stop_min_delta", "global_batch_size"))
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -282,6 +295,8 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
             continue
         if key == "train.epochs" and cfg.train.scheduler in LENGTH_FREE_SCHEDULERS:
             continue  # more (or fewer) epochs of the same constant or per-epoch schedule
+        if key == "train.per_device_batch_size" and cfg.train.global_batch_size:
+            continue  # derived from the global batch and the world size, which train() checks
         conflicts.append(f"{key} {old[key]!r} -> {value!r}")
     return conflicts
 

@@ -286,6 +286,15 @@ def resume(cfg: config.Config, accelerator) -> tuple[TrainState, Path | None, di
     if resume_from is None:
         return TrainState(), None, {}
     meta = checkpoint.read_meta(resume_from)
+    saved_train = meta.get("config", {}).get("train", {})
+    saved_global = saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * \
+        meta["world_size"]
+    if meta["world_size"] != accelerator.num_processes and saved_global != cfg.train.global_batch(accelerator.num_processes):
+        raise UserError(f"{resume_from} was written by {meta['world_size']} processes with a global batch of "
+                        f"{saved_global}; with {accelerator.num_processes} this run's is "
+                        f"{cfg.train.global_batch(accelerator.num_processes)}: set train.global_batch_size="
+                        f"{saved_global} to resume on another number of processes, or start over with "
+                        f"checkpoint.resume=never")
     conflicts = config.resume_conflicts(meta.get("config", {}), cfg)
     if conflicts:
         hint = (f"; train.epochs can grow only with train.scheduler={'/'.join(config.LENGTH_FREE_SCHEDULERS)}, "
@@ -293,12 +302,10 @@ def resume(cfg: config.Config, accelerator) -> tuple[TrainState, Path | None, di
                 if any(c.startswith("train.epochs ") for c in conflicts) else "")
         raise UserError(f"{resume_from} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
                         f"with the old values, or start over with checkpoint.resume=never or a new run.dir")
-    if meta["world_size"] != accelerator.num_processes:
-        raise UserError(f"{resume_from} was written by {meta['world_size']} processes, this run has "
-                        f"{accelerator.num_processes}: resume with the same number of processes, or set "
-                        f"checkpoint.resume=never and a new run.dir")
+    # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a rank the
+    # checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
     checkpoint.load_checkpoint(accelerator, resume_from)
-    return TrainState.from_meta(meta, accelerator.process_index), resume_from, meta
+    return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), resume_from, meta
 
 
 # ----------------------------------------------------------------------------- the run
@@ -342,7 +349,8 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     t_start = time.perf_counter()
     run_dir = Path(cfg.run.dir)
     world = accelerator.num_processes
-    global_batch_size = cfg.train.global_batch_size(world)
+    cfg = dataclasses.replace(cfg, train=cfg.train.for_world(world))  # train.global_batch_size -> per-device
+    global_batch_size = cfg.train.global_batch(world)
 
     rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
     if accelerator.is_main_process:  # one writer per folder: a second run into it stops here, having written nothing

@@ -209,3 +209,14 @@ def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
     np.savetxt(tmp_path / "bad.csv", rows, fmt="%d", delimiter=",")
     with pytest.raises(DataError, match="labels 0-9"):
         data.read_digits_csv(tmp_path / "bad.csv")
+
+
+def test_each_global_step_holds_the_same_samples_whatever_the_world_size():
+    """The device loader's order depends on (seed, epoch, global batch) only: elastic resume relies on it."""
+    split = data.Split(torch.zeros(1000, 28, 28, dtype=torch.uint8), torch.arange(1000))
+    steps = {}
+    for world in (1, 2, 4):
+        ranks = [list(data.DeviceLoader(split, 40 // world, 1, r, world, seed=3, device="cpu").epoch(2))
+                 for r in range(world)]
+        steps[world] = [sorted(torch.cat([micro[0][1] for micro, _ in step]).tolist()) for step in zip(*ranks)]
+    assert steps[1] == steps[2] == steps[4] and len(steps[1]) == 25

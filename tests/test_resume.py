@@ -130,12 +130,13 @@ def test_a_pickle_that_runs_code_is_refused(tiny_idx, tmp_path):
 
 
 @pytest.mark.slow
-def test_world_size_change_is_refused(tiny_idx, tmp_path):
+def test_a_world_size_change_that_cannot_keep_the_global_batch_is_refused(tiny_idx, tmp_path):
     run_dir = tmp_path / "ws"
     run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=5")])
     proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], launcher=ddp2_launcher(29613), check=False)
     assert proc.returncode != 0
-    assert "written by 1 processes, this run has 2" in proc.stderr
+    assert "written by 1 processes with a global batch of 50; with 2 this run's is 100: set " \
+           "train.global_batch_size=50" in proc.stderr
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_idx, tmp_path):
@@ -314,3 +315,32 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_a_rerun_resumes(tiny_
     out = run_cli(["train", *args]).stdout
     assert f"resumed from {kept[-1]}" in out
     assert_same_run(reference, run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_elastic_resume_on_another_number_of_processes(tiny_idx, tmp_path, first, then):
+    """train.global_batch_size=20 keeps each global step's samples whatever the number of processes: a run
+    preempted mid-epoch on `first` processes resumes on `then`, sees every sample once per epoch, and ends within
+    0.3 points of the uninterrupted run (not bit-identical: the reduction order differs)."""
+    args = lambda d: slow_overrides(tiny_idx, d, "train.global_batch_size=20")
+    launcher = lambda n, port: ddp2_launcher(port) if n == 2 else None
+    ref = tmp_path / "ref"
+    run_cli(["train", *args(ref)], launcher=launcher(first, 29620 + first))
+    run_dir = tmp_path / "elastic"
+    proc = popen_train(args(run_dir), launcher=launcher(first, 29622 + first))
+    wait_for_checkpoint(run_dir, proc, min_step=60)  # inside the second epoch (50 steps each)
+    os.kill(worker_pids(proc.pid)[1] if first == 2 else proc.pid, signal.SIGUSR1)
+    out = proc.communicate(timeout=120)[0]
+    assert "preempted by" in out, out[-3000:]
+    latest = checkpoint.complete_checkpoints(run_dir)[-1]
+    assert checkpoint.read_meta(latest)["world_size"] == first and checkpoint.read_meta(latest)["step_in_epoch"] > 0
+    out = run_cli(["train", *args(run_dir)], launcher=launcher(then, 29624 + then)).stdout
+    assert f"resumed from {latest}" in out and f"world_size={then}" in out
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
+    assert sum(got["train_samples_per_rank"]) == sum(want["train_samples_per_rank"]) == 3 * 1000
+    assert got["global_step"] == want["global_step"] == 150 and got["global_batch_size"] == 20
+    assert abs(got["test_accuracy"] - want["test_accuracy"]) <= 0.003, (got["test_accuracy"], want["test_accuracy"])
+    wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run_dir / "model.safetensors"))
+    print(f"elastic {first}->{then}: test accuracy {got['test_accuracy']:.4f} vs {want['test_accuracy']:.4f}, "
+          f"max |weight difference| {max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa):.2e}")
