@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import errno
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -437,7 +438,9 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     # ------------------------------------------------------------------ the end
     if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
-    samples_per_rank = samples_seen_per_rank(accelerator, state)  # a collective: before the main-process block
+    samples_per_rank = samples_seen_per_rank(accelerator, state)  # collectives: before the main-process block
+    from accelerate.utils import gather_object
+    hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
     if accelerator.is_main_process:
         checkpoint.save_model(run_dir, accelerator.unwrap_model(loop.model), cfg.model.name, cfg.model.kwargs,
                               cfg.data.name, loop.mean, loop.std)
@@ -445,6 +448,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             "test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"], "test_count": record["test_count"],
             "val_accuracy": record.get("val_accuracy"), "epochs": record["epoch"], "global_step": state.global_step,
             **launch, "per_device_batch_size": cfg.train.per_device_batch_size, "train_samples_per_rank": samples_per_rank,
+            "hostnames": hostnames,  # per rank: which node each ran on
             "train_seconds": state.train_seconds, "wall_seconds": time.perf_counter() - t_start,
             "device": str(accelerator.device), "torch_threads": torch.get_num_threads(), "allreduce": allreduce,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,

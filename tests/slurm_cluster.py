@@ -1,7 +1,10 @@
-"""A throwaway one-node SLURM cluster (slurmctld + slurmd on localhost) for tests/test_slurm.py.
+"""A throwaway SLURM cluster on this machine for the tests: one node (slurmctld + slurmd on localhost), or
+several nodes, each a `slurmd -N NAME` in its own UTS and mount namespace (its own hostname, its own /dev/shm, an
+/etc/hosts that resolves every node name to 127.0.0.1), all on the loopback address, each on its own port.
 
 Everything lives under one folder: slurm.conf, state, spool, logs. No munge (auth/none), no accounting
-database (job state comes from `scontrol show job`, kept for MinJobAge seconds after the job ends).
+database (job state comes from `scontrol show job`, kept for MinJobAge seconds after the job ends). The daemons
+are stopped by pid; the namespaces, their mounts and their /dev/shm go with their last process.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ DAEMONS = ("slurmctld", "slurmd")
 CLIENTS = ("sbatch", "scontrol", "scancel", "squeue")
 
 
-def missing_programs() -> list[str]:
-    return [p for p in DAEMONS + CLIENTS if shutil.which(p) is None]
+def missing_programs(nodes: int = 1) -> list[str]:
+    return [p for p in DAEMONS + CLIENTS + (("unshare", "srun") if nodes > 1 else ()) if shutil.which(p) is None]
 
 
 def _port(preferred: int) -> int:
@@ -44,10 +47,19 @@ def _node_line() -> str:
             f"PartitionName=debug Nodes={fields['NodeName']} Default=YES MaxTime=INFINITE State=UP")
 
 
+def _nodes_lines(names: list[str], cpus: int) -> str:
+    """One NodeName line per node: all at 127.0.0.1, each slurmd on its own port."""
+    lines = [f"NodeName={n} NodeAddr=127.0.0.1 Port={_port(6930 + i)} CPUs={cpus} RealMemory=4096 State=UNKNOWN"
+             for i, n in enumerate(names)]
+    return "\n".join(lines + [f"PartitionName=debug Nodes={','.join(names)} Default=YES MaxTime=INFINITE State=UP"])
+
+
 class LocalSlurm:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, nodes: list[str] | None = None, cpus_per_node: int = 1):
+        """nodes: names of the nodes of a multi-node cluster (each in its own namespaces); None: one real node."""
         self.root = Path(root)
         self.conf = self.root / "slurm.conf"
+        self.nodes, self.cpus_per_node = nodes, cpus_per_node
         self.procs: list[subprocess.Popen] = []
 
     def env(self, **extra) -> dict:
@@ -57,9 +69,10 @@ class LocalSlurm:
 
     def start(self, timeout_s: float = 60) -> None:
         r = self.root
-        for sub in ("state", "spool"):
+        for sub in ("state", "spool", *(f"spool/{n}" for n in self.nodes or ())):
             (r / sub).mkdir(parents=True, exist_ok=True)
         (r / "plugstack.conf").write_text("")  # keep the system's SPANK plugins out
+        node = "-%n" if self.nodes else ""  # one spool, pid and log file per node
         self.conf.write_text(f"""\
 ClusterName=mnistdisttest
 SlurmctldHost={socket.gethostname()}(127.0.0.1)
@@ -70,11 +83,11 @@ SlurmdUser={getpass.getuser()}
 AuthType=auth/none
 CredType=cred/none
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool{"/%n" if self.nodes else ""}
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd{node}.pid
 SlurmctldLogFile={r}/slurmctld.log
-SlurmdLogFile={r}/slurmd.log
+SlurmdLogFile={r}/slurmd{node}.log
 PlugStackConfig={r}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -90,19 +103,29 @@ SlurmdParameters=config_overrides
 # Finished jobs stay visible to `scontrol show job` for 10 minutes; that is the only record without slurmdbd.
 MinJobAge=600
 KillWait=15
-{_node_line()}
+{_nodes_lines(self.nodes, self.cpus_per_node) if self.nodes else _node_line()}
 """)
-        for daemon in DAEMONS:
+        for daemon in DAEMONS if not self.nodes else ("slurmctld",):
             log = open(r / f"{daemon}.out", "w")
             self.procs.append(subprocess.Popen([daemon, "-D", "-f", str(self.conf)] + (["-c"] if daemon == "slurmctld" else []),
                                                stdout=log, stderr=subprocess.STDOUT, env=self.env()))
+        if self.nodes:
+            hosts = r / "hosts"  # every node name (and this machine's) on the loopback address
+            hosts.write_text(f"127.0.0.1 localhost {socket.gethostname()} {' '.join(self.nodes)}\n")
+            for name in self.nodes:
+                # Its own hostname, its own empty /dev/shm, the hosts file; then slurmd as that node.
+                inside = (f"hostname {name} && mount -t tmpfs -o size=256m tmpfs /dev/shm && "
+                          f"mount --bind {hosts} /etc/hosts && exec slurmd -D -N {name} -f {self.conf}")
+                self.procs.append(subprocess.Popen(
+                    ["unshare", "--uts", "--mount", "--propagation", "private", "--fork", "sh", "-c", inside],
+                    stdout=open(r / f"slurmd-{name}.out", "w"), stderr=subprocess.STDOUT, env=self.env()))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for p in self.procs:
                 if p.poll() is not None:
                     raise RuntimeError(f"{p.args[0]} exited with {p.returncode}; see {r}/{p.args[0]}.log and .out")
             node = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, env=self.env())
-            if re.search(r"State=IDLE", node.stdout):
+            if len(re.findall(r"State=IDLE", node.stdout)) == len(self.nodes or [None]):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the local SLURM node did not become IDLE in {timeout_s:.0f}s; see {r}/slurmd.log")
@@ -110,6 +133,11 @@ KillWait=15
     def stop(self) -> None:
         """Stop the daemons we started (by pid; running jobs are cancelled first)."""
         subprocess.run(["scancel", "--full", "--user", str(os.getuid())], capture_output=True, env=self.env())
+        for name in self.nodes or ():  # the slurmd inside each namespace, by the pid it wrote
+            try:
+                os.kill(int((self.root / f"slurmd-{name}.pid").read_text()), 15)
+            except (OSError, ValueError):
+                pass
         for p in reversed(self.procs):
             p.terminate()
         for p in self.procs:
