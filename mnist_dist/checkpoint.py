@@ -34,7 +34,11 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, mod
     run_dir.mkdir(parents=True, exist_ok=True)  # run.dir/best/ the first time
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = run_dir / (MODEL_FILE + ".tmp")
-    save_file(state, str(tmp))
+    try:
+        save_file(state, str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+        raise
     os.replace(tmp, run_dir / MODEL_FILE)
     meta = {"name": model_name, "kwargs": model_kwargs, "dataset": dataset, "mean": mean, "std": std,
             "classes": data.CLASSES[dataset], "input": "uint8 28x28 grey, light ink on dark background, then "
@@ -123,16 +127,14 @@ def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
     failure = None
     try:
         accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
+        if accelerator.is_main_process:  # inside the uncommitted folder: nothing loads it before the rename
+            atomic_write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
     except Exception as e:  # a full disk: torch and safetensors each word it their own way
         failure = e
     # A collective: every rank learns whether all wrote their part, so a full disk stops them together.
     if accelerator.reduce(torch.tensor(float(failure is not None), device=accelerator.device), "sum").item():
         _give_up(accelerator, tmp, failure)
     if accelerator.is_main_process:
-        try:
-            atomic_write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
-        except OSError as e:
-            _give_up(accelerator, tmp, e)
         _fsync_dir(tmp)
         if final.exists():  # the same step saved twice (e.g. epoch end right after a periodic save)
             shutil.rmtree(final)

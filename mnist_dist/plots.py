@@ -247,11 +247,10 @@ def comparison(rows: list[dict], keys: list[str], metric: str, path: str | Path,
     ax.set_xlabel("train seconds")
     ax.set_ylabel(metric)
     for ax, key in zip(axes[1:], keys):
-        values = {r["values"][key] for r in done if r["values"][key] is not None}
-        numeric = all(isinstance(v, (int, float)) for v in values)
-        labels = [str(v) for v in sorted(values, key=lambda v: v if numeric else str(v))]
-        ax.scatter([labels.index(str(r["values"][key])) for r in done], [r["metric"] for r in done],
-                   color=COLORS["val"])
+        values = [r["values"][key] for r in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        labels = sorted({str(v) for v in values}, key=lambda s: float(s) if numeric else s)  # dicts, None: as text
+        ax.scatter([labels.index(str(v)) for v in values], [r["metric"] for r in done], color=COLORS["val"])
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(key)
     fig.suptitle(title)

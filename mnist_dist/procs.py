@@ -20,5 +20,13 @@ def me() -> tuple[int, str | None]:
 
 
 def alive(pid: int, started: str | None) -> bool:
+    if not Path("/proc/self/stat").exists():  # macOS: no /proc, so no start time; the pid alone must do
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
     now = start_time(pid)
     return now is not None and now == started

@@ -30,13 +30,17 @@ PICTURES = (CURVES, CONFUSION, SAMPLES)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Write to a temporary file of its own (two writers of one file never share it), then rename."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
-        tmp.write_text(text)
-    except OSError:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
         raise
-    os.replace(tmp, path)
 
 
 def check_usable(run_dir: Path) -> None:
@@ -53,6 +57,22 @@ def check_usable(run_dir: Path) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".mnist-dist-probe-", dir=existing))
     except OSError as e:
         raise UserError(f"run.dir={run_dir}: cannot create anything in {existing} ({e.strerror})") from None
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move what an earlier run left in run_dir (checkpoints, models, metrics, summary, pictures) into
+    run_dir/previous-<time>/, so that a fresh start in an old folder neither mixes nor loses anything."""
+    names = ["checkpoints", BEST, CONFIG, METRICS, SUMMARY, MODEL_FILE, MODEL_META, REPORT, *PICTURES]
+    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    if not any(p.name in ("checkpoints", BEST, METRICS, SUMMARY, MODEL_FILE) for p in present):
+        return None
+    kept = run_dir / time.strftime("previous-%Y%m%d-%H%M%S")
+    while kept.exists():
+        kept = kept.with_name(kept.name + "x")
+    kept.mkdir()
+    for p in present:
+        os.replace(p, kept / p.name)
+    return kept
 
 
 def of_model(model_path: str | Path) -> Path:
@@ -117,11 +137,8 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def truncate_jsonl(path: Path, max_global_step: int) -> None:
-    """Keep only records with global_step <= max_global_step (-1: remove the file)."""
+    """Keep only records with global_step <= max_global_step (a resume drops what its checkpoint does not cover)."""
     if not path.exists():
-        return
-    if max_global_step < 0:
-        path.unlink()
         return
     keep = [line for line, record in _records(path) if record.get("global_step", 0) <= max_global_step]
     atomic_write_text(path, "".join(line + "\n" for line in keep))
@@ -170,14 +187,32 @@ class RunLock:
                                                                         if holder.get("slurm_job") else "")
                                     + f"): wait for it or use another run.dir; if that run is gone, delete "
                                       f"{lock.path}") from None
-                print(f"mnist-dist: taking over {lock.path}: {why_stale}", flush=True)
-                lock.path.unlink(missing_ok=True)  # two takers: only one of them creates the file next
+                lock._take_over(why_stale)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(me))
             lock._thread.start()
             return lock
         raise AssertionError("unreachable")
+
+    def _take_over(self, why: str) -> None:
+        """Remove a stale lock, one taker at a time: a second taker that finds the takeover file busy, or the lock
+        already replaced by the first, gives up (the O_EXCL create that follows decides who holds the folder)."""
+        guard = self.path.with_name(LOCK + ".takeover")
+        try:
+            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if time.time() - guard.stat().st_mtime < self.STALE_S:
+                return  # another run is taking it over right now
+            guard.unlink(missing_ok=True)  # left by a taker that died: try again next round
+            return
+        try:
+            os.close(fd)
+            if self._stale(self._holder()) is not None:  # still the stale one, not a fresh lock of a faster taker
+                print(f"mnist-dist: taking over {self.path}: {why}", flush=True)
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
 
     def _holder(self) -> dict:
         try:
@@ -210,5 +245,7 @@ class RunLock:
                 pass
 
     def release(self) -> None:
+        """Delete the lock if it is still ours (a run that lost it, say to a takeover, leaves the new one alone)."""
         self._stop.set()
-        self.path.unlink(missing_ok=True)
+        if self._holder().get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)

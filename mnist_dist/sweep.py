@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -50,7 +51,12 @@ def run(args) -> int:
     folder = Path(args.dir or Path("runs") / "sweeps" / sweep.name)
     rundir.check_usable(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_text(folder / rundir.SWEEP_FILE, Path(args.file).read_text(encoding="utf-8"))
+    text = Path(args.file).read_text(encoding="utf-8")
+    saved = folder / rundir.SWEEP_FILE
+    if saved.is_file() and saved.read_text(encoding="utf-8") != text:
+        raise UserError(f"{folder} holds another sweep ({saved} differs from {args.file}); use another --dir")
+    if not saved.is_file():
+        rundir.atomic_write_text(saved, text)  # array tasks starting together write the same text
     launcher = shlex.split(args.launcher) or [sys.executable]
     failed = []
     for i in [args.index] if args.index is not None else range(len(points)):
@@ -64,7 +70,7 @@ def run(args) -> int:
         record = {"index": i, "overrides": words, "exit_code": None}
         rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
         code = run_point([*launcher, "-m", "mnist_dist.cli", "train", *sweep.base_args,
-                          f"tracking.group={folder.name}", *words, f"run.dir={run_dir}"])
+                          f"tracking.group={folder.name}", *words, f"run.dir={run_dir}"], launched=bool(args.launcher))
         rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**record, "exit_code": code}))
         if code in (PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE):
             print(f"sweep {sweep.name}: point {i} stopped with its checkpoint (exit {code}); run the same command "
@@ -81,14 +87,36 @@ def run(args) -> int:
     return 0
 
 
-def run_point(cmd: list[str]) -> int:
-    """Runs one point; a preemption signal or Ctrl-C that reaches the sweep goes on to the training process, which
-    saves its checkpoint (the sweep waits for it)."""
+def run_point(cmd: list[str], launched: bool) -> int:
+    """Runs one point and waits for it. A preemption signal (USR1, TERM) that reaches the sweep goes on to the
+    training processes, which checkpoint: the child itself, or under a launcher its training children (torchrun's
+    agent would die of USR1 and leaves its workers in sessions of their own). Ctrl-C reaches the training through
+    the terminal's process group already; the sweep only keeps waiting for the checkpoint."""
     proc = subprocess.Popen(cmd)
-    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+
+    def forward(signum, frame):
+        for pid in _training_children(proc.pid) if launched else [proc.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
         return proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _training_children(launcher_pid: int) -> list[int]:
+    """The processes a launcher started that run mnist_dist (its workers), from /proc."""
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == launcher_pid and b"mnist_dist" in (p / "cmdline").read_bytes():
+                found.append(int(p.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

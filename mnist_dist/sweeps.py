@@ -92,6 +92,14 @@ def load(path: str | Path) -> Sweep:
             raise ConfigError(f"{path}: parameters.{key} needs values: [...] or value: x" +
                               (f" (or distribution: {' | '.join(DISTRIBUTIONS)} with min and max)"
                                if method == "random" else " (a grid takes no distributions)"))
+        if "distribution" in spec and "values" not in spec and "value" not in spec:
+            lo, hi, dist = spec["min"], spec["max"], spec["distribution"]
+            kinds = int if dist == "int_uniform" else (int, float)
+            if not (isinstance(lo, kinds) and isinstance(hi, kinds) and not isinstance(lo, bool) and lo < hi) or \
+                    (dist == "log_uniform_values" and lo <= 0):
+                raise ConfigError(f"{path}: parameters.{key}: {dist} needs min < max" +
+                                  (", both integers" if dist == "int_uniform" else "") +
+                                  (", min > 0" if dist == "log_uniform_values" else "") + f"; got {lo}, {hi}")
     command = raw.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
     if "${args_no_hyphens}" not in command:
         raise ConfigError(f"{path}: the command must pass the parameters as ${{args_no_hyphens}} (key=value words)")

@@ -12,7 +12,9 @@ import dataclasses
 import enum
 import errno
 import json
+import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -205,6 +207,8 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
     with tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
               leave=False, disable=not (accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True) as bar:
         for micro_batches, scale in loop.loader.epoch(state.epoch, state.step_in_epoch):
+            if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
+                return Stop.MAX_STEPS  # a resume at (or lowered below) max_steps trains no further step
             stop = train_step(loop, state, micro_batches, scale)
             if stop is Stop.NON_FINITE:
                 return stop
@@ -348,6 +352,10 @@ def train(cfg: config.Config) -> int:
 
 def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, ending: Ending) -> int:
     t_start = time.perf_counter()
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        # Under a W&B sweep agent each point trains into a folder of its own: RUN_DIR/<the agent's run id>.
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(Path(cfg.run.dir) /
+                                                                             os.environ["WANDB_RUN_ID"])))
     run_dir = Path(cfg.run.dir)
     world = accelerator.num_processes
     cfg = dataclasses.replace(cfg, train=cfg.train.for_world(world))  # train.global_batch_size -> per-device
@@ -374,9 +382,12 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
 
     # ------------------------------------------------------------------ run folder, tracking
     if accelerator.is_main_process:
+        if resume_from is None:  # a fresh run in an old folder: what an earlier run left is kept, not mixed in
+            if (kept := rundir.set_aside(run_dir)) is not None:
+                print(f"mnist-dist: an earlier run's files in {run_dir} moved to {kept}", flush=True)
+        else:  # drop the records the checkpoint does not cover
+            rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
-        # A fresh run in an old folder starts a fresh log; a resumed one drops records the checkpoint does not cover.
-        rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step if resume_from else -1)
     launch = {"world_size": world, "mixed_precision": accelerator.mixed_precision,
               "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size}
     ending.tracker = tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch,
@@ -416,8 +427,12 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
         # Evaluate at every epoch end (and when stopped early by max_steps).
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
         if update_best(cfg, state, record) and accelerator.is_main_process:
-            checkpoint.save_model(run_dir / rundir.BEST, accelerator.unwrap_model(loop.model), cfg.model.name,
-                                  cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
+            try:
+                checkpoint.save_model(run_dir / rundir.BEST, accelerator.unwrap_model(loop.model), cfg.model.name,
+                                      cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
+            except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
+                print(f"mnist-dist: warning: could not save the best model to {run_dir / rundir.BEST} ({e})",
+                      file=sys.stderr, flush=True)
         if cfg.train.early_stop_patience and state.evals_since_best >= cfg.train.early_stop_patience:
             state.stopped_early = True  # saved in the checkpoint below: a rerun does not train on
             record["early_stop"] = 1

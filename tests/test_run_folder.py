@@ -127,3 +127,40 @@ def test_resume_conflicts_lists_only_trajectory_keys():
     new = config.load(None, ["train.lr=0.1", "tracking.backend=wandb", "run.dir=elsewhere", "data.dir=/x",
                              "train.progress=false"])
     assert config.resume_conflicts(config.to_dict(old), new) == ["train.lr 0.003 -> 0.1"]
+
+
+def test_a_takeover_in_progress_is_left_alone_and_release_keeps_a_lock_that_is_not_ours(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    write_lock(tmp_path, age_s=rundir.RunLock.STALE_S + 10)
+    (tmp_path / (rundir.LOCK + ".takeover")).write_text("")  # another run is taking it over right now
+    with pytest.raises(UserError, match="in use"):
+        rundir.RunLock.acquire(tmp_path)
+    (tmp_path / (rundir.LOCK + ".takeover")).unlink()
+    lock = rundir.RunLock.acquire(tmp_path)
+    write_lock(tmp_path, age_s=0)  # taken from us meanwhile
+    lock.release()
+    assert json.loads((tmp_path / rundir.LOCK).read_text())["host"] == "node-b"
+
+
+def test_a_fresh_start_in_an_old_folder_sets_the_earlier_run_aside(tiny_idx, tmp_path):
+    run_dir = tmp_path / "old"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=30")])
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10",
+                                            "checkpoint.resume=never")]).stdout
+    previous = list(run_dir.glob("previous-*"))
+    assert len(previous) == 1 and f"moved to {previous[0]}" in out
+    assert [c.name for c in checkpoint.complete_checkpoints(previous[0])] == ["step_00000025", "step_00000030"]
+    # The new run's checkpoints are not pruned in favour of the old run's higher steps.
+    assert [c.name for c in checkpoint.complete_checkpoints(run_dir)] == ["step_00000005", "step_00000010"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_resume_at_max_steps_trains_no_further_step(tiny_idx, tmp_path):
+    run_dir = tmp_path / "at_max"
+    args = tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")
+    run_cli(["train", *args])
+    first = (run_dir / "model.safetensors").read_bytes()
+    out = run_cli(["train", *args]).stdout
+    assert "resumed from" in out and "global_step=10" in out
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 10
+    assert (run_dir / "model.safetensors").read_bytes() == first

@@ -52,7 +52,8 @@ def check_compare(sweep_dir: Path, n_points: int, failed: set[str] = frozenset()
 def test_the_sweep_file_parses_and_a_grid_has_every_point():
     sweep = sweeps.load(GRID)
     assert (sweep.method, sweep.metric, sweep.maximize, sweep.base_args) == ("grid", "val_accuracy", True,
-                                                                             ["--config", "debug"])
+                                                                             ["--config", "debug",
+                                                                              "tracking.backend=wandb"])
     assert [sweeps.overrides(p) for p in sweep.points()] == [
         ["train.lr=0.001", "train.per_device_batch_size=32"], ["train.lr=0.001", "train.per_device_batch_size=64"],
         ["train.lr=0.01", "train.per_device_batch_size=32"], ["train.lr=0.01", "train.per_device_batch_size=64"]]
@@ -84,12 +85,13 @@ def test_the_wandb_agent_command_line_is_read_by_our_cli():
         {"args": {"train.lr": {"value": 0.01}, "train.per_device_batch_size": {"value": 64}}})
     macros.update(env=["/usr/bin/env"], program=[raw["program"]], interpreter=["python"])
     words = [w for c in command for w in (macros.get(c[2:-1]) or [] if c.startswith("${") else [c])]
-    assert words == ["/usr/bin/env", "accelerate", "launch", "train_accel.py", "--config", "debug", "train.lr=0.01",
-                     "train.per_device_batch_size=64"]
+    assert words == ["/usr/bin/env", "accelerate", "launch", "train_accel.py", "--config", "debug",
+                     "tracking.backend=wandb", "train.lr=0.01", "train.per_device_batch_size=64"]
     parser, commands = cli.build_parser()
     args = commands["train"].parse_intermixed_args(words[4:])
     cfg = config.load(args.config, args.overrides)
     assert (cfg.train.lr, cfg.train.per_device_batch_size, cfg.train.max_steps) == (0.01, 64, 40)  # debug's 40
+    assert cfg.tracking.backend == "wandb"
 
 
 def test_under_an_agent_the_run_keeps_the_agents_id(tmp_path, monkeypatch):
@@ -133,8 +135,36 @@ def test_a_grid_sweep_runs_as_a_slurm_job_array(slurm, tmp_path):
     for task in range(4):
         summary = json.loads((sweep_dir / f"point_{task:03d}" / "summary.json").read_text())
         assert summary["global_step"] == 40 and summary["test_count"] == 10000
+        run_files = list((sweep_dir / f"point_{task:03d}" / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(run_files) == 1  # one W&B run per point, offline without credentials
+        config_text = run_files[0].read_bytes()
+        assert b"sweep" in config_text  # the group: the sweep folder's name
     out = run_cli(["compare", str(sweep_dir)]).stdout
     print(out)
     assert out.splitlines()[0].split()[:4] == ["rank", "run", "train.lr", "train.per_device_batch_size"]
     ranked = [line.split()[1] for line in out.splitlines()[1:5]]
     assert ranked == sorted(ranked, key=lambda name: (-best_val(sweep_dir / name), name))
+
+
+def test_bad_random_bounds_are_one_line(tmp_path):
+    for spec, words in [({"distribution": "int_uniform", "min": 0.5, "max": 3}, "both integers"),
+                        ({"distribution": "log_uniform_values", "min": 0, "max": 1}, "min > 0"),
+                        ({"distribution": "uniform", "min": 2, "max": 1}, "min < max")]:
+        raw = {"method": "random", "metric": {"name": "val_loss"}, "command": ["${args_no_hyphens}"],
+               "parameters": {"train.lr": spec}}
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError, match=words):
+            sweeps.load(tmp_path / "r.yaml")
+
+
+def test_compare_draws_values_that_are_dicts_or_missing(tmp_path):
+    from mnist_dist import plots
+    rows = [{"run": "a", "values": {"model.kwargs": {"width": 4}}, "metric": 0.5, "train_seconds": 1.0},
+            {"run": "b", "values": {"model.kwargs": None}, "metric": 0.6, "train_seconds": 2.0}]
+    assert plots.comparison(rows, ["model.kwargs"], "val_accuracy", tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_a_sweep_folder_holds_one_sweep(tmp_path, capsys):
+    (tmp_path / "sweep.yaml").write_text("another: sweep\n")
+    assert cli.main(["sweep", str(GRID), "--dir", str(tmp_path)]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
