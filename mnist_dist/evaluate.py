@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from mnist_dist import checkpoint, config, data, inference, rundir, runtime
 

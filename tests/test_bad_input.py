@@ -3,7 +3,6 @@ config overrides and files, impossible values, a bad run.dir (checked before any
 files, a half-written metrics.jsonl, broken model metadata, predict/export outputs that point at the wrong kind
 of path, and fp16 asked of a CPU by the launcher."""
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import pytest
 import torch
 
 from mnist_dist import checkpoint, cli, config, data, models, rundir
-from mnist_dist.config import ConfigError
 from mnist_dist.data import DataError
 
-from conftest import make_digits, run_cli, tiny_overrides
+from conftest import make_digits, run_cli, tiny_overrides, tmpfs
 
 
 def one_line_error(capsys, argv: list[str], *words: str) -> str:
@@ -80,12 +78,8 @@ def test_validating_model_kwargs_leaves_the_rng_alone():
 @pytest.fixture
 def read_only_mount(tmp_path):
     """A real read-only filesystem (root ignores mode bits, so a chmod would prove nothing)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
+        yield mnt
 
 
 @pytest.mark.parametrize("where", ["file", "proc", "read_only"])

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from mnist_dist import checkpoint
 
-from conftest import ROOT, VENV_BIN, ddp2_launcher, run_cli, tiny_overrides
+from conftest import ROOT, VENV_BIN, ddp2_launcher, run_cli, tiny_overrides, tmpfs
 
 
 def slow_overrides(idx, run_dir, *extra):
@@ -292,12 +292,8 @@ def test_the_dataloader_path_resumes_exactly_mid_epoch_and_at_an_epoch_end(tiny_
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MB tmpfs: room for two checkpoints of slow_overrides' model, not for a third (about 0.4 MB each)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+    with tmpfs(tmp_path / "small", "size=1m") as mnt:
+        yield mnt
 
 
 def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_a_rerun_resumes(tiny_idx, small_disk, reference):

@@ -4,7 +4,6 @@ complete run folder; `compare` ranks the points by the sweep's metric; and `wand
 line `accelerate launch train_accel.py --config debug key=value ...` (wandb's own helpers) that our CLI reads,
 keeping the run id the agent gives (WANDB_RUN_ID)."""
 import json
-import os
 import re
 from pathlib import Path
 
