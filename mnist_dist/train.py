@@ -270,6 +270,23 @@ def update_best(cfg: config.Config, state: TrainState, record: dict) -> bool:
     return False
 
 
+def keep_best_and_count_patience(loop: Loop, state: TrainState, record: dict) -> None:
+    """After an evaluation: a new best goes to run.dir/best/ (main process); patience spent sets stopped_early
+    (saved in the next checkpoint, so a rerun does not train on) and marks the record."""
+    cfg, accelerator = loop.cfg, loop.accelerator
+    best_dir = Path(cfg.run.dir) / rundir.BEST
+    if update_best(cfg, state, record) and accelerator.is_main_process:
+        try:
+            checkpoint.save_model(best_dir, accelerator.unwrap_model(loop.model), cfg.model.name, cfg.model.kwargs,
+                                  cfg.data.name, loop.mean, loop.std)
+        except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
+            print(f"mnist-dist: warning: could not save the best model to {best_dir} ({e})", file=sys.stderr,
+                  flush=True)
+    if cfg.train.early_stop_patience and state.evals_since_best >= cfg.train.early_stop_patience:
+        state.stopped_early = True
+        record["early_stop"] = 1
+
+
 def samples_seen_per_rank(accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
     return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
@@ -426,16 +443,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             return INTERRUPTED_EXIT_CODE if ending.interrupted else PREEMPTED_EXIT_CODE
         # Evaluate at every epoch end (and when stopped early by max_steps).
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
-        if update_best(cfg, state, record) and accelerator.is_main_process:
-            try:
-                checkpoint.save_model(run_dir / rundir.BEST, accelerator.unwrap_model(loop.model), cfg.model.name,
-                                      cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
-            except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
-                print(f"mnist-dist: warning: could not save the best model to {run_dir / rundir.BEST} ({e})",
-                      file=sys.stderr, flush=True)
-        if cfg.train.early_stop_patience and state.evals_since_best >= cfg.train.early_stop_patience:
-            state.stopped_early = True  # saved in the checkpoint below: a rerun does not train on
-            record["early_stop"] = 1
+        keep_best_and_count_patience(loop, state, record)
         logger.log_eval(record, predictions)
         accelerator.print(f"epoch {record['epoch']:.2f} step {state.global_step}: train_loss "
                           f"{record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)} "

@@ -44,7 +44,17 @@ def cluster(tmp_path_factory):
         yield slurm
     finally:
         slurm.stop()
-    assert not [p for p in training_pids()], "a training process outlived the cluster"
+    assert not training_pids(), "a training process outlived the cluster"
+    time.sleep(2)  # slurmstepd of the last job may take a moment
+    left = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _reads(p / "cmdline", str(slurm.conf))]
+    assert not left, f"processes of the 2-node cluster left: {left}"
+
+
+def _reads(path: Path, text: str) -> bool:
+    try:
+        return text.encode() in path.read_bytes()
+    except OSError:
+        return False
 
 
 def submit(cluster: LocalSlurm, tmp_path: Path, *args: str) -> str:

@@ -172,7 +172,7 @@ def test_multi_node_script_builds_each_nodes_launch_command(tmp_path):
         assert args[0] == "launch"
         assert flags == {"--config_file": "configs/accelerate/multi_node.yaml", "--num_machines": "2",
                          "--num_processes": "8", "--machine_rank": str(node), "--main_process_ip": "gpu-07",
-                         "--main_process_port": str(20000 + 4242 % 10000)}
+                         "--main_process_port": str(20000 + 4242 % 10000), "--mixed_precision": "bf16"}
         # The default run folder is per job, so a requeued job finds its checkpoints.
         assert args[args.index("train_accel.py"):] == ["train_accel.py", "--config", "configs/train/debug.yaml",
                                                        "run.dir=runs/slurm-4242", "train.epochs=3"]
