@@ -167,3 +167,35 @@ def test_a_sweep_folder_holds_one_sweep(tmp_path, capsys):
     (tmp_path / "sweep.yaml").write_text("another: sweep\n")
     assert cli.main(["sweep", str(GRID), "--dir", str(tmp_path)]) == 2
     assert "holds another sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_preempted_array_task_requeues_itself_and_resumes_its_point(slurm, tmp_path):
+    """USR1 to an array task's batch shell: the sweep passes it to the training, which checkpoints and requeues
+    the task by its own id; released, the task runs the sweep again, which resumes that point."""
+    from test_slurm import ENDED, JOB_TIMEOUT_S, submit, wait_until
+    raw = yaml.safe_load(GRID.read_text())
+    raw["parameters"] = {"train.lr": {"values": [0.003]}}
+    raw["command"] = ["${program}", "--config", "debug", "train.max_steps=200", "checkpoint.every_steps=10",
+                      "train.progress=false", "${args_no_hyphens}"]
+    path = tmp_path / "one_point.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep_dir = tmp_path / "sweep"
+    job_id = submit(slurm, tmp_path, str(path), "--dir", str(sweep_dir), script="slurm/sweep.sbatch",
+                    options=["--array=0"])
+    task = f"{job_id}_0"
+    run_dir = sweep_dir / "point_000"
+    wait_until(lambda: (run_dir / "checkpoints/step_00000010/state.json").is_file(), JOB_TIMEOUT_S, "a checkpoint")
+    slurm.run("scancel", "--signal=USR1", "--batch", task)
+    info = slurm.wait_for(task, {"PENDING"} | ENDED, JOB_TIMEOUT_S, "after USR1 (expected a requeue)")
+    log = Path(info["StdOut"]).read_text()
+    assert info["JobState"] == "PENDING" and int(info["Restarts"]) >= 1, log[-4000:]
+    step = int(re.search(r"preempted by SIGUSR1: checkpoint saved at global_step (\d+)", log).group(1))
+    assert f"requeue of SLURM job {task}: ok" in log
+    slurm.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+    info = slurm.wait_for(task, ENDED, JOB_TIMEOUT_S, "after release")
+    log = Path(info["StdOut"]).read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert f"resumed from {run_dir}/checkpoints/step_{step:08d}" in log
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 200
