@@ -492,9 +492,16 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
 # ----------------------------------------------------------------------------- CLI
 
 
+class _KeysEpilog(argparse.RawDescriptionHelpFormatter):
+    """Builds the config-key list (epilog = config.help_text) only when help is printed: not at every start-up."""
+
+    def add_text(self, text):
+        super().add_text(text() if callable(text) else text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = config.help_text()
+    parser.formatter_class = _KeysEpilog
+    parser.epilog = config.help_text
     parser.add_argument("--config", metavar="YAML_OR_RECIPE",
                         help="a YAML file, or a recipe by name (`mnist-dist recipes`; defaults < YAML < overrides)")
     parser.add_argument("--dry-run", action="store_true", help="smoke test: 1 epoch, 5 steps, no progress bars")

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from conftest import needs_fashion, run_cli
 from slurm_cluster import LocalSlurm, missing_programs
-from test_slurm import ENDED, JOB_ENV, REPO, wait_until
+from test_slurm import ENDED, JOB_ENV, REPO, usr1_and_wait_for_requeue, wait_until
 
 NODES = ["node1", "node2"]
 STEPS = 200
@@ -123,12 +123,7 @@ def test_cross_node_ddp_matches_one_node_with_the_same_global_batch(uninterrupte
 def test_preemption_across_nodes_requeues_and_ends_bit_identical(cluster, uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     job_id = submit(cluster, tmp_path, f"run.dir={run_dir}")
-    wait_until(lambda: (run_dir / "checkpoints/step_00000010/state.json").is_file(), JOB_TIMEOUT_S, "a checkpoint")
-    cluster.run("scancel", "--signal=USR1", "--batch", job_id)
-    info = cluster.wait_for(job_id, {"PENDING"} | ENDED, JOB_TIMEOUT_S, "after USR1 (expected a requeue)")
-    log = Path(info["StdOut"]).read_text()
-    assert info["JobState"] == "PENDING" and int(info["Restarts"]) >= 1, log[-5000:]
-    step = int(re.search(r"preempted by SIGUSR1: checkpoint saved at global_step (\d+)", log).group(1))
+    step, _ = usr1_and_wait_for_requeue(cluster, job_id, run_dir)
     meta = json.loads((run_dir / f"checkpoints/step_{step:08d}/state.json").read_text())
     assert meta["world_size"] == 2 and 10 <= step < STEPS
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")

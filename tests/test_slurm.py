@@ -45,19 +45,26 @@ def wait_until(condition, timeout_s: float, what: str):
         time.sleep(0.2)
 
 
-def signal_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path, log_path: Path) -> int:
-    """USR1 to the batch shell once the job has saved its first checkpoint, as `--signal=B:USR1@120` does before a
-    time limit; returns the step of the checkpoint the training saved before requeueing the job."""
+def usr1_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path) -> tuple[int, str]:
+    """USR1 to the batch shell once the job (or array task, JOBID_TASK) has saved its first checkpoint, as
+    `--signal=B:USR1@120` does before a time limit; returns (the step of the checkpoint the training saved before
+    requeueing the job, the job's log)."""
     wait_until(lambda: (run_dir / "checkpoints/step_00000010/state.json").is_file(), JOB_TIMEOUT_S,
                f"job {job_id}'s first checkpoint")
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)
     # The training saves a checkpoint and requeues the job itself; SLURM holds it back for a while (BeginTime).
     info = slurm.wait_for(job_id, {"PENDING"} | ENDED, JOB_TIMEOUT_S, "after USR1 (expected a requeue)")
-    log = log_path.read_text()
-    assert info["JobState"] == "PENDING" and int(info["Restarts"]) >= 1, f"{info}\n{log}"
+    log = Path(info["StdOut"]).read_text()
+    assert info["JobState"] == "PENDING" and int(info["Restarts"]) >= 1, f"{info}\n{log[-5000:]}"
     saved = re.search(r"preempted by SIGUSR1: checkpoint saved at global_step (\d+)", log)
-    assert saved, log
-    step = int(saved.group(1))
+    assert saved, log[-5000:]
+    return int(saved.group(1)), log
+
+
+def signal_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path, log_path: Path) -> int:
+    """usr1_and_wait_for_requeue for a cpu.sbatch / multi_node.sbatch job of TRAIN_ARGS; returns the step."""
+    step, log = usr1_and_wait_for_requeue(slurm, job_id, run_dir)
+    assert Path(log_path).read_text() == log
     assert 10 <= step < MAX_STEPS, f"the job was not signalled mid-run (step {step}); raise train.max_steps"
     state = json.loads((run_dir / f"checkpoints/step_{step:08d}/state.json").read_text())
     assert state["global_step"] == step and state["world_size"] == 2

@@ -174,7 +174,7 @@ def test_a_sweep_folder_holds_one_sweep(tmp_path, capsys):
 def test_a_preempted_array_task_requeues_itself_and_resumes_its_point(slurm, tmp_path):
     """USR1 to an array task's batch shell: the sweep passes it to the training, which checkpoints and requeues
     the task by its own id; released, the task runs the sweep again, which resumes that point."""
-    from test_slurm import ENDED, JOB_TIMEOUT_S, submit, wait_until
+    from test_slurm import ENDED, JOB_TIMEOUT_S, submit, usr1_and_wait_for_requeue
     raw = yaml.safe_load(GRID.read_text())
     raw["parameters"] = {"train.lr": {"values": [0.003]}}
     raw["command"] = ["${program}", "--config", "debug", "train.max_steps=200", "checkpoint.every_steps=10",
@@ -186,12 +186,7 @@ def test_a_preempted_array_task_requeues_itself_and_resumes_its_point(slurm, tmp
                     options=["--array=0"])
     task = f"{job_id}_0"
     run_dir = sweep_dir / "point_000"
-    wait_until(lambda: (run_dir / "checkpoints/step_00000010/state.json").is_file(), JOB_TIMEOUT_S, "a checkpoint")
-    slurm.run("scancel", "--signal=USR1", "--batch", task)
-    info = slurm.wait_for(task, {"PENDING"} | ENDED, JOB_TIMEOUT_S, "after USR1 (expected a requeue)")
-    log = Path(info["StdOut"]).read_text()
-    assert info["JobState"] == "PENDING" and int(info["Restarts"]) >= 1, log[-4000:]
-    step = int(re.search(r"preempted by SIGUSR1: checkpoint saved at global_step (\d+)", log).group(1))
+    step, log = usr1_and_wait_for_requeue(slurm, task, run_dir)
     assert f"requeue of SLURM job {task}: ok" in log
     slurm.run("scontrol", "update", f"JobId={task}", "StartTime=now")
     info = slurm.wait_for(task, ENDED, JOB_TIMEOUT_S, "after release")
