@@ -1,4 +1,4 @@
-"""`mnist-dist train|eval|predict|export|report|recipes|sweep|compare`: one entry point, one line per user mistake, exit codes.
+"""`mnist-dist train|eval|predict|export|report|recipes|sweep|compare|convert`: one entry point, one line per user mistake, exit codes.
 
 Each subcommand lives in its own module, which provides add_arguments(parser) and run(args) -> int.
 """
@@ -19,6 +19,7 @@ COMMANDS = {  # name: (module, one-line help)
     "recipes": ("mnist_dist.recipes", "list the training recipes that --config NAME finds"),
     "sweep": ("mnist_dist.sweep", "run a sweep file's points (grid or random), each in its own run folder"),
     "compare": ("mnist_dist.compare", "rank run folders or a sweep folder by a metric: a table and a picture"),
+    "convert": ("mnist_dist.convert", "turn a CSV of digits (784 pixels and a label per row) into an IDX folder"),
 }
 
 
