@@ -99,7 +99,7 @@ def watch(cmd: list[str], run_dir: Path, log_path: Path, timeout_s: float, env=N
     """Run `cmd`, stamping each new metrics.jsonl line with the harness clock (whole-process wall time)."""
     metrics = run_dir / "metrics.jsonl"
     records: list[dict] = []
-    t0 = time.perf_counter()
+    t0, t0_unix = time.perf_counter(), time.time()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         while True:
@@ -117,8 +117,10 @@ def watch(cmd: list[str], run_dir: Path, log_path: Path, timeout_s: float, env=N
             time.sleep(0.05)
     wall = time.perf_counter() - t0
     summary_path = run_dir / "summary.json"
-    return {"cmd": cmd, "returncode": proc.returncode, "wall_seconds": wall, "records": records,
-            "summary": json.loads(summary_path.read_text()) if summary_path.exists() else None,
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    first_step = (summary or {}).get("first_step_unix")  # the run's own clock: same machine, same epoch
+    return {"cmd": cmd, "returncode": proc.returncode, "wall_seconds": wall, "records": records, "summary": summary,
+            "startup_seconds": None if first_step is None else first_step - t0_unix,  # exec to first optimizer step
             "log_tail": log_path.read_text()[-2000:]}
 
 
@@ -154,6 +156,11 @@ def summarize_runs(name: str, runs: list[dict], targets: list[float]) -> dict:
            "final_test_accuracy_median": median_or_none([r["records"][-1]["test_accuracy"] for r in ok if r["records"]]),
            "wall_seconds_median": median_or_none([r["wall_seconds"] for r in ok]),
            "train_seconds_median": median_or_none([r["records"][-1]["train_seconds"] for r in ok if r["records"]]),
+           "final_test_accuracy": [r["records"][-1]["test_accuracy"] if r["records"] else None for r in ok],
+           "startup_seconds": [r.get("startup_seconds") for r in ok],
+           "startup_seconds_median": median_or_none([r.get("startup_seconds") for r in ok]),
+           "first_epoch_wall_seconds": [next((x["wall_seconds"] for x in r["records"] if x.get("epoch", 0) >= 1), None)
+                                        for r in ok],
            "targets": {}}
     for t in targets:
         walls = [time_to(r["records"], t, "wall_seconds") for r in ok]
@@ -175,7 +182,8 @@ def suite_tta(args, plan, work: Path, common: list[str], targets) -> dict:
         for seed in range(seeds):
             run_dir = work / f"{recipe}-s{seed}"
             r = watch(train_cmd(recipe, run_dir, seed, common), run_dir, work / f"{recipe}-s{seed}.log", args.timeout)
-            print(f"  {recipe} seed {seed}: rc={r['returncode']} wall {r['wall_seconds']:.1f}s final test acc "
+            print(f"  {recipe} seed {seed}: rc={r['returncode']} wall {r['wall_seconds']:.1f}s start-up "
+                  f"{fmt(r['startup_seconds'], '.2f')}s final test acc "
                   f"{r['records'][-1]['test_accuracy'] if r['records'] else None}", flush=True)
             runs.append(r)
         results[recipe] = {**summarize_runs(recipe, runs, targets), "curves": [curve(r) for r in runs],
@@ -297,14 +305,21 @@ def print_table(result: dict) -> None:
         rows[f"ddp: {v['name']}"] = v
     if rows:
         head = "".join(f"  wall/train to {float(t):.0%}" for t in targets)
-        print(f"{'time to accuracy (median s)':34s} seeds  final acc  wall s{head}")
+        print(f"{'time to accuracy (median s)':34s} seeds  final acc  wall s  start s{head}")
         for name, s in rows.items():
             cells = "".join(f"  {fmt(s['targets'][t]['wall_seconds_median']):>6s}/{fmt(s['targets'][t]['train_seconds_median']):<6s}"
                             f"{'' if s['targets'][t]['reached'] == s['targets'][t]['of'] else '*':1s}   "
                             for t in s["targets"])
             print(f"{name:34s} {s['ok']:>2d}/{s['runs']:<2d} {fmt(s['final_test_accuracy_median'], '.4f'):>9s} "
-                  f"{fmt(s['wall_seconds_median']):>7s}{cells}")
-        print("  (* = not every seed reached it; median over those that did)")
+                  f"{fmt(s['wall_seconds_median']):>7s}  {fmt(s.get('startup_seconds_median'), '.2f'):>7s}{cells}")
+        print("  (* = not every seed reached it; median over those that did. start s: exec to the end of the first "
+              "optimizer step)")
+        for name, s in result.get("tta", {}).items():
+            for t, v in s["targets"].items():
+                print(f"  {name} {float(t):.0%} per seed, wall s: "
+                      + " ".join(fmt(w, '.1f') for w in v["wall_seconds"]))
+            print(f"  {name} final test accuracy per seed: " + " ".join(fmt(a, '.4f') for a in s["final_test_accuracy"])
+                  + "; start-up s: " + " ".join(fmt(x, '.2f') for x in s["startup_seconds"]))
     if result.get("throughput"):
         ref = result["throughput"].get("reference (tutorial loop)", {}).get("images_per_s")
         print(f"\n{'training throughput':42s} images/s   x reference")
@@ -321,12 +336,16 @@ def ratios(result: dict) -> list[str]:
     ref = result.get("reference")
     if ref and result.get("tta"):
         ref85 = ref["targets"].get("0.85", {}).get("wall_seconds_median")
+        ref_epoch = median_or_none(ref.get("first_epoch_wall_seconds") or [])
         for name, s in result["tta"].items():
             for t in ("0.9", "0.92"):
                 mine = s["targets"].get(t, {}).get("wall_seconds_median")
                 if ref85 and mine:
                     lines.append(f"{name}: {float(t):.0%} after {mine:.1f}s wall; the reference reached 85% after "
                                  f"{ref85:.1f}s: {ref85 / mine:.1f}x sooner")
+                if ref_epoch and mine:
+                    lines.append(f"{name}: {float(t):.0%} after {mine:.1f}s wall = {mine / ref_epoch:.2f}x the "
+                                 f"reference's first epoch ({ref_epoch:.1f}s wall, start-up included)")
     one = result.get("ddp", {}).get("1")
     for key, paired_key in (("2", "paired_ratios"), ("2-gloo", "paired_ratios_gloo")):
         two = result.get("ddp", {}).get(key)

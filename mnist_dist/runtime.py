@@ -9,6 +9,7 @@ import platform
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -165,3 +166,15 @@ def git_revision() -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+def since_exec(unix_time: float | None) -> float | None:
+    """Seconds from this process's exec to `unix_time` (Linux: from /proc, 10 ms resolution); None elsewhere."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # since boot
+        with open("/proc/uptime") as f:
+            age = float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if unix_time is None else unix_time - (time.time() - age)

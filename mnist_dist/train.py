@@ -123,6 +123,7 @@ class Loop:
     flags: runtime.StopFlags
     window: LossWindow
     aug_gen: torch.Generator  # augmentation's own generator, seeded per step
+    first_step_unix: float | None = None  # when this process's first optimizer step ended (start-up, bench/run.py)
 
 
 def build_loop(cfg: config.Config, accelerator, split: data.Split, flags: runtime.StopFlags) -> tuple[Loop, int, str]:
@@ -212,6 +213,7 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
             stop = train_step(loop, state, micro_batches, scale)
             if stop is Stop.NON_FINITE:
                 return stop
+            loop.first_step_unix = loop.first_step_unix or time.time()
             bar.update(1)
             if state.global_step % cfg.train.log_every_steps == 0:
                 # Sync point: the global mean loss over every rank's samples since the last log.
@@ -473,6 +475,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             **launch, "per_device_batch_size": cfg.train.per_device_batch_size, "train_samples_per_rank": samples_per_rank,
             "hostnames": hostnames,  # per rank: which node each ran on
             "train_seconds": state.train_seconds, "wall_seconds": time.perf_counter() - t_start,
+            "first_step_unix": loop.first_step_unix, "startup_seconds": runtime.since_exec(loop.first_step_unix),
             "device": str(accelerator.device), "torch_threads": torch.get_num_threads(), "allreduce": allreduce,
             "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
             "git_revision": runtime.git_revision(), "torch_version": torch.__version__,
