@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_dist import checkpoint, inference, rundir
 from mnist_dist.errors import UserError
@@ -48,6 +47,7 @@ class ImageError(Exception):
 
 def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
+    from PIL import Image, ImageOps, UnidentifiedImageError  # here: every `mnist-dist` start builds this parser
     if not path.is_file():
         raise ImageError("no such file")
     if path.stat().st_size == 0:

@@ -1,0 +1,33 @@
+"""Start-up: a training run imports what it uses when it uses it (the speed figures are in bench/, not here)."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, tiny_overrides
+
+HEAVY = ("datasets", "wandb", "matplotlib", "onnx", "onnxscript", "pandas", "PIL")
+
+PROBE = """
+import json, sys
+from mnist_dist import cli, train
+real_step = train.train_step
+def first_step(*args, **kwargs):
+    train.train_step = real_step
+    print("IMPORTED_AT_FIRST_STEP " + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), flush=True)
+    return real_step(*args, **kwargs)
+train.train_step = first_step
+sys.exit(cli.main(["train", *sys.argv[1:]]))
+"""
+
+
+def test_the_first_optimizer_step_comes_before_any_import_the_run_does_not_need(tiny_idx, tmp_path):
+    """No datasets (an IDX folder is read), no wandb (tracking none), no matplotlib (pictures come after
+    training), no onnx, no PIL by the first step: each costs start-up for every run that does not use it."""
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY),
+                           *tiny_overrides(tiny_idx, tmp_path / "run", "train.max_steps=2", "tracking.backend=none")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("IMPORTED_AT_FIRST_STEP "))
+    assert json.loads(line.split(" ", 1)[1]) == []
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["startup_seconds"] < 600 and summary["first_step_unix"] > 0
