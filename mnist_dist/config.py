@@ -60,6 +60,10 @@ class DataConfig:
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
     augment_shift: int = 2
     """Maximum translation in pixels when augment is on."""
+    cache: bool = True
+    """Keep gzipped IDX files decompressed in $MNIST_DIST_CACHE (default ~/.cache/mnist-dist): later runs skip the
+    ~0.4 s decode. Keyed on each file's path, size and mtime, checked by CRC-32 on every read (a corrupt entry is
+    refused and rebuilt)."""
 
     def __post_init__(self):
         _check_range("data", self, non_negative=("val_size", "num_workers", "augment_shift"))
@@ -67,12 +71,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn_bn"
+    name: str = "cnn_fast"
     """A name from mnist_dist.models.MODELS."""
     kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the model's constructor (e.g. {width: 48})."""
-    channels_last: bool = False
-    """Use channels_last memory format (helps convolutions on GPUs)."""
+    channels_last: bool = True
+    """Use channels_last memory format (convolutions: +33% images/s on a 2-core CPU with oneDNN, faster on GPUs)."""
     compile: bool = False
     """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
@@ -107,7 +111,7 @@ class TrainConfig:
     global_batch_size: int = 0
     """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
     the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
-    lr: float = 0.003
+    lr: float = 0.005
     """Peak learning rate."""
     optimizer: str = field(default="adamw", metadata=choice("sgd", "adam", "adamw"))
     """sgd (with Nesterov momentum when momentum > 0), adam, or adamw (decoupled weight decay); fused kernels where torch has them."""
@@ -119,7 +123,7 @@ class TrainConfig:
     """Learning-rate schedule, stepped once per optimizer step."""
     step_gamma: float = 0.7
     """Multiplier per epoch for scheduler=step."""
-    label_smoothing: float = 0.05
+    label_smoothing: float = 0.1
     """Cross-entropy label smoothing in [0, 1)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step."""
@@ -131,7 +135,7 @@ class TrainConfig:
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
     seed: int = 0
     """Initial weights, data order and augmentation all follow from it: the same seed, the same run."""
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     """Images per process per evaluation forward pass."""
     log_every_steps: int = 50
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
@@ -277,7 +281,7 @@ def to_dict(cfg) -> dict:
 
 # Keys a resumed run may change: they decide where data is read from, how the run is watched, checkpointed,
 # launched and stopped, not which numbers it computes. Every other key defines the trajectory and must match.
-RESUME_MAY_CHANGE = ("data.dir", "data.source", "data.hf_path", "data.num_workers", "model.compile",
+RESUME_MAY_CHANGE = ("data.dir", "data.source", "data.hf_path", "data.num_workers", "data.cache", "model.compile",
                      "model.channels_last", "train.device", "train.eval_batch_size", "train.log_every_steps",
                      "train.max_steps", "train.progress", "checkpoint.", "tracking.", "run.")
 # ...except these: the best score and the patience counter a checkpoint holds are in their terms.

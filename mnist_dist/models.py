@@ -91,6 +91,13 @@ def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidd
     )
 
 
+@register("cnn_fast")
+def cnn_fast(width: int = 24, dropout: float = 0.0, pool_first: bool = True, hidden: int = 128):
+    """The default model: cnn_bn made cheaper for CPUs (bench/README.md): 24-48-96 channels, pooling before BN and
+    ReLU, a 128-unit hidden layer in the head. Fashion-MNIST 92.8% in 8 epochs, ~2 minutes on 2 CPU cores."""
+    return cnn_bn(width=width, dropout=dropout, pool_first=pool_first, hidden=hidden)
+
+
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -91,9 +91,9 @@ def test_train_help_lists_every_key_with_type_default_choices_and_docstring(caps
     assert len(keys) == len(config.flatten(config.Config())) > 40  # every key, generated, none written twice
     for row in keys:
         assert f"\n  {row['key']} = " in out, row["key"]
-    assert "  train.lr = 0.003   (float)\n      Peak learning rate." in out  # the docstring under the field
+    assert "  train.lr = 0.005   (float)\n      Peak learning rate." in out  # the docstring under the field
     assert "  data.name = mnist   (str: mnist | fashion_mnist)" in out
-    assert "model.name = cnn_bn   (str: cnn_bn | mlp_120_84 |" in out  # the model registry's names
+    assert "model.name = cnn_fast   (str: cnn_bn | cnn_fast | mlp_120_84 |" in out  # the model registry's names
 
 
 def test_a_misspelled_key_suggests_the_closest_one():
