@@ -34,9 +34,9 @@ def one_line_error(capsys, argv: list[str], *words: str) -> str:
     ("train.lr=inf", ["train.lr", "finite"]),
     ("train.weight_decay=.nan", ["train.weight_decay", "finite"]),
     ("run.preempt_signals=[SIGKILL]", ["SIGKILL", "cannot be caught"]),
-    ("model.kwargs={width: -1}", ["model.kwargs", "cnn_bn"]),
+    ("model.kwargs={width: -1}", ["model.kwargs", "cnn_fast"]),
     ("model.kwargs={dropout: 2.0}", ["model.kwargs", "dropout"]),
-    ("model.kwargs={width: abc}", ["model.kwargs", "cnn_bn"]),
+    ("model.kwargs={width: abc}", ["model.kwargs", "cnn_fast"]),
     ("run.dir=", ["run.dir", "empty"]),
 ])
 def test_bad_overrides_are_one_line(capsys, tmp_path, override, words):

@@ -126,7 +126,7 @@ def test_resume_conflicts_lists_only_trajectory_keys():
     old = config.Config()
     new = config.load(None, ["train.lr=0.1", "tracking.backend=wandb", "run.dir=elsewhere", "data.dir=/x",
                              "train.progress=false"])
-    assert config.resume_conflicts(config.to_dict(old), new) == ["train.lr 0.003 -> 0.1"]
+    assert config.resume_conflicts(config.to_dict(old), new) == ["train.lr 0.005 -> 0.1"]
 
 
 def test_a_takeover_in_progress_is_left_alone_and_release_keeps_a_lock_that_is_not_ours(tmp_path, monkeypatch):
