@@ -62,7 +62,7 @@ class DataConfig:
     """Maximum translation in pixels when augment is on."""
     cache: bool = True
     """Keep gzipped IDX files decompressed in $MNIST_DIST_CACHE (default ~/.cache/mnist-dist): later runs skip the
-    ~0.4 s decode. Keyed on each file's path, size and mtime, checked by CRC-32 on every read (a corrupt entry is
+    ~0.4 s decode. Keyed on each file's path, size, mtime and inode, checked by CRC-32 on every read (a corrupt entry is
     refused and rebuilt)."""
 
     def __post_init__(self):
