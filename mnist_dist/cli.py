@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 
+import mnist_dist
 from mnist_dist.errors import UserError
 
 COMMANDS = {  # name: (module, one-line help)
@@ -19,13 +20,24 @@ COMMANDS = {  # name: (module, one-line help)
     "recipes": ("mnist_dist.recipes", "list the training recipes that --config NAME finds"),
     "sweep": ("mnist_dist.sweep", "run a sweep file's points (grid or random), each in its own run folder"),
     "compare": ("mnist_dist.compare", "rank run folders or a sweep folder by a metric: a table and a picture"),
+    "download": ("mnist_dist.download", "get the official MNIST / Fashion-MNIST IDX files, verified, into a folder"),
     "convert": ("mnist_dist.convert", "turn a CSV of digits (784 pixels and a label per row) into an IDX folder"),
+    "scripts": ("mnist_dist.scripts", "print or write the SLURM scripts and launch YAMLs (sbatch without a checkout)"),
 }
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked (the installed metadata: ~10 ms that no training start-up needs)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"mnist-dist {mnist_dist.__version__}")
+        parser.exit()
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one parser per available command."""
     parser = argparse.ArgumentParser(prog="mnist-dist", description="Train and use MNIST-family classifiers.")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}
     for name, (module, help_text) in COMMANDS.items():

@@ -37,12 +37,24 @@ set_train_args() {
   fi
 }
 
+# train_entry: TRAIN_ENTRY=(what `accelerate launch` runs): the checkout's train_accel.py, or where there is none
+# (scripts written by `mnist-dist scripts --write DIR`, the package installed from a wheel) `-m mnist_dist train`.
+# shellcheck disable=SC2034  # read by the sbatch script that sources this
+train_entry() {
+  if [[ -f train_accel.py ]]; then
+    TRAIN_ENTRY=(train_accel.py)
+  else
+    TRAIN_ENTRY=(-m mnist_dist train)
+  fi
+}
+
 # run_forwarding_signals TARGET COMMAND...: runs COMMAND in the background and waits for it, returning its status.
 # A USR1 or TERM that reaches this shell (sbatch --signal=B:USR1@120, `scancel --signal=USR1 --batch`, the end of
 # the job) is passed on, and the shell keeps waiting while the training saves its checkpoint:
-#   TARGET=workers: to COMMAND's children that run train_accel.py. COMMAND is `accelerate launch`, whose torchrun
-#                   agent forwards neither signal (USR1 would kill it; TERM makes it stop the workers) and starts
-#                   them in sessions of their own, out of reach of this shell's process group.
+#   TARGET=workers: to COMMAND's children that run train_accel.py (or `-m mnist_dist train`). COMMAND is
+#                   `accelerate launch`, whose torchrun agent forwards neither signal (USR1 would kill it; TERM
+#                   makes it stop the workers) and starts them in sessions of their own, out of reach of this
+#                   shell's process group.
 #   TARGET=command: to COMMAND itself: srun, which passes it to its task on every node.
 run_forwarding_signals() {
   local target=$1 pid rc
@@ -76,7 +88,7 @@ _forward_signal() {  # SIGNAL TARGET PID
   if [[ $2 == command ]]; then
     kill -s "$1" "$3" 2>/dev/null || true
   else
-    pkill --signal "$1" --parent "$3" --full train_accel.py || true
+    pkill --signal "$1" --parent "$3" --full 'train_accel\.py|-m mnist_dist train' || true
   fi
 }
 
