@@ -61,9 +61,15 @@ def prepare(accelerator, *objects):
     """accelerator.prepare, without torch 2.14's warning that DDP's broadcast_buffers is renamed
     forward_sync_buffers (Accelerate cannot pass the new name yet; what we ask for, no buffer broadcast per
     forward, is the same under both, and the warning, twice per rank on every DDP run, would only alarm)."""
+    from accelerate.utils import DistributedType
+    # Where to put each object, said here as Accelerate would decide it for a model without DTensor parameters
+    # (ours never have any): its own decision asks model_has_dtensor, whose import of torch.distributed.tensor
+    # (and sympy) costs ~0.4 s of every start-up. FSDP decides for itself.
+    placement = (None if accelerator.distributed_type == DistributedType.FSDP
+                 else [accelerator.device_placement] * len(objects))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
-        return accelerator.prepare(*objects)
+        return accelerator.prepare(*objects, device_placement=placement)
 
 
 def end_distributed(accelerator, wait: bool = True) -> None:

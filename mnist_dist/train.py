@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist_dist import checkpoint, config, data, inference, models, plots, rundir, runtime, tracking
+from mnist_dist import checkpoint, config, data, eager, inference, models, plots, rundir, runtime, tracking
 from mnist_dist.checkpoint import TrainState
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 from mnist_dist.inference import Predictions
@@ -46,10 +46,11 @@ def make_optimizer(cfg: config.TrainConfig, params):
     (AdamW ~4x slower per step, ~8% of a small CPU step), on a GPU fewer kernel launches (the step is host-bound,
     bench/README.md)."""
     params = list(params)
+    # eager: torch.optim's classes without their torch._dynamo import (~1.5 s of start-up), the same numbers.
     if cfg.optimizer == "sgd":
-        cls, kwargs = torch.optim.SGD, {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0}
+        cls, kwargs = eager.SGD, {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0}
     else:
-        cls, kwargs = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW), {}
+        cls, kwargs = (eager.Adam if cfg.optimizer == "adam" else eager.AdamW), {}
     try:
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # older torch: fused kernels for CUDA only, or none for SGD

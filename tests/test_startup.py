@@ -5,7 +5,8 @@ import sys
 
 from conftest import ROOT, tiny_overrides
 
-HEAVY = ("datasets", "wandb", "matplotlib", "onnx", "onnxscript", "pandas", "PIL")
+HEAVY = ("datasets", "wandb", "matplotlib", "onnx", "onnxscript", "pandas", "PIL",
+         "torch._dynamo", "triton", "sympy")  # dynamo (and Triton, sympy) only for a run that compiles
 
 PROBE = """
 import json, sys
@@ -22,7 +23,9 @@ sys.exit(cli.main(["train", *sys.argv[1:]]))
 
 def test_the_first_optimizer_step_comes_before_any_import_the_run_does_not_need(tiny_idx, tmp_path):
     """No datasets (an IDX folder is read), no wandb (tracking none), no matplotlib (pictures come after
-    training), no onnx, no PIL by the first step: each costs start-up for every run that does not use it."""
+    training), no onnx, no PIL, no torch._dynamo, Triton or sympy (nothing is compiled; torch.optim and
+    Accelerate's DTensor check would import them, mnist_dist/eager.py and runtime.prepare) by the first step:
+    each costs start-up for every run that does not use it."""
     proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY),
                            *tiny_overrides(tiny_idx, tmp_path / "run", "train.max_steps=2", "tracking.backend=none")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
