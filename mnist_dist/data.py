@@ -464,3 +464,8 @@ class TorchLoader:
 def eval_shard(n: int, rank: int, world_size: int) -> slice:
     """This rank's contiguous share of an evaluation split: no padding, no duplicates, shares sum to n."""
     return slice(rank * n // world_size, (rank + 1) * n // world_size)
+
+
+def eval_shard_max(n: int, world_size: int) -> int:
+    """The largest share eval_shard gives any rank (the shares differ by at most one image)."""
+    return -(-n // world_size)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat as statmod
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -47,20 +49,22 @@ def atomic_write_bytes(path: Path, content: bytes) -> None:
         raise
 
 
-def check_usable(run_dir: Path) -> None:
+def check_usable(run_dir: Path, name: str | None = None) -> None:
     """One clear line, before any data is read, when run_dir cannot hold a run: a file, or a place nothing can be
-    written (read-only mount, /proc). Tries a temporary folder in the nearest existing folder and removes it."""
+    written (read-only mount, /proc). Tries a temporary folder in the nearest existing folder and removes it.
+    name: how the message names the folder (default `run.dir=RUN_DIR`)."""
+    name = name or f"run.dir={run_dir}"
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run.dir={run_dir} is a file, not a folder")
+        raise UserError(f"{name} is a file, not a folder")
     existing = run_dir
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"run.dir={run_dir}: {existing} is a file, not a folder")
+        raise UserError(f"{name}: {existing} is a file, not a folder")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".mnist-dist-probe-", dir=existing))
     except OSError as e:
-        raise UserError(f"run.dir={run_dir}: cannot create anything in {existing} ({e.strerror})") from None
+        raise UserError(f"{name}: cannot create anything in {existing} ({e.strerror})") from None
 
 
 def set_aside(run_dir: Path) -> Path | None:
@@ -102,8 +106,11 @@ def load_run_config(model_path: str | Path, overrides: list[str]) -> config.Conf
     top; run.dir is the run folder and progress bars are off."""
     run_dir = of_model(model_path)
     saved = run_dir / CONFIG
-    base = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
-    base = {k: v for k, v in base.items() if k in ("data", "train")}
+    base = {k: v for k, v in (read_config(saved) or {}).items() if k in ("data", "train")}
+    try:  # the saved part alone first: a mistake in it names the file, not the user's overrides
+        config.from_dict(config.Config, base)
+    except UserError as e:
+        raise RunFileError(f"{saved}: {e}") from None
     for text in overrides:
         base = config.merge(base, config.parse_override(text))
     base.setdefault("run", {})["dir"] = str(run_dir)
@@ -111,28 +118,95 @@ def load_run_config(model_path: str | Path, overrides: list[str]) -> config.Conf
     return config.from_dict(config.Config, base)
 
 
+# ----------------------------------------------------------------------------- reading a run's files
+# One reader per kind of file. A file that is missing is None (or no records); one that is there but damaged
+# (not UTF-8, not JSON/YAML, or not the mapping it must be) is a RunFileError naming it: every command that reads
+# run folders (report, eval, compare, train on resume) says so in one line instead of a traceback.
+
+
+class RunFileError(UserError):
+    """A file of a run folder that is there but cannot be used."""
+
+
+def _text(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise RunFileError(f"{path}: not a regular file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunFileError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _kind(value) -> str:
+    return "a list" if isinstance(value, list) else f"the {type(value).__name__} {str(value)[:40]!r}"
+
+
+def read_config(path: Path) -> dict | None:
+    """A run's config.yaml: a mapping (an empty file is an empty one)."""
+    text = _text(path)
+    if text is None:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RunFileError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]}); the file was edited or "
+                           f"damaged") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RunFileError(f"{path}: holds {_kind(value)}, not a mapping of config sections")
+    return value
+
+
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """summary.json, model.json, sweep_point.json: a JSON object."""
+    text = _text(path)
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{path}: not valid JSON ({e}); the file was cut off, edited or damaged") from None
+    if not isinstance(value, dict):
+        raise RunFileError(f"{path}: holds {_kind(value)}, not a JSON object")
+    return value
 
 
 def _records(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) pairs. A last line that is not JSON was cut off by a kill during the append: it is dropped
-    with a warning (it never had a checkpoint behind it). A broken line before the last is refused."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    """(line, record) pairs of metrics.jsonl; each record is an object with a number `epoch` and `global_step`.
+    A last line that is not JSON was cut off by a kill during the append: it is dropped with a warning (it never
+    had a checkpoint behind it). A broken line before the last, or a record of another shape, is refused."""
+    lines = [line for line in (_text(path) or "").splitlines() if line.strip()]
     out = []
     for i, line in enumerate(lines):
         try:
-            out.append((line, json.loads(line)))
+            record = json.loads(line)
         except json.JSONDecodeError as e:
             if i < len(lines) - 1:
-                raise UserError(f"{path}: line {i + 1} is not JSON ({e.msg}); the file was edited or damaged") from None
+                raise RunFileError(f"{path}: line {i + 1} is not JSON ({e.msg}); the file was edited or "
+                                   f"damaged") from None
             print(f"mnist-dist: warning: {path}: dropped a half-written last line (a run killed while appending)",
                   file=sys.stderr)
+            continue
+        if not isinstance(record, dict):
+            raise RunFileError(f"{path}: line {i + 1} holds {_kind(record)}, not a metrics record")
+        missing = [k for k in ("epoch", "global_step") if not _is_number(record.get(k))]
+        if missing:
+            raise RunFileError(f"{path}: line {i + 1} has no number {' or '.join(missing)}; the file was edited "
+                               f"or damaged")
+        out.append((line, record))
     return out
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    return [record for _, record in _records(path)] if path.is_file() else []
+    """metrics.jsonl's records (none when the file is missing)."""
+    return [record for _, record in _records(path)]
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -165,9 +239,16 @@ class RunLock:
     and taken over, when its holder is a process of this host that no longer exists, when it belongs to this
     same SLURM job (a requeued job resuming), or when nobody has refreshed it for STALE_S seconds (a node that
     died). Released (deleted) when the run ends, however it ends; SIGKILL leaves it behind as a stale lock.
+
+    A damaged or foreign .lock (not a regular file, empty, or not a lock record) names no holder, so it is
+    reported as damaged, with its content and age, never as a live run. Its age is the only sign of life left: a
+    run refreshes its lock every HEARTBEAT_S, and a run creating one writes it microseconds after the create (an
+    empty young lock is that moment). So it is refused while younger than DAMAGED_S and taken over after.
+    Reading it never blocks (a FIFO is never opened) and a takeover removes any kind of file.
     """
 
     HEARTBEAT_S, STALE_S = 10.0, 120.0
+    DAMAGED_S = 3 * HEARTBEAT_S  # three missed refreshes: no run holds a damaged lock this old
 
     def __init__(self, path: Path):
         self.path, self._stop = path, threading.Event()
@@ -183,14 +264,10 @@ class RunLock:
             try:
                 fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = lock._holder()
-                why_stale = lock._stale(holder)
+                found = lock._inspect()
+                why_stale = lock._stale(found)
                 if why_stale is None or attempt:
-                    raise UserError(f"run.dir={run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} "
-                                    f"(since {holder.get('since')}" + (f", SLURM job {holder['slurm_job']}"
-                                                                        if holder.get("slurm_job") else "")
-                                    + f"): wait for it or use another run.dir; if that run is gone, delete "
-                                      f"{lock.path}") from None
+                    raise UserError(lock._refusal(run_dir, found)) from None
                 lock._take_over(why_stale)
                 continue
             with os.fdopen(fd, "w") as f:
@@ -199,6 +276,18 @@ class RunLock:
             return lock
         raise AssertionError("unreachable")
 
+    def _refusal(self, run_dir: Path, found: "_LockFile | None") -> str:
+        if found is None:
+            return f"run.dir={run_dir}: another run took {self.path} meanwhile; wait for it or use another run.dir"
+        if found.holder is None:
+            return (f"run.dir={run_dir}: its lock {self.path} is damaged ({found.damage}; last changed "
+                    f"{found.age_s:.0f} s ago). A run starting or running may still write it, so it is taken over "
+                    f"only when {self.DAMAGED_S:.0f} s old; if no run uses the folder, delete it")
+        holder = found.holder
+        return (f"run.dir={run_dir} is in use by pid {holder['pid']} on {holder['host']} (since "
+                f"{holder.get('since')}" + (f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else "")
+                + f"): wait for it or use another run.dir; if that run is gone, delete {self.path}")
+
     def _take_over(self, why: str) -> None:
         """Remove a stale lock, one taker at a time: a second taker that finds the takeover file busy, or the lock
         already replaced by the first, gives up (the O_EXCL create that follows decides who holds the folder)."""
@@ -206,31 +295,65 @@ class RunLock:
         try:
             fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if time.time() - guard.stat().st_mtime < self.STALE_S:
-                return  # another run is taking it over right now
-            guard.unlink(missing_ok=True)  # left by a taker that died: try again next round
+            try:
+                if time.time() - guard.lstat().st_mtime < self.STALE_S:
+                    return  # another run is taking it over right now
+            except FileNotFoundError:
+                return
+            _remove(guard)  # left by a taker that died: try again next round
             return
         try:
             os.close(fd)
-            if self._stale(self._holder()) is not None:  # still the stale one, not a fresh lock of a faster taker
+            if self._stale(self._inspect()) is not None:  # still the stale one, not a fresh lock of a faster taker
                 print(f"mnist-dist: taking over {self.path}: {why}", flush=True)
-                self.path.unlink(missing_ok=True)
+                _remove(self.path)
         finally:
-            guard.unlink(missing_ok=True)
+            _remove(guard)
 
-    def _holder(self) -> dict:
+    def _inspect(self) -> "_LockFile | None":
+        """What the lock file holds now; None when there is none. Never opens anything but a regular file, and
+        that without blocking (O_NONBLOCK: a FIFO swapped in after the lstat returns at once)."""
         try:
-            holder = json.loads(self.path.read_text())
-            return holder if isinstance(holder, dict) else {}
-        except (OSError, ValueError):
-            return {}  # being written this very moment, or damaged: judged by its age below
-
-    def _stale(self, holder: dict) -> str | None:
-        """Why the lock's holder is gone, or None while it may be alive."""
-        try:
-            age = time.time() - self.path.stat().st_mtime
+            st = os.lstat(self.path)
         except FileNotFoundError:
+            return None
+        age_s = time.time() - st.st_mtime
+        if not statmod.S_ISREG(st.st_mode):
+            return _LockFile(None, f"{_file_type(st.st_mode)}, not a file", age_s)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return _LockFile(None, f"cannot be read: {e.strerror}", age_s)
+        try:
+            raw = os.read(fd, 4096) if statmod.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError as e:
+            return _LockFile(None, f"cannot be read: {e.strerror}", age_s)
+        finally:
+            os.close(fd)
+        if raw is None:
+            return _LockFile(None, "not a file", age_s)
+        if not raw.strip():
+            return _LockFile(None, "empty", age_s)
+        try:
+            holder = json.loads(raw)
+        except ValueError:
+            holder = None
+        if not (isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str)):
+            text = raw.decode("utf-8", "replace")
+            return _LockFile(None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s)
+        return _LockFile(holder, "", age_s)
+
+    def _stale(self, found: "_LockFile | None") -> str | None:
+        """Why the lock's holder is gone, or None while it may be alive."""
+        if found is None:
             return "released meanwhile"
+        holder, age = found.holder, found.age_s
+        if holder is None:
+            if age > self.DAMAGED_S:
+                return f"damaged ({found.damage}), not changed for {age:.0f} s"
+            return None
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             if not procs.alive(holder["pid"], holder.get("pid_start")):
                 return f"pid {holder['pid']} on this host has ended"
@@ -251,5 +374,38 @@ class RunLock:
     def release(self) -> None:
         """Delete the lock if it is still ours (a run that lost it, say to a takeover, leaves the new one alone)."""
         self._stop.set()
-        if self._holder().get("pid") == os.getpid():
+        found = self._inspect()
+        if found is not None and found.holder is not None and found.holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+
+
+class _LockFile(NamedTuple):
+    holder: dict | None  # the lock record; None when the file is damaged
+    damage: str  # what is wrong with a damaged one, e.g. "a directory, not a file", "empty"
+    age_s: float  # since its last change (the holder's heartbeat)
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((statmod.S_ISDIR, "a directory"), (statmod.S_ISFIFO, "a FIFO"), (statmod.S_ISLNK, "a symlink"),
+                       (statmod.S_ISSOCK, "a socket"), (statmod.S_ISCHR, "a character device"),
+                       (statmod.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _remove(path: Path) -> None:
+    """Remove a file of any kind. A directory is removed when empty; one with something in it is not ours to
+    delete, so it is moved aside (PATH.damaged-TIME) and the message says where."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            return
+        try:
+            path.rmdir()
+        except OSError:
+            aside = path.with_name(path.name + time.strftime(".damaged-%Y%m%d-%H%M%S"))
+            os.replace(path, aside)
+            print(f"mnist-dist: {path} held files: moved to {aside}", flush=True)
+    except FileNotFoundError:
+        pass

@@ -4,6 +4,7 @@ in one line listing each old and new value, the keys that do, before anything in
 import json
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -69,6 +70,93 @@ def test_the_lock_is_refreshed_while_held(tmp_path, monkeypatch):
     time.sleep(0.3)
     assert time.time() - (tmp_path / rundir.LOCK).stat().st_mtime < 5
     lock.release()
+
+
+def make_damaged_lock(run_dir, kind: str, age_s: float):
+    """A .lock that names no holder, as a crash, a full disk or another tool leaves one."""
+    path = run_dir / rundir.LOCK
+    if kind == "dir":
+        path.mkdir()
+    elif kind == "dir_with_files":
+        path.mkdir()
+        (path / "notes.txt").write_text("not ours")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink_loop":
+        os.symlink(path.name, path)
+    else:
+        path.write_text({"garbage": "\x00garbage\n", "list": "[1,2,3]", "empty": "", "no_pid": '{"host": "x"}'}[kind])
+    os.utime(path, (time.time() - age_s,) * 2, follow_symlinks=False)
+    return path
+
+
+DAMAGED = {"garbage": "not a lock record: '\\x00garbage", "list": "not a lock record: '[1,2,3]'", "empty": "empty",
+           "no_pid": "not a lock record", "dir": "a directory, not a file",
+           "dir_with_files": "a directory, not a file", "fifo": "a FIFO, not a file",
+           "symlink_loop": "a symlink, not a file"}
+
+
+def acquire_within(run_dir, seconds: float = 10):
+    """RunLock.acquire in a thread: (lock or the exception), failing the test if it blocks (a FIFO read would)."""
+    result = []
+
+    def attempt():
+        try:
+            result.append(rundir.RunLock.acquire(run_dir))
+        except Exception as e:  # handed back to the test
+            result.append(e)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"RunLock.acquire blocked for {seconds} s"
+    return result[0]
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGED))
+def test_a_damaged_lock_is_reported_as_damaged_never_as_a_holder(tmp_path, kind, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    make_damaged_lock(tmp_path, kind, age_s=3)  # young: a run may be creating or refreshing it
+    refused = acquire_within(tmp_path)
+    assert isinstance(refused, UserError), refused
+    message = str(refused)
+    assert f"{tmp_path / rundir.LOCK} is damaged ({DAMAGED[kind]}" in message and "last changed 3 s ago" in message
+    assert "in use by" not in message and "None" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGED))
+def test_an_old_damaged_lock_of_any_file_type_is_taken_over(tmp_path, kind, monkeypatch, capsys):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    make_damaged_lock(tmp_path, kind, age_s=rundir.RunLock.STALE_S + 10)  # as old as a stale lock of a dead host
+    lock = acquire_within(tmp_path)
+    assert isinstance(lock, rundir.RunLock), lock
+    out = capsys.readouterr().out
+    assert f"taking over {tmp_path / rundir.LOCK}: damaged ({DAMAGED[kind]}" in out
+    assert json.loads((tmp_path / rundir.LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not os.path.lexists(tmp_path / rundir.LOCK) and not (tmp_path / (rundir.LOCK + ".takeover")).exists()
+    if kind == "dir_with_files":  # someone's files are moved aside, not deleted
+        (aside,) = tmp_path.glob(".lock.damaged-*")
+        assert (aside / "notes.txt").read_text() == "not ours" and f"moved to {aside}" in out
+
+
+def test_a_damaged_lock_is_taken_over_once_three_refreshes_are_missed(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert rundir.RunLock.DAMAGED_S == 3 * rundir.RunLock.HEARTBEAT_S
+    make_damaged_lock(tmp_path, "empty", age_s=rundir.RunLock.DAMAGED_S - 5)
+    with pytest.raises(UserError, match="is damaged"):
+        rundir.RunLock.acquire(tmp_path)
+    os.utime(tmp_path / rundir.LOCK, (time.time() - rundir.RunLock.DAMAGED_S - 5,) * 2)
+    rundir.RunLock.acquire(tmp_path).release()
+
+
+def test_a_fifo_lock_is_one_line_from_the_real_cli_and_does_not_hang(tiny_idx, tmp_path):
+    run_dir = tmp_path / "fifo"
+    run_dir.mkdir()
+    make_damaged_lock(run_dir, "fifo", age_s=0)
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], check=False, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "is damaged (a FIFO, not a file" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- what a resume may change
