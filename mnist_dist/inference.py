@@ -43,7 +43,10 @@ def evaluate(accelerator, model, split: data.Split, mean: float, std: float, bat
              keep_probs: int = 0) -> tuple[dict, torch.Tensor | None]:
     """Exact loss/accuracy/confusion over `split`: each rank takes a contiguous share, then sums are reduced.
 
-    Also returns the class probabilities (CPU) of the first `keep_probs` images of this rank's share, from the
+    Every rank runs the same number of forward passes on batches of the same shapes (a collective inside the
+    model, as any sharded strategy has, would otherwise wait forever on the rank with one batch more): the
+    shares differ by at most one image, so a shorter share is padded with blank images that are masked out of
+    every sum. Also returns the class probabilities (CPU) of the first `keep_probs` images of this rank's share, from the
     same forward pass (rank 0's share starts at image 0): reports and W&B media need no second one.
     """
     model.eval()
@@ -52,11 +55,15 @@ def evaluate(accelerator, model, split: data.Split, mean: float, std: float, bat
             torch.distributed.broadcast(buffer, src=0)
     shard = data.eval_shard(len(split), accelerator.process_index, accelerator.num_processes)
     images, labels = split.images[shard], split.labels[shard]
+    real = len(labels)  # this rank's images; those past it are padding
+    if (pad := data.eval_shard_max(len(split), accelerator.num_processes) - real) > 0:
+        images = torch.cat([images, images.new_zeros((pad, *images.shape[1:]))])
     device = accelerator.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(10, 10, device=device, dtype=torch.long)
     kept = []
-    for i, logits in zip(range(0, len(labels), batch_size), forward(model, images, mean, std, batch_size, device)):
+    for i, logits in zip(range(0, len(images), batch_size), forward(model, images, mean, std, batch_size, device)):
+        logits = logits[:max(0, real - i)]  # the padding's logits count nowhere
         y = labels[i:i + batch_size].to(device, non_blocking=True)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         confusion += metrics.confusion_matrix(logits.argmax(1), y)

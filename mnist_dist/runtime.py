@@ -23,7 +23,34 @@ from mnist_dist.errors import PeerLost, UserError
 GLOO_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
 
 
+# Sharded and model-parallel strategies, as `accelerate launch` (--use_fsdp, --use_deepspeed, --use_megatron_lm, or
+# a YAML's distributed_type) tells its workers: the environment it sets (accelerate/utils/launch.py).
+SHARDED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+# ParallelismConfig sizes (--parallelism_config_*), where any above 1 shards the model or splits its layers.
+SHARDED_SIZES = {"PARALLELISM_CONFIG_DP_SHARD_SIZE": "dp_shard", "PARALLELISM_CONFIG_TP_SIZE": "tp",
+                 "PARALLELISM_CONFIG_CP_SIZE": "cp", "PARALLELISM_CONFIG_SP_SIZE": "sp"}
+
+
+def refuse_sharded_launch(env=os.environ) -> None:
+    """A launch that asked for FSDP, DeepSpeed, Megatron-LM or tensor/context parallelism stops here, before any
+    work: the models here (0.1-2 M parameters) gain nothing from sharding, and on a CPU Accelerate would silently
+    drop the strategy and run plain DDP instead. Data parallelism (DDP) is what every launch runs."""
+    asked = [name for var, name in SHARDED_LAUNCHES.items()
+             if env.get(var, "").strip().lower() in ("1", "true", "yes", "y", "on", "t")]
+    asked += [f"{name}_size={env[var]}" for var, name in SHARDED_SIZES.items()
+              if env.get(var, "1").strip() not in ("", "1")]
+    if asked:
+        if env.get("RANK", "0") != "0":
+            raise SystemExit(2)  # every rank decides the same from the same environment: rank 0 says why, once
+        raise UserError(f"the launch asked for {' and '.join(asked)}, which mnist-dist does not run: models this small "
+                        f"(at most a few million parameters) gain nothing from sharding, and on a CPU Accelerate "
+                        f"would silently run plain DDP instead. Launch DDP: accelerate launch --config_file "
+                        f"configs/accelerate/multi_gpu.yaml (GPUs) or configs/accelerate/cpu_ddp2.yaml (CPUs)")
+
+
 def make_accelerator(cfg: config.Config):
+    refuse_sharded_launch()  # before anything is built or read
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
