@@ -26,6 +26,9 @@ class ConfigError(UserError, ValueError):
     """A mistake in the user's config; the CLI prints it as one line."""
 
 
+INT64_LIMIT = 2**63
+
+
 def choice(*options):
     return {"choices": options}
 
@@ -38,6 +41,10 @@ def _check_range(section: str, obj, positive=(), non_negative=()) -> None:
     for name in non_negative:
         if getattr(obj, name) < 0:
             raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(obj, name)}")
+
+
+MAX_WORKERS = 256  # DataLoader worker processes per rank: more would only exhaust the host
+MAX_TIMEOUT_S = 365 * 86400  # a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
 
 
 @dataclass
@@ -67,6 +74,9 @@ class DataConfig:
 
     def __post_init__(self):
         _check_range("data", self, non_negative=("val_size", "num_workers", "augment_shift"))
+        if self.num_workers > MAX_WORKERS:
+            raise ConfigError(f"data.num_workers must be at most {MAX_WORKERS} (processes per rank), "
+                              f"got {self.num_workers}")
 
 
 @dataclass
@@ -134,7 +144,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda", "mps"))
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
     seed: int = 0
-    """Initial weights, data order and augmentation all follow from it: the same seed, the same run."""
+    """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
     eval_batch_size: int = 256
     """Images per process per evaluation forward pass."""
     log_every_steps: int = 50
@@ -167,7 +177,7 @@ class TrainConfig:
         _check_range("train", self, positive=("epochs", "per_device_batch_size", "eval_batch_size", "grad_accum_steps",
                                               "log_every_steps", "lr"),
                      non_negative=("weight_decay", "momentum", "grad_clip", "max_steps", "early_stop_patience",
-                                   "early_stop_min_delta", "global_batch_size"))
+                                   "early_stop_min_delta", "global_batch_size", "seed"))
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -235,6 +245,8 @@ class RunConfig:
 
     def __post_init__(self):
         _check_range("run", self, positive=("guard_every_steps", "dist_timeout_s"))
+        if self.dist_timeout_s > MAX_TIMEOUT_S:
+            raise ConfigError(f"run.dist_timeout_s must be at most {MAX_TIMEOUT_S} (a year), got {self.dist_timeout_s}")
         if not self.dir.strip():
             raise ConfigError("run.dir must not be empty: name the run folder, e.g. run.dir=runs/first")
         for name in self.preempt_signals:
@@ -325,6 +337,8 @@ def _coerce(key: str, value, tp, meta):
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if not -INT64_LIMIT <= value < INT64_LIMIT:  # torch, numpy and safetensors metadata hold int64
+            raise ConfigError(f"{key} must be below 2^63 in size, got {value}")
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
             try:
@@ -415,8 +429,17 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a mapping of sections (data, model, train, checkpoint, tracking, "
                               f"run), got {type(data).__name__} {str(data)[:60]!r}")
+    sections = typing.get_type_hints(Config)
     for text in overrides:
-        data = merge(data, parse_override(text))
+        override = parse_override(text)
+        (key, value), = override.items()
+        if key in sections and not (isinstance(value, dict) and value):
+            # `train=`, `data={}`: merged, it would silently put a whole recipe section back to its defaults.
+            example = dataclasses.fields(sections[key])[0].name
+            raise ConfigError(f"override {text!r}: {key} is a whole section, and this would put every {key} key back "
+                              f"to its default; set its keys one by one (e.g. {key}.{example}=...), or leave out "
+                              f"--config to start from the defaults")
+        data = merge(data, override)
     return from_dict(Config, data)
 
 

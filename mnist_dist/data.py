@@ -408,7 +408,13 @@ class DeviceLoader:
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The epoch's sample order: made on the CPU from (seed, epoch) alone, identical on every rank and device,
     and the same again after a resume."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(torch_seed(seed * 100_003 + epoch)))
+
+
+def torch_seed(mixed: int) -> int:
+    """A seed mixed from train.seed (< 2^63) and a counter, folded into the range torch accepts (below 2^64): the
+    identity below it, so every run whose mix fits keeps its numbers."""
+    return mixed % 2**64
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -158,9 +158,10 @@ def train_step(loop: Loop, state: TrainState, micro_batches: list, scale: float)
     PREEMPTED (it was) when the ranks agreed to stop, else None."""
     cfg, accelerator, model = loop.cfg, loop.accelerator, loop.model
     # Randomness depends only on (seed, global step, rank): a resumed run draws exactly the same numbers.
-    torch.manual_seed(cfg.train.seed * 1_000_003 + state.global_step * 97 + accelerator.process_index)
+    rank = accelerator.process_index
+    torch.manual_seed(data.torch_seed(cfg.train.seed * 1_000_003 + state.global_step * 97 + rank))
     if cfg.data.augment:
-        loop.aug_gen.manual_seed(cfg.train.seed * 7919 + state.global_step * 31 + accelerator.process_index)
+        loop.aug_gen.manual_seed(data.torch_seed(cfg.train.seed * 7919 + state.global_step * 31 + rank))
     # Ranks only compare non-finite flags at guard steps: other steps skip the flag's device work.
     guard_step = (state.global_step + 1) % cfg.run.guard_every_steps == 0
     non_finite = torch.zeros((), dtype=torch.bool, device=accelerator.device) if guard_step else None

@@ -1,4 +1,6 @@
 """The config tree: defaults < YAML < overrides, and every bad key or value fails early with one clear line."""
+import re
+
 import pytest
 
 from mnist_dist import config
@@ -115,3 +117,39 @@ def test_a_recipe_is_found_by_name_and_listed(capsys):
     assert [line.split()[0] for line in lines] == recipes
     first = (ROOT / "configs/train/debug.yaml").read_text().splitlines()[0].lstrip("# ")
     assert any(line.split(None, 1)[1] == first for line in lines if line.startswith("debug "))
+
+
+@pytest.mark.parametrize("override", ["train=", "train=null", "train={}", "data={}", "model=", "train=5"])
+def test_a_section_valued_override_is_refused_not_reset_to_defaults(override):
+    """`--config debug data={}` used to switch the dataset back to MNIST without a word: a whole section is never
+    replaced by an override; a non-empty mapping still merges key by key."""
+    section = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{section} is a whole section.*{section}\\.\\w+=") as e:
+        config.load("debug", [override])
+    assert "\n" not in str(e.value)
+    merged = config.load("debug", ["train={epochs: 3}"])
+    assert merged.train.epochs == 3 and merged.train.max_steps == config.load("debug").train.max_steps
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.seed=99999999999999999999999", "below 2^63"),
+    (f"train.seed={2**63}", "below 2^63"),
+    ("train.seed=-1", "train.seed must be >= 0"),
+    (f"train.max_steps={2**64}", "below 2^63"),
+    ("data.num_workers=100000", "data.num_workers must be at most 256"),
+    (f"run.dist_timeout_s={2**62}", "run.dist_timeout_s must be at most"),
+])
+def test_integer_keys_have_the_ranges_their_uses_accept(override, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        config.load(None, [override])
+    assert config.load(None, [f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
+
+
+def test_the_largest_seed_trains(tiny_idx, tmp_path):
+    """train.seed=2^63-1 passed the config check and then died in torch.manual_seed (`Overflow when unpacking long
+    long`): every seed derived from it is folded into torch's range, with augmentation on."""
+    proc = run_cli(["train", "--config", "debug", "data.source=idx", f"data.dir={tiny_idx}", "data.name=mnist",
+                    "data.val_size=200", "data.augment=true", f"train.seed={2**63 - 1}", "train.max_steps=2",
+                    "train.progress=false", f"run.dir={tmp_path / 'run'}"], check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "summary.json").is_file()
