@@ -313,6 +313,8 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
             continue  # more (or fewer) epochs of the same constant or per-epoch schedule
         if key == "train.per_device_batch_size" and cfg.train.global_batch_size:
             continue  # derived from the global batch and the world size, which train() checks
+        if key == "train.global_batch_size":
+            continue  # 0 (per_device_batch_size decides) or the same number: train() checks the effective batch
         conflicts.append(f"{key} {old[key]!r} -> {value!r}")
     return conflicts
 

@@ -346,6 +346,21 @@ def load_datasets(cfg) -> Datasets:
     return Datasets(train, val, test, source)
 
 
+def fingerprint(datasets: Datasets) -> dict:
+    """Per split, its size and the SHA-256 of its decoded uint8 images and labels: what a checkpoint was trained
+    on, whatever folder or source (IDX, HF, torchvision) gave the arrays. Not cached: ~30 ms for Fashion-MNIST's
+    47 MB of training images on one core, less than reading the decode cache."""
+    import hashlib
+    out = {}
+    for name in ("train", "val", "test"):
+        split = getattr(datasets, name)
+        if split is not None:
+            digest = hashlib.sha256(split.images.contiguous().numpy().data)
+            digest.update(split.labels.to(torch.uint8).numpy().data)  # labels are 0-9 whatever their dtype
+            out[name] = {"size": len(split), "sha256": digest.hexdigest()}
+    return out
+
+
 # ----------------------------------------------------------------------------- on-device transforms
 
 

@@ -125,6 +125,7 @@ class Loop:
     window: LossWindow
     aug_gen: torch.Generator  # augmentation's own generator, seeded per step
     first_step_unix: float | None = None  # when this process's first optimizer step ended (start-up, bench/run.py)
+    data_fingerprint: dict = dataclasses.field(default_factory=dict)  # data.fingerprint: saved in each checkpoint
 
 
 def build_loop(cfg: config.Config, accelerator, split: data.Split, flags: runtime.StopFlags) -> tuple[Loop, int, str]:
@@ -232,6 +233,7 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
             if stop is Stop.PREEMPTED:
                 return stop
             if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
+                loop.window.drain(accelerator, state)  # the record's train loss covers the steps since the last log
                 return Stop.MAX_STEPS
         loop.window.drain(loop.accelerator, state)  # the epoch's last train loss covers the steps since the last log
     state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -291,6 +293,10 @@ def keep_best_and_count_patience(loop: Loop, state: TrainState, record: dict) ->
         record["early_stop"] = 1
 
 
+def max_steps_reached(cfg: config.Config, state: TrainState) -> bool:
+    return bool(cfg.train.max_steps) and state.global_step >= cfg.train.max_steps
+
+
 def samples_seen_per_rank(accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
     return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
@@ -301,37 +307,73 @@ def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -
     loop.window.fold(loop.accelerator, state)
     meta = {**dataclasses.asdict(state), "samples_seen_per_rank": samples_seen_per_rank(loop.accelerator, state),
             "world_size": loop.accelerator.num_processes, "tracker_run_id": tracker_run_id,
-            "config": config.to_dict(loop.cfg)}
+            "config": config.to_dict(loop.cfg), "data": loop.data_fingerprint}
     return checkpoint.save_checkpoint(loop.accelerator, Path(loop.cfg.run.dir), meta, keep=loop.cfg.checkpoint.keep)
 
 
-def resume(cfg: config.Config, accelerator) -> tuple[TrainState, Path | None, dict]:
+def resume(cfg: config.Config, accelerator, fingerprint: dict, source: str) -> tuple[TrainState, Path | None, dict]:
     """(state, checkpoint, its state.json) for checkpoint.resume; the prepared objects are loaded in place.
-    A fresh run gets (TrainState(), None, {})."""
-    resume_from = checkpoint.find_resume(Path(cfg.run.dir), cfg.checkpoint.resume)
-    if resume_from is None:
-        return TrainState(), None, {}
-    meta = checkpoint.read_meta(resume_from)
+    A fresh run gets (TrainState(), None, {}). With resume=auto a damaged newest checkpoint (a file missing,
+    truncated, rewritten, or refused by load_state) is set aside in one line and the next older one is tried.
+    A checkpoint trained with another config or on other data is refused before anything is loaded or written."""
+    run_dir = Path(cfg.run.dir)
+    set_aside = []
+    for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
+        why = checkpoint.agreed_damage(accelerator, ckpt)  # a collective: every rank takes the same branch
+        if why is None:
+            meta = checkpoint.read_meta(ckpt)
+            check_resumable(cfg, accelerator, ckpt, meta, fingerprint, source)
+            # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a
+            # rank the checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
+            why = checkpoint.load_checkpoint(accelerator, ckpt)  # a collective too
+            if why is None:
+                return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), ckpt, meta
+        if cfg.checkpoint.resume != "auto":  # a folder the user named is not renamed
+            raise checkpoint.ModelFileError(f"checkpoint.resume={ckpt} is damaged: {why}. Point checkpoint.resume "
+                                            f"at another checkpoint, or use checkpoint.resume=auto or never")
+        if accelerator.is_main_process:
+            kept = checkpoint.set_aside(ckpt)
+            print(f"mnist-dist: checkpoint {ckpt.name} is damaged ({why}); set aside as {kept.name}, trying the "
+                  f"previous one", file=sys.stderr, flush=True)
+        accelerator.wait_for_everyone()
+        set_aside.append(ckpt.name)
+    if set_aside:
+        raise checkpoint.ModelFileError(
+            f"no checkpoint in {run_dir / checkpoint.CKPT_DIR} is whole: {', '.join(set_aside)} set aside as "
+            f"{checkpoint.DAMAGED_PREFIX}step_*. Run the same command again to start over (the earlier run's files "
+            f"are then moved to {run_dir}/previous-*)")
+    return TrainState(), None, {}
+
+
+def check_resumable(cfg: config.Config, accelerator, ckpt: Path, meta: dict, fingerprint: dict, source: str) -> None:
+    """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
+    another trajectory config, or other data (the data may move; the arrays may not change)."""
     saved_train = meta.get("config", {}).get("train", {})
     saved_global = saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * \
         meta["world_size"]
-    if meta["world_size"] != accelerator.num_processes and saved_global != cfg.train.global_batch(accelerator.num_processes):
-        raise UserError(f"{resume_from} was written by {meta['world_size']} processes with a global batch of "
+    # Same world, per_device_batch_size given: resume_conflicts lists a change. Otherwise the batch is derived here.
+    derived = meta["world_size"] != accelerator.num_processes or cfg.train.global_batch_size
+    if derived and saved_global != cfg.train.global_batch(accelerator.num_processes):
+        raise UserError(f"{ckpt} was written by {meta['world_size']} processes with a global batch of "
                         f"{saved_global}; with {accelerator.num_processes} this run's is "
                         f"{cfg.train.global_batch(accelerator.num_processes)}: set train.global_batch_size="
-                        f"{saved_global} to resume on another number of processes, or start over with "
+                        f"{saved_global} to resume on this number of processes, or start over with "
                         f"checkpoint.resume=never")
     conflicts = config.resume_conflicts(meta.get("config", {}), cfg)
     if conflicts:
         hint = (f"; train.epochs can grow only with train.scheduler={'/'.join(config.LENGTH_FREE_SCHEDULERS)}, "
                 f"since the {cfg.train.scheduler} schedule is shaped by the run's length"
                 if any(c.startswith("train.epochs ") for c in conflicts) else "")
-        raise UserError(f"{resume_from} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
+        raise UserError(f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
                         f"with the old values, or start over with checkpoint.resume=never or a new run.dir")
-    # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a rank the
-    # checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
-    checkpoint.load_checkpoint(accelerator, resume_from)
-    return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), resume_from, meta
+    saved = meta.get("data") or {}  # checkpoints from before fingerprints have none: not checked
+    for name in sorted(saved.keys() | (fingerprint.keys() if saved else set())):
+        old, new = saved.get(name) or {}, fingerprint.get(name) or {}
+        if old != new:
+            raise UserError(f"{ckpt} was trained on other data: its {name} split had {old.get('size', 0)} images "
+                            f"(sha256 {old.get('sha256', '-')[:12]}), {source} gives {new.get('size', 0)} "
+                            f"(sha256 {new.get('sha256', '-')[:12]}). Resume with the data it was trained on "
+                            f"(data.dir may move), or start over with checkpoint.resume=never or a new run.dir")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -397,9 +439,10 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
 
     # ------------------------------------------------------------------ model, optimizer, schedule
     loop, n_params, allreduce = build_loop(cfg, accelerator, datasets.train, flags)
+    loop.data_fingerprint = data.fingerprint(datasets)
 
     # ------------------------------------------------------------------ resume
-    state, resume_from, resumed_meta = resume(cfg, accelerator)
+    state, resume_from, resumed_meta = resume(cfg, accelerator, loop.data_fingerprint, datasets.source)
 
     # ------------------------------------------------------------------ run folder, tracking
     if accelerator.is_main_process:
@@ -428,14 +471,18 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     # ------------------------------------------------------------------ the loop
     record = predictions = None
     t_train = time.perf_counter() - state.train_seconds
-    while state.epoch < cfg.train.epochs and not state.stopped_early:
+    # A run that ended (every epoch, an early stop, or max_steps, each checkpointed) trains no further step.
+    while state.epoch < cfg.train.epochs and not state.stopped_early and not max_steps_reached(cfg, state):
         stop = train_one_epoch(loop, state, logger)
         state.train_seconds = time.perf_counter() - t_train
         if stop is Stop.NON_FINITE:
             ending.ranks_agree = True
+            kept = checkpoint.complete_checkpoints(run_dir)
             raise NonFiniteLoss(f"non-finite training loss at global_step {state.global_step + 1}; stopped all ranks "
-                                f"before the optimizer step. The last good checkpoint in {run_dir / checkpoint.CKPT_DIR} "
-                                f"is kept; lower train.lr or set train.grad_clip")
+                                f"before the optimizer step. "
+                                + (f"The last good checkpoint, {kept[-1]}, is kept" if kept else
+                                   "No checkpoint was written before it")
+                                + "; lower train.lr or set train.grad_clip")
         if stop is Stop.PREEMPTED:
             save_checkpoint(loop, state, tracker.run_id)
             # Ctrl-C: the user stopped it (exit 130, no requeue); any other signal: the scheduler did (exit 75).
@@ -454,9 +501,9 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
                           + (f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else "")
                           + f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f} "
                           f"({record['test_count']} images)")
+        save_checkpoint(loop, state, tracker.run_id)  # at max_steps too: a rerun of the ended run trains nothing
         if stop is Stop.MAX_STEPS:
             break
-        save_checkpoint(loop, state, tracker.run_id)
         if state.stopped_early:
             accelerator.print(f"early stop: no {cfg.checkpoint.best_metric} improvement for "
                               f"{state.evals_since_best} evaluations; best {state.best_value:.4f} at epoch "
