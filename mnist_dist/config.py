@@ -219,9 +219,19 @@ class TrackingConfig:
     tags: list = field(default_factory=list)
     """W&B tags, e.g. [baseline, cpu]."""
     group: str | None = None
-    """W&B group; defaults to the SLURM job id when there is one."""
+    """W&B group; defaults to the SLURM job id (an array's parent), else torchrun's run id; `mnist-dist sweep`
+    sets it to the sweep folder's name."""
     log_model: bool = False
-    """Upload model.safetensors as a W&B artifact at the end."""
+    """Upload the final model (aliases latest, final) and the best one (alias best) as W&B artifacts at the end."""
+    init_kwargs: dict = field(default_factory=dict)
+    """More wandb.init arguments, merged over ours, e.g. {notes: baseline, job_type: ablation, settings:
+    {console: off}}. Not id, resume, dir or config: the run folder and its resume own those."""
+
+    def __post_init__(self):
+        owned = sorted(set(self.init_kwargs) & {"id", "resume", "dir", "config"})
+        if owned:
+            raise ConfigError(f"tracking.init_kwargs may not set {', '.join(owned)}: the run folder decides them "
+                              f"(a resume continues the run's own W&B id)")
 
 
 @dataclass

@@ -14,6 +14,11 @@ W&B never blocks or prompts and never kills training:
   - a resumed run continues the same W&B run: the id is stored in every checkpoint's state.json;
   - under a W&B sweep agent, the run keeps the id the agent gave it (WANDB_RUN_ID).
 Nothing here reads or writes credentials: wandb finds them itself; they never enter the config we log.
+
+What a W&B run shows: charts against global_step; a summary that ranks runs by their best (val/accuracy max,
+val/loss min, and the step of each), one name per number (test/accuracy), no local paths; job_type train or
+sweep and a default group (SLURM job, torchrun run id; `mnist-dist sweep` sets its own); with log_model, the
+final model (aliases latest, final) and the best one (best) as versions of one model artifact.
 """
 from __future__ import annotations
 
@@ -157,6 +162,71 @@ def _scalars(record: dict, classes: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------- W&B
 
+# metrics.jsonl names of summary.json's final numbers -> the names their charts have (one name per number)
+SUMMARY_NAMES = {"test_accuracy": "test/accuracy", "test_loss": "test/loss", "test_count": "test/count"}
+# summary.json keys the dashboard leaves out: the last val accuracy is a chart (its summary is the best);
+# the best model's path is local to the machine that trained
+SUMMARY_LEFT_OUT = ("val_accuracy",)
+
+
+def define_metrics(run) -> None:
+    """Charts against global_step (optimizer steps, the same on any world size), and summaries that rank runs by
+    their best validation numbers, not their last ones."""
+    run.define_metric("global_step", hidden=True)
+    for section in ("train/*", "val/*", "test/*", "epoch"):
+        run.define_metric(section, step_metric="global_step")
+    run.define_metric("val/accuracy", step_metric="global_step", summary="max")
+    run.define_metric("val/loss", step_metric="global_step", summary="min")
+
+
+def dashboard_summary(summary: dict) -> dict:
+    """summary.json as a W&B summary: the charts' names for the final test numbers, best/* for the best model,
+    no local paths (the data source keeps its kind: idx, hf:..., torchvision:...)."""
+    out = {}
+    for key, value in summary.items():
+        if value is None or key in SUMMARY_LEFT_OUT:
+            continue
+        if key == "best" and isinstance(value, dict):
+            out.update({f"best/{k}": v for k, v in value.items() if k != "model" and v is not None})
+        elif key == "data_source" and isinstance(value, str) and value.startswith("idx:"):
+            out[key] = "idx"
+        elif not (isinstance(value, str) and os.path.isabs(value)):
+            out[SUMMARY_NAMES.get(key, key)] = value
+    return out
+
+
+def best_of_history(metrics_path: Path) -> dict:
+    """The global_step of the best validation accuracy (max) and loss (min), from metrics.jsonl (the whole run,
+    resumes included). The values themselves are define_metric's: W&B resets a summary key that is also set by
+    hand to its last value."""
+    records = rundir.read_jsonl(metrics_path) if metrics_path.is_file() else []
+    out = {}
+    for key, pick in (("val_accuracy", max), ("val_loss", min)):
+        scored = [r for r in records if isinstance(r.get(key), (int, float))]
+        if scored:
+            out[f"{_section(key)}_best_step"] = pick(scored, key=lambda r: r[key])["global_step"]
+    return out
+
+
+def model_artifact(run_id: str, folder: Path, metadata: dict):
+    """The model files of a folder (a run's final model or its best/) as the run's model artifact."""
+    import wandb
+    artifact = wandb.Artifact(f"model-{run_id}", type="model", metadata=metadata)
+    artifact.add_file(str(folder / rundir.MODEL_FILE))
+    artifact.add_file(str(folder / rundir.MODEL_META))
+    return artifact
+
+
+def job_type(run_dir: Path) -> str:
+    """sweep: a point of a W&B sweep agent or of `mnist-dist sweep` (its folder holds sweep_point.json)."""
+    return "sweep" if os.environ.get("WANDB_SWEEP_ID") or (run_dir / rundir.SWEEP_POINT).is_file() else "train"
+
+
+def default_group() -> str | None:
+    """One group for everything one job ran: the SLURM job (an array's parent), else torchrun's run id."""
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
+    return slurm_group() or (elastic if elastic and elastic != "none" else None)
+
 
 class WandbTracker:
     """One wandb run, main process only."""
@@ -169,14 +239,16 @@ class WandbTracker:
         self.log_model, self.run_dir = cfg.tracking.log_model, Path(run_dir)
         self.classes = data.CLASSES[cfg.data.name]
         self.last_step = 0
+        _guarded(self, "define_metric", define_metrics, run)
 
     def log(self, values: dict, step: int) -> None:
         self.last_step = step
-        _guarded(self, "log", self.run.log, {_section(k): v for k, v in values.items()}, step=step)
+        _guarded(self, "log", self.run.log, {"global_step": step, **{_section(k): v for k, v in values.items()}},
+                 step=step)
 
     def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
         self.last_step = step
-        _guarded(self, "log_eval", lambda: self.run.log({**_scalars(record, self.classes),
+        _guarded(self, "log_eval", lambda: self.run.log({"global_step": step, **_scalars(record, self.classes),
                                                           **self._media(record, step, predictions)}, step=step))
 
     def _media(self, record: dict, step: int, predictions: Predictions | None) -> dict:
@@ -218,17 +290,17 @@ class WandbTracker:
         import wandb
         run, run_dir = self.run, self.run_dir
         if summary is not None:
-            run.summary.update({k: v for k, v in summary.items() if v is not None})
+            run.summary.update({**dashboard_summary(summary), **best_of_history(run_dir / rundir.METRICS)})
             pictures = {f"report/{name[:-4]}": wandb.Image(str(run_dir / name))
                         for name in rundir.PICTURES if (run_dir / name).is_file()}
             if pictures:
                 run.log(pictures, step=self.last_step)
-            model_file = run_dir / rundir.MODEL_FILE
-            if self.log_model and model_file.is_file():
-                artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=summary)
-                artifact.add_file(str(model_file))
-                artifact.add_file(str(run_dir / rundir.MODEL_META))
-                run.log_artifact(artifact, aliases=["latest", "final"])
+            if self.log_model:
+                # One artifact name, two versions: the best model first, so that `latest` is the final one. When
+                # both are the same weights, W&B keeps one version with all three aliases.
+                for folder, aliases in ((run_dir / rundir.BEST, ["best"]), (run_dir, ["latest", "final"])):
+                    if (folder / rundir.MODEL_FILE).is_file():
+                        run.log_artifact(model_artifact(run.id, folder, dashboard_summary(summary)), aliases=aliases)
         offline = run.settings.mode == "offline"
         sync_dir = run.settings.sync_dir
         # W&B's contract for a run that will come back: mark_preempting(), then a non-zero exit code (the run shows
@@ -240,13 +312,26 @@ class WandbTracker:
             _say(f"W&B run {run.id} saved offline in {sync_dir}; upload it with: wandb sync {sync_dir}")
 
 
+def _init_kwargs(tc: config.TrackingConfig, init: dict) -> dict:
+    """Our wandb.init arguments with tracking.init_kwargs on top (notes, settings, job_type, mode, ...); a name
+    this wandb.init does not take is left out with a warning, not a failed init (the run would be untracked)."""
+    import inspect
+    import wandb
+    known = inspect.signature(wandb.init).parameters
+    unknown = sorted(k for k in tc.init_kwargs if k not in known)
+    if unknown:
+        _warn(f"tracking.init_kwargs: wandb.init takes no {', '.join(unknown)}; left out")
+    return {**init, **{k: v for k, v in tc.init_kwargs.items() if k in known}}
+
+
 def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -> Tracker | WandbTracker:
     import wandb
     tc = cfg.tracking
-    init = {"project": tc.project, "id": run_id, "resume": "allow", "dir": str(run_dir), "entity": tc.entity,
-            "name": tc.run_name, "tags": list(tc.tags) or None, "group": tc.group or slurm_group(),
-            "config": {**config.to_dict(cfg), "launch": launch}}
-    if wandb_mode() != "offline":
+    init = _init_kwargs(tc, {
+        "project": tc.project, "id": run_id, "resume": "allow", "dir": str(run_dir), "entity": tc.entity,
+        "name": tc.run_name, "tags": list(tc.tags) or None, "group": tc.group or default_group(),
+        "job_type": job_type(run_dir), "config": {**config.to_dict(cfg), "launch": launch}})
+    if wandb_mode() != "offline" and init.get("mode") not in ("offline", "disabled"):
         if not _has_wandb_credentials():
             # Online without credentials would prompt for a key (or fail): go offline into the run folder instead.
             init["mode"] = "offline"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fashion_slice
-from mnist_dist import config, tracking
+from mnist_dist import config, rundir, tracking
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,13 +93,23 @@ def read_run(run_file: Path, timeout_s: float = 10.0) -> dict:
 
 def _read_run(run_file: Path) -> dict:
     out = {"id": None, "config": {}, "history": [], "summary": {}, "artifacts": {}, "preempting": False,
-           "exit_code": None}
+           "exit_code": None, "logged_artifacts": [], "metrics": {}}
     for r in wandb_records(run_file):
         kind = r.WhichOneof("record_type")
         if kind == "artifact":
             out["artifacts"][r.artifact.type] = sorted(e.path for e in r.artifact.manifest.contents)
+            out["logged_artifacts"].append({"name": r.artifact.name, "type": r.artifact.type,
+                                            "aliases": list(r.artifact.aliases),
+                                            "digest": r.artifact.digest,
+                                            "files": sorted(e.path for e in r.artifact.manifest.contents),
+                                            "metadata": json.loads(r.artifact.metadata or "{}")})
+        elif kind == "metric":
+            m = r.metric
+            out["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric, "hidden": m.options.hidden,
+                                                     "summary": [f.name for f, v in m.summary.ListFields() if v]}
         if kind == "run":
             out["id"] = r.run.run_id
+            out.update(job_type=r.run.job_type, group=r.run.run_group, notes=r.run.notes)
             _update(out["config"], r.run.config.update)
         elif kind == "config":
             _update(out["config"], r.config.update)
@@ -156,7 +166,7 @@ def test_two_processes_leave_one_offline_wandb_run(tmp_path):
     for picture in ("curves", "confusion_matrix", "samples"):
         assert final[f"report/{picture}"]["_type"] == "image-file"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert run["summary"]["test_accuracy"] == summary["test_accuracy"] and run["summary"]["world_size"] == 2
+    assert run["summary"]["test/accuracy"] == summary["test_accuracy"] and run["summary"]["world_size"] == 2
     assert run["artifacts"]["model"] == ["model.json", "model.safetensors"]  # tracking.log_model=true
     media = run_files[0].parent / "files" / final["test/misclassified"]["path"]
     table = json.loads(media.read_text())
@@ -266,3 +276,78 @@ def test_wandb_failures_warn_once_and_training_goes_on(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.count("warning: wandb failed") == 1 and "disk full" in err
     real_finish()  # the test's own clean-up: the broken tracker leaves its run alone
+
+
+def no_job_ids(env: dict) -> dict:
+    """No SLURM or torchrun job around the test's run (they set the default W&B group)."""
+    return {k: v for k, v in env.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+
+
+@pytest.mark.slow
+def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
+    """define_metric: val accuracy's summary is its max and val loss's its min, with their steps, charts against
+    global_step; each final number has one name (test/accuracy, not also test_accuracy); no local path in the
+    summary or the artifacts' metadata; job_type train, tracking.init_kwargs reach wandb.init; the best model
+    is an artifact version with the alias best beside the final one's latest and final."""
+    idx = fashion_slice(tmp_path / "idx", n_train=800, n_test=300)
+    run_dir = tmp_path / "run"
+    env = no_job_ids(clean_env(tmp_path / "home", WANDB_MODE="offline", WANDB_API_KEY=SENTINEL))
+    result = run_ok([str(BIN / "mnist-dist"), "train", *train_args(
+        idx, run_dir, "train.max_steps=0", "train.epochs=3", "tracking.log_model=true",
+        "tracking.init_kwargs={notes: from the test}")], env)
+    run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+
+    assert run["metrics"]["val/accuracy"] == {"step_metric": "global_step", "hidden": False, "summary": ["max"]}
+    assert run["metrics"]["val/loss"]["summary"] == ["min"] and run["metrics"]["global_step"]["hidden"]
+    assert all(run["metrics"][s]["step_metric"] == "global_step" for s in ("train/*", "val/*", "test/*", "epoch"))
+    assert all(h["global_step"] == h["_step"] for h in run["history"])
+
+    evals = [r for r in rundir.read_jsonl(run_dir / "metrics.jsonl") if "val_accuracy" in r]
+    assert len(evals) == 3
+    best_acc, best_loss = max(evals, key=lambda r: r["val_accuracy"]), min(evals, key=lambda r: r["val_loss"])
+    summary, saved = run["summary"], json.loads((run_dir / "summary.json").read_text())
+    assert summary["val/accuracy"] == {"max": best_acc["val_accuracy"]}
+    assert summary["val/accuracy_best_step"] == best_acc["global_step"]
+    assert summary["val/loss"] == {"min": best_loss["val_loss"]}
+    assert summary["val/loss_best_step"] == best_loss["global_step"]
+    assert summary["test/accuracy"] == saved["test_accuracy"] and summary["best/global_step"] == saved["best"]["global_step"]
+    assert not {"test_accuracy", "test_loss", "test_count", "val_accuracy", "best"} & set(summary)
+    assert summary["data_source"] == "idx"
+
+    assert (run["job_type"], run["group"], run["notes"]) == ("train", "", "from the test")
+    versions = [a for a in run["logged_artifacts"] if a["type"] == "model"]
+    assert {v["name"] for v in versions} == {f"model-{run['id']}"}
+    # wandb adds latest to every version it logs; the server keeps it on the newest: the final one
+    assert [sorted(v["aliases"]) for v in versions] == [["best", "latest"], ["final", "latest"]]
+    assert all(v["files"] == ["model.json", "model.safetensors"] for v in versions)
+    same_weights = (run_dir / "best" / "model.safetensors").read_bytes() == (run_dir / "model.safetensors").read_bytes()
+    assert (versions[0]["digest"] == versions[1]["digest"]) is same_weights
+    assert str(tmp_path) not in json.dumps([summary, [v["metadata"] for v in versions]])
+    assert_no_secret(run_dir, result.stdout, result.stderr)
+
+
+def test_a_sweep_point_gets_job_type_sweep_and_a_torchrun_job_its_group(tmp_path, monkeypatch):
+    no_wandb_settings(monkeypatch, tmp_path)
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job42")
+    run_dir = tmp_path / "sweep" / "point_000"
+    run_dir.mkdir(parents=True)
+    (run_dir / rundir.SWEEP_POINT).write_text("{}")  # what `mnist-dist sweep` writes before it trains a point
+    tracker = tracking.start(wandb_config(run_dir), run_dir, None)
+    tracker.finish({"test_accuracy": 0.5})
+    run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert (run["job_type"], run["group"]) == ("sweep", "job42")
+
+
+def test_init_kwargs_may_not_take_the_run_folders_own_arguments_and_unknown_ones_are_left_out(tmp_path, monkeypatch,
+                                                                                              capsys):
+    with pytest.raises(config.ConfigError, match="tracking.init_kwargs may not set id, resume"):
+        config.load(None, ["tracking.init_kwargs={id: x, resume: never}"])
+    no_wandb_settings(monkeypatch, tmp_path)
+    cfg = config.load(None, ["tracking.backend=wandb", f"run.dir={tmp_path}", "data.name=fashion_mnist",
+                             "tracking.init_kwargs={job_type: ablation, no_such_argument: 1}"])
+    tracker = tracking.start(cfg, tmp_path, None)
+    tracker.finish({"test_accuracy": 0.5})
+    assert "tracking.init_kwargs: wandb.init takes no no_such_argument; left out" in capsys.readouterr().err
+    assert read_run(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))["job_type"] == "ablation"
