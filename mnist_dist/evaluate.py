@@ -8,18 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from mnist_dist import checkpoint, config, data, inference, rundir, runtime
+from mnist_dist import checkpoint, config, data, hub, inference, rundir, runtime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run folder or a model.safetensors file")
+    parser.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run folder, a model.safetensors file, a training checkpoint (RUN_DIR/checkpoints/step_N) or a "
+                             "Hugging Face Hub repo id (owner/name; HF_HUB_OFFLINE=1: from the Hub cache)")
     parser.add_argument("--best", action="store_true",
                         help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
                              "the model summary.json's test numbers describe)")
     parser.add_argument("--split", choices=["test", "val", "train"], default="test")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--png", metavar="PATH", help="also write the confusion matrix as a PNG")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",  # no default: argparse calls it required
                         help="data.* and train.* overrides on top of the run's config, e.g. data.dir=/path")
 
 
@@ -34,7 +35,7 @@ def format_result(result: dict, classes: list[str], split: str) -> str:
 
 
 def run(args) -> int:
-    model_path = rundir.pick_model(args.model, args.best)
+    model_path = rundir.pick_model(hub.resolve(args.model), args.best)  # a folder, checkpoint or Hub repo id
     model, meta = checkpoint.load_model(model_path)
     cfg = rundir.load_run_config(model_path, args.overrides)
     if cfg.data.name != meta["dataset"]:

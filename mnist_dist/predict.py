@@ -7,7 +7,9 @@ grey, light ink on a dark background, cropped to the ink, scaled to fit a box, p
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mnist_dist import checkpoint, inference, rundir
+from mnist_dist import checkpoint, hub, inference, rundir
 from mnist_dist.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}  # what a folder is scanned for
@@ -49,7 +51,7 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
     from PIL import Image, ImageOps, UnidentifiedImageError  # here: every `mnist-dist` start builds this parser
     if not path.is_file():
-        raise ImageError("no such file")
+        raise ImageError(why_not_a_file(path))
     if path.stat().st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -64,8 +66,10 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
             img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                # A transparent background is paper: drawings exported from apps are dark ink on nothing.
-                img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
+                # A transparent background is paper: drawings exported from apps are ink on nothing, the ink
+                # dark or light. Paper of the other brightness keeps it visible (white ink on white is nothing).
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", img.size, paper_for(rgba)), rgba)
             if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
                 # 16-bit grey: convert("L") would clip everything above 255 to white; scale the range instead.
                 grey16 = np.asarray(img, dtype=np.float64)
@@ -82,6 +86,29 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError("not an image file PIL can read (expected PNG, JPEG, BMP or GIF)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageError(f"cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def why_not_a_file(path: Path) -> str:
+    """What a path that is not a readable regular file is, in a few words."""
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop (too many levels of symbolic links)"
+        if path.is_symlink():
+            return f"a broken symlink (to {os.readlink(path)}, which does not exist)"
+        return "no such file" if e.errno == errno.ENOENT else f"cannot be read ({e.strerror})"
+    return "a folder, not a file" if path.is_dir() else "not a regular file"
+
+
+def paper_for(rgba) -> str:
+    """The background to put under a transparent image: black when its visible pixels (weighted by their alpha)
+    are light on average, white when they are dark. Judged on a copy at most 256 px on a side."""
+    probe = rgba.copy()
+    probe.thumbnail((256, 256))
+    alpha = np.asarray(probe.getchannel("A"), dtype=np.float64)
+    grey = np.asarray(probe.convert("L"), dtype=np.float64)
+    return "black" if alpha.sum() and (grey * alpha).sum() / alpha.sum() > 127.5 else "white"
 
 
 def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
@@ -207,7 +234,8 @@ def preprocess(path: Path, layout: Layout, max_pixels: int = MAX_PIXELS) -> np.n
 
 
 def add_arguments(p):
-    p.add_argument("model", help="run folder, or a model.safetensors with model.json beside it")
+    p.add_argument("model", help="run folder, a model.safetensors with model.json beside it, a training checkpoint "
+                                  "(RUN_DIR/checkpoints/step_N) or a Hugging Face Hub repo id (owner/name)")
     p.add_argument("--best", action="store_true",
                         help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
                              "the model summary.json's test numbers describe)")
@@ -239,7 +267,7 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    model, meta = checkpoint.load_model(rundir.pick_model(args.model, args.best))
+    model, meta = checkpoint.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
     layout = LAYOUTS.get(meta.get("dataset"), LAYOUTS["mnist"])
     classes = meta["classes"]
     top_k = min(args.top_k, len(classes))

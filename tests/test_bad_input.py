@@ -133,10 +133,10 @@ def test_an_idx_file_with_no_images_is_one_line(tmp_path):
 
 def test_a_half_written_last_line_is_dropped_not_fatal(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"global_step": 5, "a": 1}\n{"global_step": 10, "a": 2}\n{"global_step": 15, "a"')
+    path.write_text('{"epoch": 1, "global_step": 5}\n{"epoch": 2, "global_step": 10}\n{"epoch": 3, "global_')
     assert [r["global_step"] for r in rundir.read_jsonl(path)] == [5, 10]
-    rundir.truncate_jsonl(path, 10)
-    assert path.read_text() == '{"global_step": 5, "a": 1}\n{"global_step": 10, "a": 2}\n'
+    rundir.truncate_jsonl(path, 5)
+    assert path.read_text() == '{"epoch": 1, "global_step": 5}\n'
 
 
 def test_resume_after_a_kill_while_appending_metrics(tiny_idx, tmp_path):
@@ -168,6 +168,14 @@ def test_model_json_missing_a_key_is_one_line(capsys, model_dir, key):
     one_line_error(capsys, ["predict", str(model_dir), str(model_dir / "x.png")], "model.json", key)
 
 
+def test_eval_without_arguments_asks_only_for_the_model(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["eval"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "usage: mnist-dist eval" in err and "[key=value ...]" in err
+    assert err.strip().splitlines()[-1] == "mnist-dist eval: error: the following arguments are required: MODEL_OR_RUN_DIR"
+
+
 def test_predict_show_on_an_existing_file_is_one_line(capsys, model_dir, tmp_path):
     from PIL import Image
     Image.new("L", (28, 28), 255).save(tmp_path / "x.png")
@@ -191,7 +199,7 @@ def test_export_out_on_a_folder_is_one_line_and_leaves_nothing(capsys, model_dir
 def test_launcher_fp16_on_a_cpu_is_refused_like_the_config_key(tiny_idx, tmp_path):
     from conftest import VENV_BIN
     run_dir = tmp_path / "fp16"
-    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], check=False,
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.mixed_precision=auto")], check=False,
                    launcher=[str(VENV_BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1",
                              "--mixed_precision", "fp16"])
     # The training process exits 2 with one line; a 1-process `accelerate launch` then exits 1 with its own

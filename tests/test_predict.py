@@ -149,13 +149,38 @@ def test_huge_images_are_refused_or_shrunk(tmp_path, test_split):
     ("notes.png", b"this is not an image\n", "not an image file"),
     ("empty.jpg", b"", "empty file"),
     ("missing.png", None, "no such file"),
+    ("loop.png", "symlink to itself", "a symlink loop"),
+    ("dangling.png", "symlink to nowhere", r"a broken symlink \(to nowhere.png"),
+    ("folder.png", "folder", "a folder, not a file"),
 ])
 def test_unreadable_files_raise_a_clear_error(tmp_path, name, content, message):
     path = tmp_path / name
-    if content is not None:
+    if content == "symlink to itself":
+        path.symlink_to(name)
+    elif content == "symlink to nowhere":
+        path.symlink_to("nowhere.png")
+    elif content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(predict.ImageError, match=message):
         predict.preprocess(path, predict.LAYOUTS["mnist"])
+
+
+@pytest.mark.parametrize("ink", ["white", "black"])
+def test_ink_on_a_transparent_background_is_read_from_the_alpha_channel(tmp_path, test_split, ink):
+    """As drawing apps export a digit: the colour is the pen's everywhere, the shape is in the alpha channel."""
+    for k in range(5):
+        img28 = test_split.images[k].numpy()
+        big = np.asarray(Image.fromarray(img28).resize((112, 112), Image.BICUBIC))
+        rgba = np.zeros((112, 112, 4), np.uint8)
+        rgba[..., :3] = 255 if ink == "white" else 0
+        rgba[..., 3] = big
+        Image.fromarray(rgba, "RGBA").save(tmp_path / "drawn.png")
+        Image.fromarray(big).save(tmp_path / "plain.png")
+        layout = predict.LAYOUTS["fashion_mnist"]
+        got, want = (predict.preprocess(tmp_path / n, layout).astype(int) for n in ("drawn.png", "plain.png"))
+        assert np.abs(got - want).mean() < 3, (k, np.abs(got - want).mean())
 
 
 def test_truncated_and_blank_images_raise_a_clear_error(tmp_path):
