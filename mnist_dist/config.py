@@ -69,8 +69,8 @@ class DataConfig:
     """Maximum translation in pixels when augment is on."""
     cache: bool = True
     """Keep gzipped IDX files decompressed in $MNIST_DIST_CACHE (default ~/.cache/mnist-dist): later runs skip the
-    ~0.4 s decode. Keyed on each file's path, size, mtime and inode, checked by CRC-32 on every read (a corrupt entry is
-    refused and rebuilt)."""
+    ~0.4 s decode. Keyed on each file's path, size, mtime, ctime and inode; every read checks the entry's length (against
+    its header and the source's gzip trailer) and CRC-32 (a corrupt entry is refused and rebuilt)."""
 
     def __post_init__(self):
         _check_range("data", self, non_negative=("val_size", "num_workers", "augment_shift"))

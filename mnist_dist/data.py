@@ -70,28 +70,43 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist-dist"
 
 
-CACHE_MAGIC = b"mnist-dist idx cache 1\n"
+# An entry: this magic, the payload's CRC-32 (4 bytes) and length (8 bytes, big-endian), then the payload.
+CACHE_MAGIC = b"mnist-dist idx cache 2\n"
+CACHE_HEAD = len(CACHE_MAGIC) + 4 + 8
 
 
 def _cache_entry(path: Path) -> Path:
-    """The cache file of one gzipped source: named after its path, size, mtime and inode, so a changed or replaced
-    source never meets an old entry."""
+    """The cache file of one gzipped source: named after its path, size, mtime, ctime and inode, so a changed or
+    replaced source never meets an old entry (ctime: a file rewritten in place with its mtime put back)."""
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
     return cache_dir() / f"{path.name.removesuffix('.gz')}-{zlib.crc32(key.encode()):08x}{len(key):04x}"
 
 
-def _read_cache(entry: Path) -> memoryview | None:
-    """The cached bytes if the entry is whole (magic, CRC-32 of the content); None if absent; a corrupt entry is
-    refused: removed, and the source is decoded again."""
+def _gzip_size(path: Path) -> int | None:
+    """The uncompressed size mod 2^32 that a gzip file's last 4 bytes record (ISIZE): 4 bytes read, not the file."""
+    try:
+        with path.open("rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    except OSError:
+        return None
+
+
+def _read_cache(entry: Path, source: Path) -> memoryview | None:
+    """The cached bytes if the entry is whole: magic, a payload as long as its header says and as the source's
+    gzip trailer says (never empty: an IDX header alone is 8 bytes), and its CRC-32. None if absent; a corrupt
+    entry is refused: removed, and the source is decoded again."""
     try:
         blob = memoryview(_read_buffer(entry))
     except OSError:
         return None
-    head = len(CACHE_MAGIC) + 4
-    if blob[:len(CACHE_MAGIC)] == CACHE_MAGIC and int.from_bytes(blob[len(CACHE_MAGIC):head], "big") == zlib.crc32(
-            blob[head:]):
-        return blob[head:]
+    payload = blob[CACHE_HEAD:]
+    crc = int.from_bytes(blob[len(CACHE_MAGIC):len(CACHE_MAGIC) + 4], "big")
+    length = int.from_bytes(blob[len(CACHE_MAGIC) + 4:CACHE_HEAD], "big")
+    if (blob[:len(CACHE_MAGIC)] == CACHE_MAGIC and len(blob) >= CACHE_HEAD and len(payload) == length >= 8
+            and length % 2**32 == _gzip_size(source) and crc == zlib.crc32(payload)):
+        return payload
     print(f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding the source again",
           file=sys.stderr)
     entry.unlink(missing_ok=True)
@@ -109,15 +124,17 @@ def _read_buffer(path: Path) -> bytearray:
 def _gunzip(path: Path, cache: bool) -> bytearray | memoryview:
     """Decompress a gzipped IDX file (~0.4 s for Fashion-MNIST's training images), once per machine with `cache`:
     later runs read the decompressed bytes back (~0.05 s). The entry is written atomically; a cache that cannot
-    be written (read-only home, full disk) is skipped. On a hit the gzipped source is not read at all."""
+    be written (read-only home, full disk) is skipped. On a hit only the gzipped source's 4-byte size trailer is
+    read."""
     entry = _cache_entry(path) if cache else None
-    if entry is not None and (hit := _read_cache(entry)) is not None:
+    if entry is not None and (hit := _read_cache(entry, path)) is not None:
         return hit
     content = bytearray(gzip.decompress(path.read_bytes()))
-    if entry is not None:
+    if entry is not None and len(content) % 2**32 == _gzip_size(path):  # else several gzip members: not cached
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            rundir.atomic_write_bytes(entry, CACHE_MAGIC + zlib.crc32(content).to_bytes(4, "big") + content)
+            head = CACHE_MAGIC + zlib.crc32(content).to_bytes(4, "big") + len(content).to_bytes(8, "big")
+            rundir.atomic_write_bytes(entry, head + content)
         except OSError:
             pass
     return content

@@ -1,6 +1,9 @@
 """Data sources and loaders: strict IDX checks, the HF and torchvision paths on local files, exact sharding."""
 import gzip
+import os
 import struct
+import time
+import zlib
 
 import numpy as np
 import pytest
@@ -276,3 +279,45 @@ def test_convert_turns_real_digits_csv_into_an_idx_folder_with_a_held_out_split(
     bad = run_cli(["convert", str(csv), str(tmp_path / "new"), "--test-size", "5000"], check=False)
     assert bad.returncode == 2 and "--test-size 5000 must be at least 0 and below the 5000 rows" in bad.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_source_rewritten_in_place_with_its_mtime_put_back_misses_the_cache(tmp_path, monkeypatch):
+    """Same path, inode and size, mtime restored (`touch -r`): only the ctime tells, and it is in the key."""
+    monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "idx" / "train-images-idx3-ubyte.gz"
+    old, new = make_digits(40, seed=7)[0], make_digits(40, seed=8)[0]
+    stored = lambda images: gzip.compress(struct.pack(">IIII", 0x803, 40, 28, 28) + images.numpy().tobytes(),
+                                          compresslevel=0, mtime=0)  # noqa: E731 - stored blocks: the size is fixed
+    source.parent.mkdir()
+    source.write_bytes(stored(old))
+    assert torch.equal(data.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), old)
+    before = source.stat()
+    time.sleep(0.05)  # the kernel's file clock is coarse (jiffies): let the ctime move
+    with source.open("r+b") as f:  # in place: the same inode
+        f.write(stored(new))
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = source.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert torch.equal(data.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), new)
+
+
+@pytest.mark.parametrize("forge", ["empty", "short, its own length", "shorter than its header says"])
+def test_a_short_or_empty_cache_entry_with_a_valid_crc_is_refused_and_rebuilt(tmp_path, monkeypatch, capsys, forge):
+    """An entry whose CRC-32 is right for what it holds but holds less than the source decodes to is refused
+    (its header and the source's gzip trailer give the length), rebuilt, and the error names the entry: never the
+    intact source."""
+    monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
+    images, labels = make_digits(40, seed=5)
+    data.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
+    data.load_idx(tmp_path / "idx", "train", cache=True)
+    entry = next((tmp_path / "cache").glob("train-images-*"))
+    whole = entry.read_bytes()[data.CACHE_HEAD:]
+    payload = {"empty": b"", "short, its own length": whole[:16], "shorter than its header says": whole[:-784]}[forge]
+    length = len(whole) if forge == "shorter than its header says" else len(payload)
+    entry.write_bytes(data.CACHE_MAGIC + zlib.crc32(payload).to_bytes(4, "big") + length.to_bytes(8, "big") + payload)
+    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding "
+                                f"the source again"]
+    assert str(tmp_path / "idx") not in err
+    assert entry.read_bytes()[data.CACHE_HEAD:] == whole  # rebuilt whole
