@@ -297,25 +297,6 @@ def max_steps_reached(cfg: config.Config, state: TrainState) -> bool:
     return bool(cfg.train.max_steps) and state.global_step >= cfg.train.max_steps
 
 
-def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: data.Split) -> dict | None:
-    """The best model's test numbers beside the final one's (Lightning's test(ckpt_path="best")): the last record's
-    when the best is the final model, else one more exact evaluation of run.dir/best/, read by every rank (the run
-    folder is shared, as for checkpoints) into the training model after the final model was saved. The state is
-    the same on every rank, so all take the same branch."""
-    best_file = Path(loop.cfg.run.dir) / rundir.BEST / rundir.MODEL_FILE
-    if state.best_step is None:
-        return None
-    if state.best_step == state.global_step:
-        return {"test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"]}
-    if not best_file.is_file():  # its save failed (a warning said so)
-        return None
-    from safetensors.torch import load_file
-    loop.accelerator.unwrap_model(loop.model).load_state_dict(load_file(str(best_file), device=str(loop.accelerator.device)))
-    result, _ = inference.evaluate(loop.accelerator, loop.model, test_split, loop.mean, loop.std,
-                                   loop.cfg.train.eval_batch_size)
-    return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
-
-
 def samples_seen_per_rank(accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
     return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
@@ -429,8 +410,6 @@ def train(cfg: config.Config) -> int:
             ending.lock.release()
         if ending.preempted and not ending.interrupted and cfg.run.requeue:
             runtime.requeue_slurm_job(accelerator)  # after the tracker has flushed: requeue ends this job
-        if ending.preempted and not ending.interrupted:
-            runtime.end_elastic_agent()  # a restart by torchrun's agent would train on a machine being taken away
         runtime.end_distributed(accelerator, wait=ending.ranks_agree)
 
 
@@ -474,9 +453,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
     launch = {"world_size": world, "mixed_precision": accelerator.mixed_precision,
-              "mixed_precision_why": runtime.mixed_precision_choice(cfg, accelerator.device.type == "cpu")[1],
-              "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size,
-              "elastic_restart_count": runtime.elastic_restart_count()}  # None outside torchrun's elastic agent
+              "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size}
     ending.tracker = tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch,
                                               accelerator.is_main_process)
     logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
@@ -484,9 +461,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     keep_probs = max(plots.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
     accelerator.print(
         f"mnist-dist: device={accelerator.device} distributed={accelerator.distributed_type.value} "
-        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision} ({launch['mixed_precision_why']})"
-        + ("" if launch["elastic_restart_count"] is None else f" elastic_restart={launch['elastic_restart_count']}")
-        + "\n"
+        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision}\n"
         f"  model={cfg.model.name} params={n_params:,} data={cfg.data.name} source={datasets.source} "
         f"loader={cfg.data.loader} train/val/test={len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}\n"
         f"  per_device_batch_size={cfg.train.per_device_batch_size} grad_accum_steps={cfg.train.grad_accum_steps} "
@@ -537,7 +512,6 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     # ------------------------------------------------------------------ the end
     if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
-    best_test = test_best_model(loop, state, record, datasets.test)  # collectives too
     samples_per_rank = samples_seen_per_rank(accelerator, state)  # collectives: before the main-process block
     from accelerate.utils import gather_object
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
@@ -556,7 +530,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             "git_revision": runtime.git_revision(), "torch_version": torch.__version__,
             "best": None if state.best_value is None else {
                 "metric": cfg.checkpoint.best_metric, "value": state.best_value, "epoch": state.best_epoch,
-                "global_step": state.best_step, "model": str(run_dir / rundir.BEST), **(best_test or {})},
+                "global_step": state.best_step, "model": str(run_dir / rundir.BEST)},
             "early_stopped": state.stopped_early,
         }
         rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(ending.summary, indent=2))
