@@ -83,8 +83,24 @@ def parse_recipes(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU's model name and the ISA flags that pick kernels here (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor(), []
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_bf16", "amx_tile",
+              "amx_int8", "avx_vnni")
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", platform.processor()), [f for f in wanted if f in flags]
+
+
 def machine() -> dict:
+    model, flags = cpu_model_and_flags()
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": model, "cpu_flags": flags, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average_1min": os.getloadavg()[0]}
     if torch.cuda.is_available():
@@ -181,7 +197,8 @@ def suite_tta(args, plan, work: Path, common: list[str], targets) -> dict:
         runs = []
         for seed in range(seeds):
             run_dir = work / f"{recipe}-s{seed}"
-            r = watch(train_cmd(recipe, run_dir, seed, common), run_dir, work / f"{recipe}-s{seed}.log", args.timeout)
+            cmd = train_cmd(recipe, run_dir, seed, common, args.tta_processes)
+            r = watch(cmd, run_dir, work / f"{recipe}-s{seed}.log", args.timeout)
             print(f"  {recipe} seed {seed}: rc={r['returncode']} wall {r['wall_seconds']:.1f}s start-up "
                   f"{fmt(r['startup_seconds'], '.2f')}s final test acc "
                   f"{r['records'][-1]['test_accuracy'] if r['records'] else None}", flush=True)
@@ -304,7 +321,7 @@ def print_table(result: dict) -> None:
     for v in ddp_runs(result):
         rows[f"ddp: {v['name']}"] = v
     if rows:
-        head = "".join(f"  wall/train to {float(t):.0%}" for t in targets)
+        head = "".join(f"  wall/train to {float(t) * 100:g}%" for t in targets)
         print(f"{'time to accuracy (median s)':34s} seeds  final acc  wall s  start s{head}")
         for name, s in rows.items():
             cells = "".join(f"  {fmt(s['targets'][t]['wall_seconds_median']):>6s}/{fmt(s['targets'][t]['train_seconds_median']):<6s}"
@@ -316,7 +333,7 @@ def print_table(result: dict) -> None:
               "optimizer step)")
         for name, s in result.get("tta", {}).items():
             for t, v in s["targets"].items():
-                print(f"  {name} {float(t):.0%} per seed, wall s: "
+                print(f"  {name} {float(t) * 100:g}% per seed, wall s: "
                       + " ".join(fmt(w, '.1f') for w in v["wall_seconds"]))
             print(f"  {name} final test accuracy per seed: " + " ".join(fmt(a, '.4f') for a in s["final_test_accuracy"])
                   + "; start-up s: " + " ".join(fmt(x, '.2f') for x in s["startup_seconds"]))
@@ -341,10 +358,10 @@ def ratios(result: dict) -> list[str]:
             for t in ("0.9", "0.92"):
                 mine = s["targets"].get(t, {}).get("wall_seconds_median")
                 if ref85 and mine:
-                    lines.append(f"{name}: {float(t):.0%} after {mine:.1f}s wall; the reference reached 85% after "
+                    lines.append(f"{name}: {float(t) * 100:g}% after {mine:.1f}s wall; the reference reached 85% after "
                                  f"{ref85:.1f}s: {ref85 / mine:.1f}x sooner")
                 if ref_epoch and mine:
-                    lines.append(f"{name}: {float(t):.0%} after {mine:.1f}s wall = {mine / ref_epoch:.2f}x the "
+                    lines.append(f"{name}: {float(t) * 100:g}% after {mine:.1f}s wall = {mine / ref_epoch:.2f}x the "
                                  f"reference's first epoch ({ref_epoch:.1f}s wall, start-up included)")
     one = result.get("ddp", {}).get("1")
     for key, paired_key in (("2", "paired_ratios"), ("2-gloo", "paired_ratios_gloo")):
@@ -433,6 +450,9 @@ def main(argv=None) -> int:
     p.add_argument("--reference-epochs", type=int, default=10)
     p.add_argument("--reference-stop-at", type=float, default=None, help="stop the reference at this accuracy")
     p.add_argument("--ddp-seeds", type=int, default=1)
+    p.add_argument("--tta-processes", type=int, default=None,
+                   help="run each recipe under accelerate launch on this many CPU processes (default: one plain "
+                        "process); 2 is the README quick start")
     p.add_argument("--throughput-steps", type=int, default=0)
     p.add_argument("--timeout", type=float, default=900, help="seconds per process before it is killed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))

