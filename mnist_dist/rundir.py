@@ -26,6 +26,7 @@ from mnist_dist.errors import UserError
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
 LOCK, BEST = ".lock", "best"  # BEST: the best model by checkpoint.best_metric, a folder like the run's own model
+TRACKER_RUN_ID = ".tracker_run_id"  # the run folder's W&B run id, chosen once (tracking.choose_run_id)
 SWEEP_FILE, SWEEP_POINT = "sweep.yaml", "sweep_point.json"  # a sweep folder's file; a point's overrides and status
 CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
 PICTURES = (CURVES, CONFUSION, SAMPLES)
@@ -70,7 +71,7 @@ def check_usable(run_dir: Path, name: str | None = None) -> None:
 def set_aside(run_dir: Path) -> Path | None:
     """Move what an earlier run left in run_dir (checkpoints, models, metrics, summary, pictures) into
     run_dir/previous-<time>/, so that a fresh start in an old folder neither mixes nor loses anything."""
-    names = ["checkpoints", BEST, CONFIG, METRICS, SUMMARY, MODEL_FILE, MODEL_META, REPORT, *PICTURES]
+    names = ["checkpoints", BEST, CONFIG, METRICS, SUMMARY, MODEL_FILE, MODEL_META, REPORT, TRACKER_RUN_ID, *PICTURES]
     present = [run_dir / n for n in names if (run_dir / n).exists()]
     if not any(p.name in ("checkpoints", BEST, METRICS, SUMMARY, MODEL_FILE) for p in present):
         return None
@@ -231,13 +232,25 @@ def _slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def _elastic_job() -> tuple[str, int] | None:
+    """(job, attempt) of torchrun's elastic agent this process is a worker of: the rendezvous id
+    (TORCHELASTIC_RUN_ID; for the default id "none", the agent itself, as host:pid:start) and its restart count."""
+    run_id, attempt = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    if not run_id or not attempt.isdigit():
+        return None
+    if run_id == "none":
+        run_id = f"none@{socket.gethostname()}:{os.getppid()}:{procs.start_time(os.getppid())}"
+    return run_id, int(attempt)
+
+
 class RunLock:
     """RUN_DIR/.lock names the one process that may write the folder: pid, host, SLURM job, start time.
 
     Created with O_CREAT|O_EXCL, which is atomic on local filesystems and on NFS (v3 and later), so it works on
     the shared filesystem of a cluster; a thread refreshes its mtime every HEARTBEAT_S seconds. A lock is stale,
     and taken over, when its holder is a process of this host that no longer exists, when it belongs to this
-    same SLURM job (a requeued job resuming), or when nobody has refreshed it for STALE_S seconds (a node that
+    same SLURM job (a requeued job resuming) or to an earlier attempt of this torchrun elastic job (its agent
+    restarted the workers), or when nobody has refreshed it for STALE_S seconds (a node that
     died). Released (deleted) when the run ends, however it ends; SIGKILL leaves it behind as a stale lock.
 
     A damaged or foreign .lock (not a regular file, empty, or not a lock record) names no holder, so it is
@@ -260,6 +273,8 @@ class RunLock:
         pid, pid_start = procs.me()
         me = {"pid": pid, "pid_start": pid_start, "host": socket.gethostname(),
               "slurm_job": _slurm_job(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if (elastic := _elastic_job()) is not None:
+            me["elastic_job"], me["elastic_attempt"] = elastic
         for attempt in range(2):
             try:
                 fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -360,6 +375,10 @@ class RunLock:
             return None
         if holder.get("slurm_job") and holder.get("slurm_job") == _slurm_job():
             return f"it belongs to this SLURM job ({holder['slurm_job']}), requeued"
+        elastic = _elastic_job()
+        if elastic and holder.get("elastic_job") == elastic[0] and isinstance(holder.get("elastic_attempt"), int) \
+                and holder["elastic_attempt"] < elastic[1]:
+            return f"it belongs to attempt {holder['elastic_attempt']} of this elastic job ({elastic[0]}), restarted"
         if age > self.STALE_S:
             return f"not refreshed for {age:.0f} s (its host {holder.get('host')} stopped)"
         return None

@@ -70,6 +70,7 @@ def make_accelerator(cfg: config.Config):
     # fp16 although summary.json would record it.
     if mp is None and cpu and os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() == "fp16":
         raise UserError("accelerate launch --mixed_precision fp16 needs a GPU; on CPU use bf16 or no")
+    init_elastic_process_group(cpu, timedelta(seconds=cfg.run.dist_timeout_s))
     return Accelerator(
         cpu=cpu,
         mixed_precision=mp,
@@ -82,6 +83,35 @@ def make_accelerator(cfg: config.Config):
                          # Gradients that are views into DDP's buckets: no copy in and out of them per step.
                          DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)],
     )
+
+
+def init_elastic_process_group(cpu: bool, timeout: timedelta) -> None:
+    """The process group under torchrun's elastic agent, on store keys of this attempt's own.
+
+    With the c10d rendezvous (`--rdzv-backend c10d`) the agent serves one TCPStore for every restart (its TCPStore
+    sharing: torch/distributed/elastic/rendezvous/dynamic_rendezvous.py, next_rendezvous), and the workers use it
+    as it is, with no per-attempt prefix. A restarted group then finds the dead group's keys (gloo's peer
+    addresses, the start-up barrier's counters): it connects to processes that are gone, or waits forever in
+    init_process_group. Accelerate uses a process group that already exists, so we make it here, the same one it
+    would make (gloo on CPUs, NCCL on CUDA), on keys under mnist-dist/attempt_<TORCHELASTIC_RESTART_COUNT>."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("WORLD_SIZE", "1")) < 2:
+        return
+    backend = "gloo" if cpu else "nccl" if torch.cuda.is_available() else None
+    if backend is None or torch.distributed.is_initialized():
+        return  # another accelerator: Accelerate's own start-up
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
+                                       timeout=timeout)
+    store = torch.distributed.PrefixStore(f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def elastic_restart_count() -> int | None:
+    """Which attempt of torchrun's elastic agent this is (0 for the first; TORCHELASTIC_RESTART_COUNT), or None
+    outside one (accelerate launch runs the same agent)."""
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    return int(count) if count is not None and count.isdigit() else None
 
 
 def prepare(accelerator, *objects):
@@ -188,6 +218,21 @@ def requeue_slurm_job(accelerator) -> None:
         accelerator.print(f"requeue of SLURM job {job} failed ({e}); resubmit with the same run.dir to resume")
         return
     accelerator.print(f"requeue of SLURM job {job}: " + ("ok" if result.returncode == 0 else result.stderr.strip()))
+
+
+def end_elastic_agent() -> None:
+    """After a preemption: end torchrun's elastic agent rather than be restarted by it. The agent restarts a
+    worker group on any non-zero exit while restarts remain (it has no notion of "requeue me"; torch/distributed/
+    elastic/agent/server/api.py, _invoke_run), so each node's local rank 0 sends its agent (our parent) SIGTERM,
+    the agent's own way to stop: it stops the workers, which finish saving and exit 75 (they take SIGTERM as a
+    preemption signal), and exits itself. With no restarts left (max_restarts 0, as the shipped YAMLs) the agent
+    ends on its own, and is left alone."""
+    env = os.environ
+    restarts_left = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) - int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if env.get("TORCHELASTIC_RUN_ID") and env.get("LOCAL_RANK") == "0" and restarts_left > 0:
+        print(f"mnist-dist: preempted: stopping torchrun's elastic agent (pid {os.getppid()}) instead of letting it "
+              f"restart the workers", file=sys.stderr, flush=True)
+        os.kill(os.getppid(), signal.SIGTERM)
 
 
 def git_revision() -> str | None:

@@ -412,17 +412,34 @@ def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str | None) ->
 # ----------------------------------------------------------------------------- start
 
 
+def choose_run_id(run_dir: Path, is_main_process: bool) -> str:
+    """The run folder's run id, decided once: read from RUN_DIR/.tracker_run_id, or made in W&B's own format
+    (8 base-36 characters) and written there by the main process. So a restart before the first checkpoint
+    (torchrun's elastic agent, a requeue, the same command again) continues the same W&B run; a fresh run in an
+    old folder finds the file set aside with the earlier run's files (rundir.set_aside) and gets a new one. Made
+    here, before init, so that it survives init's failure."""
+    path = run_dir / rundir.TRACKER_RUN_ID
+    try:
+        saved = path.read_text().strip()
+    except OSError:
+        saved = ""
+    if saved:
+        return saved
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    if is_main_process:
+        rundir.atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 def start(cfg: config.Config, run_dir: Path, resume_run_id: str | None = None, launch: dict | None = None,
           is_main_process: bool = True):
     """The tracker for this process: the real one on the main process, the null Tracker elsewhere.
 
     The run id: the one a checkpoint stored (a resume continues its W&B run), else the one a W&B sweep agent
-    gave (WANDB_RUN_ID), else a new one in W&B's own format (8 base-36 characters), made here so that it
-    exists before init and survives init's failure.
+    gave (WANDB_RUN_ID), else the run folder's own (choose_run_id).
     """
     backend = cfg.tracking.backend
-    run_id = resume_run_id or os.environ.get("WANDB_RUN_ID") or "".join(
-        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    run_id = resume_run_id or os.environ.get("WANDB_RUN_ID") or choose_run_id(Path(run_dir), is_main_process)
     if not is_main_process or backend == "none":
         return Tracker(run_id)
     if backend == "wandb" and wandb_mode() == "disabled":

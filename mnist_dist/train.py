@@ -410,6 +410,8 @@ def train(cfg: config.Config) -> int:
             ending.lock.release()
         if ending.preempted and not ending.interrupted and cfg.run.requeue:
             runtime.requeue_slurm_job(accelerator)  # after the tracker has flushed: requeue ends this job
+        if ending.preempted and not ending.interrupted:
+            runtime.end_elastic_agent()  # a restart by torchrun's agent would train on a machine being taken away
         runtime.end_distributed(accelerator, wait=ending.ranks_agree)
 
 
@@ -453,7 +455,8 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
     launch = {"world_size": world, "mixed_precision": accelerator.mixed_precision,
-              "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size}
+              "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size,
+              "elastic_restart_count": runtime.elastic_restart_count()}  # None outside torchrun's elastic agent
     ending.tracker = tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch,
                                               accelerator.is_main_process)
     logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
@@ -461,7 +464,9 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     keep_probs = max(plots.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
     accelerator.print(
         f"mnist-dist: device={accelerator.device} distributed={accelerator.distributed_type.value} "
-        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision}\n"
+        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision}"
+        + ("" if launch["elastic_restart_count"] is None else f" elastic_restart={launch['elastic_restart_count']}")
+        + "\n"
         f"  model={cfg.model.name} params={n_params:,} data={cfg.data.name} source={datasets.source} "
         f"loader={cfg.data.loader} train/val/test={len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}\n"
         f"  per_device_batch_size={cfg.train.per_device_batch_size} grad_accum_steps={cfg.train.grad_accum_steps} "

@@ -2,6 +2,7 @@
 parallelism is refused before any work, in one line (not silently turned into DDP, as Accelerate does on a CPU).
 Distributed evaluation runs the same number of forward passes, on batches of the same shapes, on every rank when
 the shares straddle a batch boundary, and its metrics stay exact (equal to one process's)."""
+import json
 import os
 import socket
 import subprocess
@@ -130,3 +131,114 @@ class SingleAccelerator(GlooAccelerator):
 
     def reduce(self, tensor, reduction):
         return tensor
+
+
+# ----------------------------------------------------------------------------- torchrun's elastic agent
+
+FAULTS = str(ROOT / "tests" / "fault_injection")
+
+
+def torchrun(port: int, run_dir, tiny_idx, *extra, env=None, popen=False):
+    """The issue's command: 2 workers, one restart allowed, torchrun's fault-tolerant c10d rendezvous."""
+    cmd = [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", f"127.0.0.1:{port}", "--monitor-interval", "0.2", str(ROOT / "train_accel.py"),
+           *tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=10", "checkpoint.every_steps=20",
+                           "tracking.backend=none", *extra)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=400)
+
+
+def read_weights(run_dir):
+    from safetensors.torch import load_file
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_a_restart_of_the_same_elastic_job_takes_over_its_lock(tmp_path, monkeypatch):
+    """Rank 0 of attempt 0 died on another host: attempt 1 of the same job takes the lock at once (it used to
+    wait 120 s, and every refusal meanwhile used up a restart); another job, or the same attempt, is refused."""
+    import time
+    from mnist_dist import rundir
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+    def holder(job, attempt):
+        path = tmp_path / rundir.LOCK
+        path.write_text(json.dumps({"pid": 1, "host": "node-b", "since": "then", "elastic_job": job,
+                                    "elastic_attempt": attempt}))
+        os.utime(path, (time.time() - 5, time.time() - 5))  # fresh: refreshed 5 s ago
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    for job, attempt in (("job-8", 0), ("job-7", 1)):
+        holder(job, attempt)
+        with pytest.raises(UserError, match="in use by pid 1 on node-b"):
+            rundir.RunLock.acquire(tmp_path)
+    holder("job-7", 0)
+    lock = rundir.RunLock.acquire(tmp_path)
+    taken = json.loads((tmp_path / rundir.LOCK).read_text())
+    assert (taken["pid"], taken["elastic_job"], taken["elastic_attempt"]) == (os.getpid(), "job-7", 1)
+    lock.release()
+
+
+@pytest.mark.slow
+def test_elastic_restart_resumes_bit_identical(tiny_idx, tmp_path):
+    """A fault in rank 1 at step 30, on the first attempt only: the agent restarts both workers once, they
+    resume from step 20's checkpoint (on a fresh store namespace: before, they hung in init_process_group) and
+    end with the weights of a run that never failed."""
+    ref = torchrun(29632, tmp_path / "ref", tiny_idx)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    proc = torchrun(29633, run_dir, tiny_idx, env={"PYTHONPATH": FAULTS, "MNIST_DIST_INJECT_FAULT": "1:30:0"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "injected fault on rank 1" in out
+    assert out.count("elastic_restart=0") == 1 and out.count("elastic_restart=1") == 1, out[-5000:]  # one restart
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000020'} at global_step=20" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["elastic_restart_count"] == 1 and summary["world_size"] == 2
+    a, b = read_weights(tmp_path / "ref"), read_weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+
+
+@pytest.mark.slow
+def test_elastic_restart_before_first_checkpoint_keeps_the_wandb_run(tiny_idx, tmp_path):
+    """A fault before any checkpoint: the restart starts over, in the same run folder (the lock of the dead
+    attempt is taken over), and continues the same W&B run (the id is the folder's, not the attempt's)."""
+    run_dir = tmp_path / "run"
+    env = {"PYTHONPATH": FAULTS, "MNIST_DIST_INJECT_FAULT": "1:5:0", "WANDB_MODE": "offline",
+           "HOME": str(tmp_path / "home"), "WANDB_API_KEY": "x" * 40}
+    proc = torchrun(29634, run_dir, tiny_idx, "tracking.backend=wandb", env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert out.count("elastic_restart=1") == 1 and "resumed from" not in out
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2, runs  # one per attempt...
+    ids = {r.name.rsplit("-", 1)[1] for r in runs}
+    assert ids == {(run_dir / ".tracker_run_id").read_text().strip()}, ids  # ...of one W&B run
+
+
+@pytest.mark.slow
+def test_preemption_under_torchrun_ends_the_agent(tiny_idx, tmp_path):
+    """SIGUSR1 to one worker: both save a checkpoint and exit 75, and the agent ends instead of restarting them
+    (it would otherwise spend its restart training on a machine being taken away)."""
+    import time
+    run_dir = tmp_path / "run"
+    proc = torchrun(29635, run_dir, tiny_idx, "train.epochs=20", "checkpoint.every_steps=5", popen=True)
+    try:
+        deadline = time.time() + 180
+        while not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("step_*")):
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint"
+            time.sleep(0.1)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        os.kill(int(workers[1]), 10)  # SIGUSR1
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "preempted by" in out and "stopping torchrun's elastic agent" in out, out[-5000:]
+    assert "elastic_restart=1" not in out, out[-5000:]  # never restarted
+    assert proc.returncode != 0
+    assert not (run_dir / "summary.json").exists()  # not finished: resumable from its checkpoint
