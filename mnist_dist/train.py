@@ -232,7 +232,7 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
                 save_checkpoint(loop, state, logger.tracker.run_id)
             if stop is Stop.PREEMPTED:
                 return stop
-            if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
+            if max_steps_reached(cfg, state) and state.step_in_epoch < steps_per_epoch:  # else: the epoch's end
                 loop.window.drain(accelerator, state)  # the record's train loss covers the steps since the last log
                 return Stop.MAX_STEPS
         loop.window.drain(loop.accelerator, state)  # the epoch's last train loss covers the steps since the last log
