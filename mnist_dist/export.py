@@ -28,11 +28,19 @@ def add_arguments(p):
     p.add_argument("--best", action="store_true",
                         help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
                              "the model summary.json's test numbers describe)")
-    p.add_argument("--format", choices=sorted(SUFFIXES), required=True)
-    p.add_argument("--out", help="output file (default: model.onnx or model.torchscript.pt beside the weights)")
+    p.add_argument("--format", choices=sorted([*SUFFIXES, "hub"]), required=True,
+                   help="hub: a Hugging Face Hub model folder (model.safetensors, config.json, README.md model card, "
+                        "the run's pictures), for `mnist-dist push` or huggingface_hub.upload_folder")
+    p.add_argument("--out", help="output file (default: model.onnx or model.torchscript.pt beside the weights); "
+                                 "for --format hub the folder (default: the model's own folder)")
+    p.add_argument("out_folder", nargs="?", metavar="OUT", help="the same as --out")
+    p.add_argument("--onnx", action="store_true", help="with --format hub: add model.onnx to the folder")
 
 
 def run(args) -> int:
+    args.out = args.out or args.out_folder
+    if args.format == "hub":
+        return export_hub(args)
     source = rundir.pick_model(args.model, args.best)
     model, meta = checkpoint.load_model(source)
     weights = source / rundir.MODEL_FILE if source.is_dir() else source
@@ -48,6 +56,24 @@ def run(args) -> int:
         max_diff = export_torchscript(model, meta, out)
         check = f"reloaded, agrees with PyTorch to {max_diff:.1e}"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB; {check})")
+    return 0
+
+
+def export_hub(args) -> int:
+    from mnist_dist import hub
+    source = rundir.pick_model(args.model, args.best)
+    if not source.is_dir():
+        raise ExportError(f"--format hub takes a run folder (it reads the run's summary, config and pictures), "
+                          f"not {source}")
+    out = Path(args.out) if args.out else source
+    if out.is_file():
+        raise ExportError(f"--out {out} is a file; --format hub writes a folder")
+    written = hub.export(source, rundir.of_model(source), out, args.best)
+    if args.onnx:
+        model, meta = checkpoint.load_model(source)
+        export_onnx(model, meta, out / hub.ONNX)
+        written.append(out / hub.ONNX)
+    print(f"wrote the Hub model folder {out}: {', '.join(sorted(p.name for p in written))}")
     return 0
 
 

@@ -297,6 +297,27 @@ def max_steps_reached(cfg: config.Config, state: TrainState) -> bool:
     return bool(cfg.train.max_steps) and state.global_step >= cfg.train.max_steps
 
 
+def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: data.Split) -> dict | None:
+    """The best model's test numbers beside the final one's (Lightning's test(ckpt_path="best")): the last record's
+    when the best is the final model, else one more exact evaluation of run.dir/best/, read by every rank (the run
+    folder is shared, as for checkpoints) into a copy of the model. The state is the same on every rank, so all
+    take the same branch."""
+    best_file = Path(loop.cfg.run.dir) / rundir.BEST / rundir.MODEL_FILE
+    if state.best_step is None:
+        return None
+    if state.best_step == state.global_step:
+        return {"test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"]}
+    if not best_file.is_file():  # its save failed (a warning said so)
+        return None
+    import copy
+    from safetensors.torch import load_file
+    best_model = copy.deepcopy(loop.accelerator.unwrap_model(loop.model))  # the final model is saved after this
+    best_model.load_state_dict(load_file(str(best_file), device=str(loop.accelerator.device)))
+    result, _ = inference.evaluate(loop.accelerator, best_model, test_split, loop.mean, loop.std,
+                                   loop.cfg.train.eval_batch_size)
+    return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
+
+
 def samples_seen_per_rank(accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
     return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
@@ -517,6 +538,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     # ------------------------------------------------------------------ the end
     if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
+    best_test = test_best_model(loop, state, record, datasets.test)  # collectives too
     samples_per_rank = samples_seen_per_rank(accelerator, state)  # collectives: before the main-process block
     from accelerate.utils import gather_object
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
@@ -535,7 +557,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             "git_revision": runtime.git_revision(), "torch_version": torch.__version__,
             "best": None if state.best_value is None else {
                 "metric": cfg.checkpoint.best_metric, "value": state.best_value, "epoch": state.best_epoch,
-                "global_step": state.best_step, "model": str(run_dir / rundir.BEST)},
+                "global_step": state.best_step, "model": str(run_dir / rundir.BEST), **(best_test or {})},
             "early_stopped": state.stopped_early,
         }
         rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(ending.summary, indent=2))

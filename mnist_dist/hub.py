@@ -1,0 +1,253 @@
+"""A run's model in the Hugging Face Hub layout, uploaded with an allow-list, and loaded back by repo id.
+
+The layout: model.safetensors, config.json (what PyTorchModelHubMixin would write: how to rebuild and feed the
+model; the same as our model.json, which is kept beside it so that checkpoint.load_model reads the folder as
+it is), README.md (a model card whose metadata huggingface_hub writes from ModelCardData, with a model-index
+built from summary.json), the run's pictures and, when asked, model.onnx. Nothing else of a run folder is ever
+uploaded: checkpoints/ holds pickled optimizer and RNG state, wandb/, previous-*/ and .lock are local.
+
+No credential is read or written here: huggingface_hub finds HF_TOKEN or its login cache itself, and an error
+message that carries the token is printed with it masked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mnist_dist import checkpoint, data, rundir
+from mnist_dist.errors import UserError
+
+CARD, HUB_CONFIG, ONNX = "README.md", "config.json", "model.onnx"
+# Exact top-level names (fnmatch's * would also match inside checkpoints/ or previous-1/): upload_folder's
+# allow_patterns. Everything a Hub model folder holds, nothing else.
+HUB_FILES = (rundir.MODEL_FILE, rundir.MODEL_META, HUB_CONFIG, CARD, ONNX, *rundir.PICTURES)
+LOAD_FILES = [rundir.MODEL_FILE, rundir.MODEL_META, HUB_CONFIG]  # what loading by repo id downloads
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class HubError(UserError):
+    """A Hub repo that cannot be reached, found or written; printed as one line."""
+
+
+def _masked(message: str) -> str:
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    return message.replace(token, "***") if token else message
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return _masked(f"{type(e).__name__}: {text[0][:300] if text else ''}")
+
+
+# ----------------------------------------------------------------------------- the model card
+
+
+def card_data(meta: dict, summary: dict | None, best: bool):
+    """ModelCardData with the test accuracy of the exported model (the final one, or the best one when the run
+    evaluated it on the test split) as its model-index."""
+    from huggingface_hub import EvalResult, ModelCardData
+    summary = summary or {}
+    dataset_id = data.HF_IDS[meta["dataset"]]
+    numbers = (summary.get("best") or {}) if best else summary
+    results = [EvalResult(task_type="image-classification", task_name="Image Classification",
+                          dataset_type=dataset_id, dataset_name=meta["dataset"].replace("_", "-").title(),
+                          dataset_split="test", metric_type="accuracy", metric_name="Test accuracy",
+                          metric_value=numbers["test_accuracy"])] if numbers.get("test_accuracy") is not None else None
+    return ModelCardData(
+        model_name=f"{meta['name']}-{meta['dataset']}", license="mit", library_name="mnist-dist",
+        pipeline_tag="image-classification", datasets=[dataset_id], metrics=["accuracy"],
+        tags=["pytorch", "safetensors", "mnist-dist", meta["dataset"]], eval_results=results)
+
+
+def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
+    """README.md: the metadata block, then the model, its training set-up, the recipe and the pictures."""
+    from huggingface_hub import ModelCard
+    summary = rundir.read_json(run_dir / rundir.SUMMARY) if run_dir else None
+    cd = card_data(meta, summary, best)
+    s = summary or {}
+    numbers = (s.get("best") or {}) if best else s
+    lines = [f"# {cd.model_name}", "",
+             f"A `{meta['name']}` classifier of {meta['dataset']} (28x28 grey images, 10 classes), trained with "
+             f"mnist-dist and saved as safetensors. This is the "
+             f"{'best model by validation' if best else 'final model'} of its run.", ""]
+    if numbers.get("test_accuracy") is not None:
+        lines += [f"Test accuracy: **{numbers['test_accuracy']:.4f}** on {s.get('test_count', '?')} test images "
+                  f"({data.HF_IDS[meta['dataset']]}, split test).", ""]
+    lines += ["## Use", "", "```python", "from mnist_dist import checkpoint, hub",
+              "model, meta = checkpoint.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
+              "# input: float32 [B, 1, 28, 28] = (uint8 pixels/255 - meta['mean'])/meta['std']; output: logits [B, 10]",
+              "```", "", "or `mnist-dist eval OWNER/NAME`, `mnist-dist predict OWNER/NAME image.png`.", "",
+              f"Classes: {', '.join(meta['classes'])}.", ""]
+    if summary:
+        setup = [("world size (processes)", s.get("world_size")), ("global batch size", s.get("global_batch_size")),
+                 ("per-device batch size", s.get("per_device_batch_size")), ("epochs", s.get("epochs")),
+                 ("optimizer steps", s.get("global_step")),
+                 ("training time", f"{s['train_seconds']:.1f} s" if s.get("train_seconds") is not None else None),
+                 ("hardware", f"{s.get('device')} on {len(set(s.get('hostnames') or [])) or '?'} node(s), "
+                              f"{s.get('torch_threads')} torch threads per process"),
+                 ("mixed precision", s.get("mixed_precision")), ("parameters", s.get("parameters")),
+                 ("torch", s.get("torch_version")), ("git revision", s.get("git_revision"))]
+        if s.get("best"):
+            b = s["best"]
+            setup.append(("best model", f"{b.get('metric')} {b.get('value')} at step {b.get('global_step')}"
+                                        + (f", test accuracy {b['test_accuracy']:.4f}"
+                                           if b.get("test_accuracy") is not None else "")))
+        lines += ["## Training", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in setup if v is not None]
+        lines.append("")
+    recipe = _recipe(run_dir)
+    if recipe:
+        lines += ["## Recipe", "", "The run's merged config (`mnist-dist train --config config.yaml` repeats it; "
+                  "local paths left out):", "", "```yaml", recipe.rstrip(), "```", ""]
+    pictures = [p for p in rundir.PICTURES if run_dir and (run_dir / p).is_file()]
+    if pictures:
+        lines += ["## Pictures", ""] + [f"![{p[:-4]}]({p})" for p in pictures] + [""]
+    return ModelCard(f"---\n{cd.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+
+
+def _recipe(run_dir: Path | None) -> str | None:
+    """config.yaml without the machine's own places (data.dir, run.dir) and without tracking (names of people's
+    W&B entities and projects are theirs to publish)."""
+    path = run_dir / rundir.CONFIG if run_dir else None
+    if not path or not path.is_file():
+        return None
+    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg.pop("tracking", None)
+    cfg.pop("run", None)
+    for key in ("dir", "hf_path"):
+        (cfg.get("data") or {}).pop(key, None)
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- export, push, load
+
+
+def export(source: Path, run_dir: Path | None, out: Path, best: bool) -> list[Path]:
+    """Write the Hub layout of the model folder `source` (a run folder or its best/) into `out` (which may be
+    `source` itself); returns the files written."""
+    _, meta = checkpoint.load_model(source)  # refuses a damaged model before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in (rundir.MODEL_FILE, rundir.MODEL_META):
+        if (out / name).resolve() != (source / name).resolve():
+            shutil.copyfile(source / name, out / name)
+        written.append(out / name)
+    rundir.atomic_write_text(out / HUB_CONFIG, json.dumps(meta, indent=2))
+    for name in rundir.PICTURES:
+        if run_dir and (run_dir / name).is_file():
+            if (out / name).resolve() != (run_dir / name).resolve():
+                shutil.copyfile(run_dir / name, out / name)
+            written.append(out / name)
+    rundir.atomic_write_text(out / CARD, card_text(meta, run_dir, best))
+    return [*written, out / HUB_CONFIG, out / CARD]
+
+
+def is_repo_id(text: str) -> bool:
+    """owner/name that is not a path on this machine."""
+    return bool(REPO_ID.match(str(text))) and not Path(text).exists()
+
+
+def resolve(model: str | Path) -> Path:
+    """What eval, predict and export load, as a folder that checkpoint.load_model and rundir.load_run_config
+    read: a run folder, best/ or model file as given; a training checkpoint (checkpoints/step_N) or a Hub repo
+    id staged into a temporary folder with the model.json and config.yaml they lack (a Hub repo is downloaded
+    once into the Hub cache; with HF_HUB_OFFLINE=1 only the cache is read)."""
+    path = Path(model)
+    if path.is_dir() and (path / checkpoint.STATE_FILE).is_file() and not (path / rundir.MODEL_META).is_file():
+        return _stage_checkpoint(path)
+    if not is_repo_id(str(model)):
+        return path
+    from huggingface_hub import snapshot_download
+    try:
+        snapshot = Path(snapshot_download(str(model), allow_patterns=LOAD_FILES))
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = " and HF_HUB_OFFLINE is set: only the Hub cache is read" if offline else ""
+        raise HubError(f"{model}: no such folder here, and not loadable as a Hub model repo{hint} "
+                       f"({_one_line(e)})") from None
+    if not (snapshot / rundir.MODEL_FILE).is_file():
+        raise HubError(f"{model}: the Hub repo has no {rundir.MODEL_FILE} (not an mnist-dist model)")
+    meta_file = snapshot / (rundir.MODEL_META if (snapshot / rundir.MODEL_META).is_file() else HUB_CONFIG)
+    meta = rundir.read_json(meta_file) or {}
+    folder = _staging()
+    os.symlink(snapshot / rundir.MODEL_FILE, folder / rundir.MODEL_FILE)
+    shutil.copyfile(meta_file, folder / rundir.MODEL_META)
+    # eval's data defaults: the dataset the model was trained on (overrides still win)
+    if meta.get("dataset"):
+        rundir.atomic_write_text(folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": meta["dataset"]}}))
+    return folder
+
+
+def _staging() -> Path:
+    """A temporary folder that lives as long as this process."""
+    import atexit
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="mnist-dist-model-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _stage_checkpoint(ckpt: Path) -> Path:
+    """A training checkpoint as a model folder: its weights (Accelerate's model.safetensors; wrapper prefixes
+    of DDP or torch.compile dropped) with the model.json and config.yaml that its state.json's config implies."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    state = rundir.read_json(ckpt / checkpoint.STATE_FILE) or {}
+    cfg = state.get("config") or {}
+    weights = ckpt / rundir.MODEL_FILE
+    if not weights.is_file() or not cfg.get("model") or not cfg.get("data"):
+        raise HubError(f"{ckpt}: not a complete training checkpoint (no {rundir.MODEL_FILE}, or a state.json "
+                       f"without the run's config)")
+    dataset = cfg["data"]["name"]
+    mean, std = data.STATS[dataset]
+    folder = _staging()
+    tensors = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in load_file(str(weights)).items()}
+    save_file({k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
+              str(folder / rundir.MODEL_FILE))
+    meta = {"name": cfg["model"]["name"], "kwargs": cfg["model"].get("kwargs") or {}, "dataset": dataset,
+            "mean": mean, "std": std, "classes": data.CLASSES[dataset],
+            "checkpoint": {"global_step": state.get("global_step"), "epoch": state.get("epoch")}}
+    rundir.atomic_write_text(folder / rundir.MODEL_META, json.dumps(meta, indent=2))
+    rundir.atomic_write_text(folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg}))
+    return folder
+
+
+def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
+    """Create the repo if need be and upload the folder's Hub files (HUB_FILES only); returns the commit URL."""
+    from huggingface_hub import HfApi
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(HUB_FILES),
+                                 commit_message=message)
+    except Exception as e:
+        raise HubError(f"push to {repo_id} failed ({_one_line(e)})") from None
+    return str(getattr(info, "commit_url", info))
+
+
+# ----------------------------------------------------------------------------- `mnist-dist push`
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder")
+    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub model repo, owner/name (created if missing)")
+    p.add_argument("--best", action="store_true",
+                   help="push the best model by validation (RUN_DIR/best/) instead of the final one")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--message", default="Upload model from mnist-dist", help="the commit message")
+
+
+def run(args) -> int:
+    """Writes the Hub layout into the model's own folder (RUN_DIR, or RUN_DIR/best/), then uploads only it."""
+    source = rundir.pick_model(args.run, args.best)
+    if not source.is_dir():
+        raise HubError(f"{source}: push takes a run folder")
+    export(source, rundir.of_model(source), source, args.best)
+    url = push(source, args.repo_id, args.private, args.message)
+    print(f"pushed {', '.join(n for n in HUB_FILES if (source / n).is_file())} to {args.repo_id}: {url}")
+    return 0
