@@ -140,7 +140,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value; 0 disables."""
     mixed_precision: str = field(default="auto", metadata=choice("auto", "no", "bf16", "fp16"))
-    """auto: whatever the launcher says (accelerate config), else no."""
+    """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
+    a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
+    which ran and why."""
     device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda", "mps"))
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
     seed: int = 0

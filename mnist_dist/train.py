@@ -476,6 +476,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
     launch = {"world_size": world, "mixed_precision": accelerator.mixed_precision,
+              "mixed_precision_why": runtime.mixed_precision_choice(cfg, accelerator.device.type == "cpu")[1],
               "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size,
               "elastic_restart_count": runtime.elastic_restart_count()}  # None outside torchrun's elastic agent
     ending.tracker = tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch,
@@ -485,7 +486,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     keep_probs = max(plots.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
     accelerator.print(
         f"mnist-dist: device={accelerator.device} distributed={accelerator.distributed_type.value} "
-        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision}"
+        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision} ({launch['mixed_precision_why']})"
         + ("" if launch["elastic_restart_count"] is None else f" elastic_restart={launch['elastic_restart_count']}")
         + "\n"
         f"  model={cfg.model.name} params={n_params:,} data={cfg.data.name} source={datasets.source} "

@@ -1,0 +1,41 @@
+"""train.mixed_precision=auto: the launch's word first; without one, bf16 autocast on a CPU with native bf16 and fp32
+elsewhere (a GPU keeps fp32 unless the launch says otherwise). A real run's start-up line and summary.json say which
+precision ran and why."""
+import json
+
+import pytest
+
+from mnist_dist import runtime
+
+from conftest import run_cli, tiny_overrides
+
+
+@pytest.mark.parametrize("asked, on_cpu, launcher, cpu_bf16, expected", [
+    ("auto", True, None, ["avx512_bf16", "amx_tile"], "bf16"),  # Sapphire Rapids
+    ("auto", True, None, ["avx512_bf16"], "bf16"),               # Cooper Lake, Zen 4
+    ("auto", True, None, [], "no"),                              # AVX2 only (Zen 2/3, most laptops)
+    ("auto", True, "no", ["amx_tile"], "no"),                    # accelerate launch --mixed_precision no
+    ("auto", True, "bf16", [], "bf16"),                          # the launch's word even without native bf16
+    ("auto", False, None, [], "no"),                             # a GPU: fp32 unless the launch says otherwise
+    ("auto", False, "fp16", [], "fp16"),
+    ("no", True, "bf16", ["amx_tile"], "no"),                    # the config key over the launch
+    ("bf16", True, None, [], "bf16"),
+])
+def test_the_choice(asked, on_cpu, launcher, cpu_bf16, expected):
+    precision, why = runtime.choose_mixed_precision(asked, on_cpu, launcher, cpu_bf16)
+    assert precision == expected
+    assert why.startswith("auto: " if asked == "auto" else f"train.mixed_precision={asked}")
+    if asked == "auto" and launcher is None and on_cpu:
+        assert all(flag in why for flag in cpu_bf16) or "no native bf16" in why
+
+
+def test_a_run_on_auto_records_what_ran_and_why(tiny_idx, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.mixed_precision=auto", "train.max_steps=2",
+                                             "tracking.backend=none")])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    features = runtime.cpu_bf16_features()
+    assert summary["mixed_precision"] == ("bf16" if features else "no")
+    assert summary["mixed_precision_why"] == (f"auto: this CPU has native bf16 ({', '.join(features)})" if features
+                                              else "auto: this CPU has no native bf16 (avx512_bf16, amx)")
+    assert f"mixed_precision={summary['mixed_precision']} ({summary['mixed_precision_why']})" in proc.stdout
