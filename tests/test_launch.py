@@ -52,8 +52,8 @@ def test_accelerate_launch_use_fsdp_refused_in_one_line(tiny_idx, tmp_path):
     assert proc.returncode != 0  # torchrun's own exit status for failed workers
     ours = [line for line in proc.stderr.splitlines() if line.startswith("mnist-dist")]
     assert len(ours) == 1 and ours[0].startswith(REFUSED + "FSDP"), proc.stderr  # rank 0 only, one line
-    assert proc.stderr.count("exitcode  : 2") == 2, proc.stderr  # both workers exit as a user error does
-    assert "Traceback" not in proc.stderr.split("Traceback (most recent call last):\n  File \"")[0]
+    # The workers exit as a user error does (the agent may stop the second one before it gets there).
+    assert "exitcode  : 2" in proc.stderr and "[rank" not in proc.stderr, proc.stderr  # no worker traceback
     assert not run_dir.exists()
 
 
@@ -238,7 +238,8 @@ def test_preemption_under_torchrun_ends_the_agent(tiny_idx, tmp_path):
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert "preempted by" in out and "stopping torchrun's elastic agent" in out, out[-5000:]
+    assert "preempted by" in out and out.count("elastic_restart=0") == 1, out[-5000:]
     assert "elastic_restart=1" not in out, out[-5000:]  # never restarted
+    assert "stopping torchrun's elastic agent" in out
     assert proc.returncode != 0
     assert not (run_dir / "summary.json").exists()  # not finished: resumable from its checkpoint
