@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from mnist_dist import config, plots, rundir, sweeps
 from mnist_dist.errors import UserError
 
@@ -41,10 +39,16 @@ def collect(paths: list[str]) -> tuple[list[Path], sweeps.Sweep | None, Path | N
 
 def settings(run: Path) -> dict:
     """The run's flat config; for a sweep point that never started, the overrides the sweep gave it."""
-    if (run / rundir.CONFIG).is_file():
-        return config.flatten(yaml.safe_load((run / rundir.CONFIG).read_text()) or {})
-    point = rundir.read_json(run / rundir.SWEEP_POINT) or {}
-    return {k: v for word in point.get("overrides", []) for k, v in config.flatten(config.parse_override(word)).items()}
+    if (run / rundir.CONFIG).exists():
+        return config.flatten(rundir.read_config(run / rundir.CONFIG))
+    path = run / rundir.SWEEP_POINT
+    words = (rundir.read_json(path) or {}).get("overrides", [])
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise rundir.RunFileError(f"{path}: overrides must be a list of key=value words")
+    try:
+        return {k: v for word in words for k, v in config.flatten(config.parse_override(word)).items()}
+    except UserError as e:
+        raise rundir.RunFileError(f"{path}: {e}") from None
 
 
 def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import data
+from mnist_dist import data, rundir
 from mnist_dist.errors import UserError
 
 
@@ -33,6 +33,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; nothing overwritten: choose a new folder")
+    rundir.check_usable(out, name=str(out))  # a file on the way, /proc, a read-only mount: before the CSV is read
     digits = data.read_digits_csv(args.csv)
     if not 0 <= args.test_size < len(digits):
         raise UserError(f"--test-size {args.test_size} must be at least 0 and below the {len(digits)} rows of {args.csv}")

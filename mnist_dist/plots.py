@@ -120,12 +120,12 @@ def samples(images_u8, labels, preds, confidences, classes: list[str], path: str
 # ----------------------------------------------------------------------------- a run folder's report
 
 
-def _predictions(run_dir: Path) -> Predictions:
+def _predictions(run_dir: Path, run_cfg) -> Predictions:
     """The saved model's predictions for the first test images of the run's own config.yaml's data."""
     model, meta = checkpoint.load_model(run_dir)
-    if not (run_dir / CONFIG).is_file():
+    if run_cfg is None:
         raise UserError(f"{run_dir / CONFIG}: missing; it says which data the run used")
-    test = data.load_test(rundir.load_run_config(run_dir, []).data)
+    test = data.load_test(run_cfg.data)
     images, labels = test.images[:NUM_SAMPLES], test.labels[:NUM_SAMPLES]
     return Predictions(images, labels, inference.predict(model, images, meta["mean"], meta["std"]))
 
@@ -135,14 +135,17 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
 
     predictions: of the first test images by the final model (training passes its last evaluation's); by default
     the saved model predicts them. Returns one line per picture that could not be made (missing file, data
-    unavailable); the others are still written.
+    unavailable); the others are still written. A damaged file (rundir.RunFileError) stops it before anything is
+    written.
     """
     run_dir = Path(run_dir)
     problems = []
+    # Every file is read (and checked) before anything is drawn.
+    run_cfg = rundir.load_run_config(run_dir, []) if (run_dir / CONFIG).exists() else None
     records = rundir.read_jsonl(run_dir / METRICS)
     meta = rundir.read_json(run_dir / MODEL_META)
     summary = rundir.read_json(run_dir / SUMMARY) or {}
-    dataset = (meta or {}).get("dataset") or _config_data_name(run_dir)
+    dataset = (meta or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
     classes = data.CLASSES.get(dataset, [str(i) for i in range(10)])
     title = f"{run_dir.name}: {summary.get('model') or (meta or {}).get('name', '')} on {dataset}"
 
@@ -156,7 +159,7 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
         problems.append(f"{run_dir / METRICS}: missing or empty; no {CURVES} or {CONFUSION}")
 
     try:
-        p = predictions if predictions is not None else _predictions(run_dir)
+        p = predictions if predictions is not None else _predictions(run_dir, run_cfg)
         images, labels, probs = p.images[:NUM_SAMPLES], p.labels[:NUM_SAMPLES], p.probs[:NUM_SAMPLES]
         confidence, preds = probs.max(1)
         wrong = int((preds != labels).sum())
@@ -167,14 +170,6 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
 
     write_markdown(run_dir, records, summary, classes)
     return problems
-
-
-def _config_data_name(run_dir: Path) -> str:
-    import yaml
-    try:
-        return ((yaml.safe_load((run_dir / CONFIG).read_text()) or {}).get("data") or {}).get("name", "mnist")
-    except OSError:
-        return "mnist"
 
 
 def _epochs(value) -> str | None:

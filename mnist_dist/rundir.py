@@ -152,8 +152,10 @@ def read_config(path: Path) -> dict | None:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RunFileError(f"{path}: not valid YAML ({' '.join(str(e).split())[:200]}); the file was edited or "
-                           f"damaged") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RunFileError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or 'unreadable'}{where}); the file "
+                           f"was edited or damaged") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
