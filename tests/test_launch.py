@@ -243,3 +243,19 @@ def test_preemption_under_torchrun_ends_the_agent(tiny_idx, tmp_path):
     assert "stopping torchrun's elastic agent" in out
     assert proc.returncode != 0
     assert not (run_dir / "summary.json").exists()  # not finished: resumable from its checkpoint
+
+
+@pytest.mark.slow
+def test_the_elastic_yaml_restarts_under_accelerate_launch(tiny_idx, tmp_path):
+    """configs/accelerate/elastic.yaml (c10d rendezvous) with --max_restarts 1, as its comment says to launch it."""
+    run_dir = tmp_path / "run"
+    cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "configs/accelerate/elastic.yaml"),
+           "--max_restarts", "1", "--main_process_port", "29636", str(ROOT / "train_accel.py"),
+           *tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=10", "checkpoint.every_steps=20",
+                           "tracking.backend=none")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": FAULTS, "MNIST_DIST_INJECT_FAULT": "1:30:0"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert out.count("elastic_restart=1") == 1 and "at global_step=20" in out, out[-5000:]
+    assert json.loads((run_dir / "summary.json").read_text())["elastic_restart_count"] == 1
