@@ -6,6 +6,7 @@ time it is built or stepped, although a run that compiles nothing never needs it
   torch._disable_dynamo, which imports dynamo on the first call to build its disabled twin;
 - step is wrapped by optim.optimizer._use_grad_for_differentiable, which imports dynamo on every call for two
   torch._dynamo.graph_break() calls (they matter only while dynamo traces the step).
+Accelerate's unwrap_model asks hasattr(torch, "_dynamo"), which imports it, to see whether a model is compiled.
 The classes here call the undecorated functions (the decorators keep them in __wrapped__) and set grad mode as
 _use_grad does. They are only ever called eagerly: the loop compiles the model alone, never the optimizer step.
 Everything else is inherited: the step hooks, the fused and foreach kernels, and the state_dict format (a checkpoint
@@ -14,6 +15,7 @@ from torch.optim loads here and the other way round). tests/test_eager.py holds 
 from __future__ import annotations
 
 import inspect
+import sys
 
 import torch
 
@@ -40,3 +42,13 @@ def _without_dynamo(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optim
 SGD = _without_dynamo(torch.optim.SGD)
 Adam = _without_dynamo(torch.optim.Adam)
 AdamW = _without_dynamo(torch.optim.AdamW)
+
+
+def unwrap_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """accelerator.unwrap_model without importing torch._dynamo (and FSDP, which sharded launches never reach):
+    a model cannot be compiled while dynamo was never imported, so only DDP's wrapper is left to take off."""
+    if "torch._dynamo" in sys.modules:
+        return accelerator.unwrap_model(model)
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return model

@@ -283,7 +283,7 @@ def keep_best_and_count_patience(loop: Loop, state: TrainState, record: dict) ->
     best_dir = Path(cfg.run.dir) / rundir.BEST
     if update_best(cfg, state, record) and accelerator.is_main_process:
         try:
-            checkpoint.save_model(best_dir, accelerator.unwrap_model(loop.model), cfg.model.name, cfg.model.kwargs,
+            checkpoint.save_model(best_dir, eager.unwrap_model(accelerator, loop.model), cfg.model.name, cfg.model.kwargs,
                                   cfg.data.name, loop.mean, loop.std)
         except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
             print(f"mnist-dist: warning: could not save the best model to {best_dir} ({e})", file=sys.stderr,
@@ -311,7 +311,7 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
         return None
     import copy
     from safetensors.torch import load_file
-    best_model = copy.deepcopy(loop.accelerator.unwrap_model(loop.model))  # the final model is saved after this
+    best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))  # the final model is saved after this
     best_model.load_state_dict(load_file(str(best_file), device=str(loop.accelerator.device)))
     result, _ = inference.evaluate(loop.accelerator, best_model, test_split, loop.mean, loop.std,
                                    loop.cfg.train.eval_batch_size)
@@ -544,7 +544,7 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
     from accelerate.utils import gather_object
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
     if accelerator.is_main_process:
-        checkpoint.save_model(run_dir, accelerator.unwrap_model(loop.model), cfg.model.name, cfg.model.kwargs,
+        checkpoint.save_model(run_dir, eager.unwrap_model(accelerator, loop.model), cfg.model.name, cfg.model.kwargs,
                               cfg.data.name, loop.mean, loop.std)
         ending.summary = {
             "test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"], "test_count": record["test_count"],
