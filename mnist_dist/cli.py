@@ -16,7 +16,7 @@ COMMANDS = {  # name: (module, one-line help)
     "eval": ("mnist_dist.evaluate", "evaluate a trained model on a dataset split"),
     "predict": ("mnist_dist.predict", "classify image files (PNG/JPEG/BMP/GIF) with a trained model"),
     "export": ("mnist_dist.export", "export a trained model (ONNX, TorchScript)"),
-    "push": ("mnist_dist.hub", "upload a run's model to the Hugging Face Hub (its Hub files only)"),
+    "push": ("mnist_dist.push", "upload a run's model to the Hugging Face Hub (its Hub files only)"),
     "report": ("mnist_dist.report", "rebuild the pictures and report.md of a run folder"),
     "recipes": ("mnist_dist.recipes", "list the training recipes that --config NAME finds"),
     "sweep": ("mnist_dist.sweep", "run a sweep file's points (grid or random), each in its own run folder"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mnist_dist import checkpoint, config, data, hub, inference, rundir, runtime
+from mnist_dist import checkpoint, config, data, hub, inference, rundir, runtime, tracking
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--png", metavar="PATH", help="also write the confusion matrix as a PNG")
     parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",  # no default: argparse calls it required
-                        help="data.* and train.* overrides on top of the run's config, e.g. data.dir=/path")
+                        help="data.* and train.* overrides on top of the run's config, e.g. data.dir=/path; "
+                             "tracking.backend=wandb (and tracking.*) logs the evaluation as a W&B run of its own")
 
 
 def format_result(result: dict, classes: list[str], split: str) -> str:
@@ -53,5 +54,6 @@ def run(args) -> int:
         if args.png:
             from mnist_dist import plots
             plots.confusion_matrix(result["confusion"], meta["classes"], args.png)
+        tracking.log_evaluation(cfg, model_path, meta, result, args.model if hub.is_repo_id(args.model) else None)
     runtime.end_distributed(accelerator)
     return 0

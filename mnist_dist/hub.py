@@ -228,26 +228,3 @@ def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
     except Exception as e:
         raise HubError(f"push to {repo_id} failed ({_one_line(e)})") from None
     return str(getattr(info, "commit_url", info))
-
-
-# ----------------------------------------------------------------------------- `mnist-dist push`
-
-
-def add_arguments(p) -> None:
-    p.add_argument("run", metavar="RUN_DIR", help="a run folder")
-    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub model repo, owner/name (created if missing)")
-    p.add_argument("--best", action="store_true",
-                   help="push the best model by validation (RUN_DIR/best/) instead of the final one")
-    p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--message", default="Upload model from mnist-dist", help="the commit message")
-
-
-def run(args) -> int:
-    """Writes the Hub layout into the model's own folder (RUN_DIR, or RUN_DIR/best/), then uploads only it."""
-    source = rundir.pick_model(args.run, args.best)
-    if not source.is_dir():
-        raise HubError(f"{source}: push takes a run folder")
-    export(source, rundir.of_model(source), source, args.best)
-    url = push(source, args.repo_id, args.private, args.message)
-    print(f"pushed {', '.join(n for n in HUB_FILES if (source / n).is_file())} to {args.repo_id}: {url}")
-    return 0

@@ -28,6 +28,7 @@ import secrets
 import socket
 import string
 import sys
+import types
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -351,6 +352,60 @@ def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -
     if run.settings.mode == "offline":
         _say(f"W&B run {run.id} logs offline into {run.settings.sync_dir}; upload with: wandb sync {run.settings.sync_dir}")
     return WandbTracker(run, cfg, run_dir)
+
+
+def model_artifact_ref(model_path: Path) -> str | None:
+    """The W&B artifact (model-<training run id>:best|final) of a run folder's model or of its best/, from the
+    run folder's W&B run id; None for a model without a run (a Hub download, a loose file, a checkpoint)."""
+    model_path = Path(model_path)
+    folder = model_path if model_path.is_dir() else model_path.parent
+    run_dir = rundir.of_model(folder)
+    try:
+        run_id = (run_dir / rundir.TRACKER_RUN_ID).read_text().strip()
+    except OSError:
+        return None
+    return f"model-{run_id}:{'best' if folder.name == rundir.BEST and folder != run_dir else 'final'}" if run_id else None
+
+
+def log_evaluation(cfg: config.Config, model_path: Path, meta: dict, result: dict, hub_repo: str | None) -> None:
+    """`mnist-dist eval` with tracking.backend=wandb: a W&B run of its own (job_type eval) with the result, that
+    uses the model's artifact: online its lineage links the evaluation to the training run; offline wandb cannot
+    use an artifact, so the run's config names it (model.artifact). Never fails the evaluation."""
+    if cfg.tracking.backend != "wandb" or wandb_mode() == "disabled" or importlib.util.find_spec("wandb") is None:
+        return
+    import wandb
+    tc, ref = cfg.tracking, model_artifact_ref(model_path)
+    run_dir = rundir.of_model(model_path)
+    # beside the training run's own W&B folder; a model without a run folder: wandb's default, ./wandb
+    where = run_dir if (run_dir / rundir.SUMMARY).is_file() and os.access(run_dir, os.W_OK) else Path.cwd()
+    split = result["split"]
+    init = _init_kwargs(tc, {
+        "project": tc.project, "entity": tc.entity, "name": tc.run_name, "tags": list(tc.tags) or None,
+        "group": tc.group or default_group(), "job_type": "eval", "dir": str(where),
+        "config": {"model": {"artifact": ref, "hub_repo": hub_repo,
+                             "name": meta["name"], "dataset": meta["dataset"]},
+                   "split": split, "data": {"name": cfg.data.name}, "world_size": result.get("world_size")}})
+    if wandb_mode() != "offline" and init.get("mode") not in ("offline", "disabled") and \
+            (not _has_wandb_credentials() or _wandb_server_unreachable()):
+        init["mode"] = "offline"
+    (where / "wandb").mkdir(parents=True, exist_ok=True)
+    try:
+        run = wandb.init(**init)
+    except Exception as e:
+        _warn(f"wandb failed during init ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+              f"the evaluation is not tracked")
+        return
+    tracker = types.SimpleNamespace(name="wandb", broken=False)  # for _guarded: the first error warns, once
+    classes = meta["classes"]
+    values = {f"{split}/{k}": result[k] for k in ("accuracy", "loss", "count")}
+    values.update({f"{split}/per_class_accuracy/{c.replace('/', '_')}": a
+                   for c, a in zip(classes, result["per_class_accuracy"])})
+    if ref and run.settings.mode != "offline":
+        _guarded(tracker, "use_artifact", run.use_artifact, ref if "/" in ref else f"{run.project}/{ref}")
+    _guarded(tracker, "log", run.log, values)
+    _guarded(tracker, "finish", run.finish)
+    if run.settings.mode == "offline":
+        _say(f"W&B run {run.id} saved offline in {run.settings.sync_dir}; upload it with: wandb sync {run.settings.sync_dir}")
 
 
 # ----------------------------------------------------------------------------- TensorBoard

@@ -234,6 +234,7 @@ def test_an_early_stop_is_marked_preempting_only_when_it_will_resume(tmp_path, m
 
 
 def wandb_config(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)  # the run folder train() makes before tracking starts
     return config.load(None, ["tracking.backend=wandb", f"run.dir={tmp_path}", "data.name=fashion_mnist"])
 
 
@@ -288,7 +289,8 @@ def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
     """define_metric: val accuracy's summary is its max and val loss's its min, with their steps, charts against
     global_step; each final number has one name (test/accuracy, not also test_accuracy); no local path in the
     summary or the artifacts' metadata; job_type train, tracking.init_kwargs reach wandb.init; the best model
-    is an artifact version with the alias best beside the final one's latest and final."""
+    is an artifact version with the alias best beside the final one's latest and final; `eval` logs a run of
+    its own that names that artifact."""
     idx = fashion_slice(tmp_path / "idx", n_train=800, n_test=300)
     run_dir = tmp_path / "run"
     env = no_job_ids(clean_env(tmp_path / "home", WANDB_MODE="offline", WANDB_API_KEY=SENTINEL))
@@ -323,7 +325,17 @@ def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
     same_weights = (run_dir / "best" / "model.safetensors").read_bytes() == (run_dir / "model.safetensors").read_bytes()
     assert (versions[0]["digest"] == versions[1]["digest"]) is same_weights
     assert str(tmp_path) not in json.dumps([summary, [v["metadata"] for v in versions]])
-    assert_no_secret(run_dir, result.stdout, result.stderr)
+
+    # An evaluation of the best model is a W&B run of its own (job_type eval) that names the model's artifact
+    # (offline wandb cannot use_artifact: online, the same reference becomes the lineage link).
+    evaluated = run_ok([str(BIN / "mnist-dist"), "eval", str(run_dir), "--best", "--json", f"data.dir={idx}",
+                        "data.source=idx", "tracking.backend=wandb"], env)
+    (eval_file,) = [p for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb") if run["id"] not in p.name]
+    eval_run = read_run(eval_file)
+    assert eval_run["job_type"] == "eval" and eval_run["config"]["model"]["artifact"] == f"model-{run['id']}:best"
+    (line,) = [x for x in evaluated.stdout.splitlines() if x.startswith("{")]
+    assert eval_run["summary"]["test/accuracy"] == json.loads(line)["accuracy"] and eval_run["exit_code"] == 0
+    assert_no_secret(run_dir, result.stdout, result.stderr, evaluated.stdout, evaluated.stderr)
 
 
 def test_a_sweep_point_gets_job_type_sweep_and_a_torchrun_job_its_group(tmp_path, monkeypatch):
