@@ -67,6 +67,8 @@ def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:
 
 
 def run(args) -> int:
+    if args.metric:  # a misspelled one would rank every run by "-" (a sweep file's own is checked as it loads)
+        sweeps.check_metric(args.metric, "--metric")
     runs, sweep, folder = collect(args.runs)
     if not runs:
         raise UserError(f"{args.runs[0]}: no run folders in it yet")

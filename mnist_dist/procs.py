@@ -8,9 +8,11 @@ from pathlib import Path
 
 
 def start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (clock ticks since boot), or None if there is no such process."""
+    """Field 22 of /proc/PID/stat (clock ticks since boot), or None if there is no such process, or only its
+    zombie (dead, waiting to be reaped: a container's init may never do it)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         return None
 

@@ -7,6 +7,13 @@ point's `key=value` overrides, run.dir=SWEEP_DIR/point_NNN and tracking.group=<s
 runs of one sweep share a group. A failed point does not stop the others (the exit status is 1 at the end); a
 preempted or interrupted one stops the sweep with its status, and running the same command again skips the
 finished points and resumes the interrupted one from its checkpoints.
+
+A point's training dies with its sweep, even under `kill -9` of the sweep alone: a watchdog process (in a session
+of its own) holds one end of a pipe whose other end only the sweep holds, and when the sweep is gone it freezes
+and kills the point's whole process tree (a launcher's workers too). Each point's sweep_point.json says how it
+ended (`status`: running, finished, failed, preempted, interrupted, killed); a point still marked running whose
+process is gone was killed with its sweep: the next run of the sweep records that and runs it again (it resumes
+from its checkpoints).
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_dist import rundir, sweeps
+from mnist_dist import procs, rundir, sweeps
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 
 POINT_DIR = "point_{:03d}"
@@ -28,7 +35,8 @@ POINT_DIR = "point_{:03d}"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="SWEEP_YAML", help="a sweep file, e.g. configs/sweeps/debug_grid.yaml")
     parser.add_argument("--dir", help="the sweep folder (default: runs/sweeps/<file name>)")
-    parser.add_argument("--count", type=int, default=4, help="random search: how many points (default 4)")
+    parser.add_argument("--count", type=int, help="how many points: a random search draws this many (default 4), "
+                                                  "a grid runs its first COUNT (default all)")
     parser.add_argument("--seed", type=int, default=0, help="random search: the seed that draws the points")
     parser.add_argument("--index", type=int, help="run only this point (0-based), e.g. $SLURM_ARRAY_TASK_ID")
     parser.add_argument("--list", action="store_true", help="print the points and their overrides, then exit")
@@ -39,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     sweep = sweeps.load(args.file)
-    if args.count < 1:
+    if args.count is not None and args.count < 1:
         raise UserError("--count must be at least 1")
     points = sweep.points(args.count, args.seed)
     if args.list:
@@ -64,14 +72,29 @@ def run(args) -> int:
         if (run_dir / rundir.SUMMARY).is_file():
             print(f"sweep {sweep.name}: point {i} finished earlier ({run_dir})", flush=True)
             continue
+        previous = rundir.read_json(run_dir / rundir.SWEEP_POINT) or {}
+        if previous.get("status") == "running":
+            if procs.alive(previous.get("pid"), previous.get("started")):
+                print(f"sweep {sweep.name}: point {i} is running in process {previous['pid']} (another sweep); "
+                      f"skipped", flush=True)
+                continue
+            rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**previous, "status": "killed"}))
+            print(f"sweep {sweep.name}: point {i} was killed with its sweep (process {previous.get('pid')} is gone); "
+                  f"running it again", flush=True)
         words = sweeps.overrides(points[i])
         print(f"sweep {sweep.name}: point {i + 1}/{len(points)} ({' '.join(words)}) -> {run_dir}", flush=True)
         run_dir.mkdir(exist_ok=True)
-        record = {"index": i, "overrides": words, "exit_code": None}
+        record = {"index": i, "overrides": words, "exit_code": None, "status": "starting"}
         rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
+
+        def started(pid: int) -> None:
+            record.update(status="running", pid=pid, started=procs.start_time(pid))
+            rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
         code = run_point([*launcher, "-m", "mnist_dist.cli", "train", *sweep.base_args,
-                          f"tracking.group={folder.name}", *words, f"run.dir={run_dir}"], launched=bool(args.launcher))
-        rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**record, "exit_code": code}))
+                          f"tracking.group={folder.name}", *words, f"run.dir={run_dir}"], launched=bool(args.launcher),
+                         on_start=started)
+        rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT,
+                                 json.dumps({**record, "exit_code": code, "status": ending(code)}))
         if code in (PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE):
             print(f"sweep {sweep.name}: point {i} stopped with its checkpoint (exit {code}); run the same command "
                   f"again to resume it", flush=True)
@@ -87,12 +110,30 @@ def run(args) -> int:
     return 0
 
 
-def run_point(cmd: list[str], launched: bool) -> int:
-    """Runs one point and waits for it. A preemption signal (USR1, TERM) that reaches the sweep goes on to the
-    training processes, which checkpoint: the child itself, or under a launcher its training children (torchrun's
-    agent would die of USR1 and leaves its workers in sessions of their own). Ctrl-C reaches the training through
-    the terminal's process group already; the sweep only keeps waiting for the checkpoint."""
-    proc = subprocess.Popen(cmd)
+def ending(code: int) -> str:
+    """How a point ended, from its exit status (negative: killed by that signal)."""
+    return {0: "finished", PREEMPTED_EXIT_CODE: "preempted", INTERRUPTED_EXIT_CODE: "interrupted"}.get(
+        code, "killed" if code < 0 else "failed")
+
+
+def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
+    """Runs one point and waits for it, under a watchdog that kills its process tree if the sweep dies first. A
+    preemption signal (USR1, TERM) that reaches the sweep goes on to the training processes, which checkpoint:
+    the child itself, or under a launcher its training children (torchrun's agent would die of USR1 and leaves
+    its workers in sessions of their own). Ctrl-C reaches the training through the terminal's process group
+    already; the sweep only keeps waiting for the checkpoint."""
+    read_end, write_end = os.pipe()  # not inheritable: only this process holds the write end
+    # A session of its own: Ctrl-C and a kill of the sweep's process group do not reach the watchdog.
+    watchdog = subprocess.Popen([sys.executable, "-c", "from mnist_dist import sweep; sweep.watch()"],
+                                stdin=read_end, start_new_session=True)
+    os.close(read_end)
+    try:
+        proc = subprocess.Popen(cmd)
+    except BaseException:
+        os.close(write_end)
+        raise
+    os.write(write_end, f"{proc.pid} {procs.start_time(proc.pid)}\n".encode())
+    on_start(proc.pid)
 
     def forward(signum, frame):
         for pid in _training_children(proc.pid) if launched else [proc.pid]:
@@ -107,16 +148,64 @@ def run_point(cmd: list[str], launched: bool) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        os.write(write_end, b"done\n")  # the point ended: nothing for the watchdog to do
+        os.close(write_end)
+        watchdog.wait()
+
+
+def watch() -> None:
+    """The watchdog (its own process): reads the point's pid and start time, then waits for the sweep to write
+    `done` or to die (end of file). If the sweep died while the point runs, the point's tree is frozen (SIGSTOP,
+    so nothing forks any more) and killed: parent first would leave its children to init, out of reach."""
+    lines = sys.stdin.buffer.read().decode().split("\n")
+    if "done" in lines or not lines[0]:
+        return
+    pid, started = int(lines[0].split()[0]), lines[0].split()[1]
+    if not procs.alive(pid, None if started == "None" else started):
+        return
+    frozen: list[int] = []
+    while new := [p for p in [pid, *_descendants(pid)] if p not in frozen]:
+        for p in new:
+            _signal(p, signal.SIGSTOP)
+        frozen += new
+    for p in frozen:
+        _signal(p, signal.SIGKILL)
+    print(f"mnist-dist sweep: the sweep died; killed its point's processes {frozen}", file=sys.stderr, flush=True)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process, from /proc."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        try:
+            out[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    parents, found, frontier = _parents(), [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
 
 
 def _training_children(launcher_pid: int) -> list[int]:
     """The processes a launcher started that run mnist_dist (its workers), from /proc."""
     found = []
-    for p in Path("/proc").iterdir():
+    for pid, ppid in _parents().items():
         try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == launcher_pid and b"mnist_dist" in (p / "cmdline").read_bytes():
-                found.append(int(p.name))
-        except (OSError, ValueError, IndexError):
+            if ppid == launcher_pid and b"mnist_dist" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
             continue
     return found

@@ -8,6 +8,7 @@ as `--config debug`) are the base of every point. `wandb agent` expands the same
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import random
@@ -22,6 +23,10 @@ from mnist_dist.config import ConfigError
 MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_no_boolean_flags}",
           "${args_json}", "${args_json_file}")
 DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
+# The scalars of a metrics.jsonl record (train.evaluate: where the run was, the training window, each split's
+# metrics.summarize, the time): what a sweep and `compare` can rank by.
+RECORDED_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "train_accuracy",
+                    "train_seconds", "epoch", "global_step", "val_count", "test_count")
 
 
 @dataclass
@@ -33,14 +38,15 @@ class Sweep:
     parameters: dict  # dotted key -> its spec
     base_args: list[str]  # the command's own training arguments, e.g. ["--config", "debug"]
 
-    def points(self, count: int = 0, seed: int = 0) -> list[dict]:
-        """Every grid point (in file order, the last parameter fastest), or `count` random ones (seeded)."""
+    def points(self, count: int | None = None, seed: int = 0) -> list[dict]:
+        """The grid's points (in file order, the last parameter fastest): all of them, or the first `count`; or
+        `count` random ones (default 4, seeded)."""
         if self.method == "grid":
             keys = list(self.parameters)
             values = [spec["values"] if "values" in spec else [spec["value"]] for spec in self.parameters.values()]
-            return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+            return [dict(zip(keys, combo)) for combo in itertools.islice(itertools.product(*values), count)]
         rng = random.Random(seed)
-        return [{key: _draw(spec, rng) for key, spec in self.parameters.items()} for _ in range(count)]
+        return [{key: _draw(spec, rng) for key, spec in self.parameters.items()} for _ in range(count or 4)]
 
 
 def _draw(spec: dict, rng: random.Random):
@@ -54,6 +60,14 @@ def _draw(spec: dict, rng: random.Random):
     if spec["distribution"] == "log_uniform_values":
         return math.exp(rng.uniform(math.log(lo), math.log(hi)))
     return rng.uniform(lo, hi)
+
+
+def check_metric(name: str, what: str) -> None:
+    """Refuses a metric no run records (a misspelled one would rank every point by nothing)."""
+    if name not in RECORDED_METRICS:
+        close = difflib.get_close_matches(name, RECORDED_METRICS, n=1)
+        raise ConfigError(f"{what} {name!r} is not a metric a run records" +
+                          (f"; did you mean {close[0]!r}?" if close else "") + f" (one of {', '.join(RECORDED_METRICS)})")
 
 
 def overrides(point: dict) -> list[str]:
@@ -78,6 +92,7 @@ def load(path: str | Path) -> Sweep:
     if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) or \
             metric.get("goal", "maximize") not in ("maximize", "minimize"):
         raise ConfigError(f"{path}: metric must be {{name: val_accuracy, goal: maximize | minimize}}")
+    check_metric(metric["name"], f"{path}: metric.name")
     params = raw.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{path}: parameters must map dotted config keys to {{values: [...]}} or {{value: x}}")

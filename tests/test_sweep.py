@@ -30,6 +30,13 @@ def tiny_sweep(tmp_path: Path, idx: Path, models: list[str]) -> Path:
     return path
 
 
+def wandb_run_group(group: str) -> bytes:
+    """The bytes a W&B run record holds for its group (protobuf field run_group, as wandb encodes it): a check of
+    the group itself, not of a path or config value that happens to contain the name."""
+    from wandb.proto import wandb_internal_pb2
+    return wandb_internal_pb2.RunRecord(run_group=group).SerializeToString()
+
+
 def best_val(run_dir: Path) -> float:
     return max(json.loads(line)["val_accuracy"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
 
@@ -114,6 +121,9 @@ def test_a_local_sweep_runs_every_point_and_a_failed_one_does_not_stop_the_other
             {p.name for p in run_dir.iterdir()}
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert saved["train"]["lr"] == [0.001, 0.01][i // 2] and saved["tracking"]["group"] == "sweep"
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        scalars = {k for r in records for k, v in r.items() if isinstance(v, (int, float)) and k != "early_stop"}
+        assert scalars == set(sweeps.RECORDED_METRICS)  # what metric.name and compare --metric accept
     check_compare(sweep_dir, 4, failed={"point_001", "point_003"})
     # Run again: the finished points are skipped, not trained twice.
     again = run_cli(["sweep", str(path), "--dir", str(sweep_dir), "--index", "0"]).stdout
@@ -124,7 +134,7 @@ def test_a_local_sweep_runs_every_point_and_a_failed_one_does_not_stop_the_other
 @pytest.mark.slow
 def test_a_grid_sweep_runs_as_a_slurm_job_array(slurm, tmp_path):
     from test_slurm import ENDED, JOB_TIMEOUT_S, submit
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = tmp_path / "grid_k7q"  # the group; also in every path of the run, hence the run record's field below
     job_id = submit(slurm, tmp_path, str(GRID), "--dir", str(sweep_dir), script="slurm/sweep.sbatch",
                     options=["--array=0-3"])
     for task in range(4):
@@ -136,8 +146,7 @@ def test_a_grid_sweep_runs_as_a_slurm_job_array(slurm, tmp_path):
         assert summary["global_step"] == 40 and summary["test_count"] == 10000
         run_files = list((sweep_dir / f"point_{task:03d}" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(run_files) == 1  # one W&B run per point, offline without credentials
-        config_text = run_files[0].read_bytes()
-        assert b"sweep" in config_text  # the group: the sweep folder's name
+        assert wandb_run_group(sweep_dir.name) in run_files[0].read_bytes()  # the group: the sweep folder's name
     out = run_cli(["compare", str(sweep_dir)]).stdout
     print(out)
     assert out.splitlines()[0].split()[:4] == ["rank", "run", "train.lr", "train.per_device_batch_size"]
@@ -194,3 +203,96 @@ def test_a_preempted_array_task_requeues_itself_and_resumes_its_point(slurm, tmp
     assert info["JobState"] == "COMPLETED", log[-4000:]
     assert f"resumed from {run_dir}/checkpoints/step_{step:08d}" in log
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 200
+
+
+def test_a_misspelled_metric_is_refused_before_any_point_runs(tmp_path, capsys):
+    """metric.name val_acuracy was accepted, and compare ranked every point by "-": now one line, with the
+    closest recorded metric, and no sweep folder made; compare's --metric is checked the same way."""
+    raw = yaml.safe_load(GRID.read_text())
+    raw["metric"]["name"] = "val_acuracy"
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli(["sweep", str(tmp_path / "typo.yaml"), "--dir", str(tmp_path / "sweep")], check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "metric.name 'val_acuracy' is not a metric a run records; did you mean 'val_accuracy'?" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+    assert cli.main(["compare", str(tmp_path), "--metric", "test_acc"]) == 2
+    assert "--metric 'test_acc' is not a metric a run records; did you mean 'test_accuracy'?" in capsys.readouterr().err
+
+
+def test_count_takes_the_first_points_of_a_grid(tmp_path, capsys):
+    """--count 2 on a 1,000-point grid ran all 1,000: it is the first 2 (the order --list shows)."""
+    raw = yaml.safe_load(GRID.read_text())
+    raw["parameters"] = {"train.seed": {"values": list(range(100))}, "train.lr": {"values": [0.1 * k for k in
+                                                                                            range(1, 11)]}}
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(raw))
+    assert cli.main(["sweep", str(tmp_path / "big.yaml"), "--list"]) == 0
+    every = capsys.readouterr().out.splitlines()
+    assert len(every) == 1000
+    assert cli.main(["sweep", str(tmp_path / "big.yaml"), "--list", "--count", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == every[:2]
+    assert cli.main(["sweep", str(tmp_path / "big.yaml"), "--index", "2", "--count", "2"]) == 2
+    assert "has points 0-1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    assert "a grid runs its first COUNT" in capsys.readouterr().out
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (a container's init may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
+def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_reruns(tiny_idx, tmp_path):
+    """The point runs under a launcher whose worker sits in a session of its own (as torchrun's do); `kill -9` of
+    the sweep alone used to leave both running and the point's record stale. Now both die, the record says
+    running with a pid that is gone, and the next run of the sweep marks it killed and runs it again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import VENV_BIN
+    raw = yaml.safe_load(GRID.read_text())
+    raw["parameters"] = {"train.lr": {"values": [0.01]}}
+    raw["command"] = ["${program}", "--config", "debug", "data.source=idx", f"data.dir={tiny_idx}", "data.name=mnist",
+                      "data.val_size=200", "train.max_steps=6", "train.progress=false", "${args_no_hyphens}"]
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(raw))
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text("import os, subprocess, sys, time\n"
+                        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], "
+                        "start_new_session=True)\n"
+                        "open(os.environ['PIDS'] + '.tmp', 'w').write(f'{os.getpid()} {worker.pid}')\n"
+                        "os.rename(os.environ['PIDS'] + '.tmp', os.environ['PIDS'])\n"
+                        "time.sleep(300)\n")
+    sweep_dir, pids_file = tmp_path / "sweep", tmp_path / "pids"
+    sweep = subprocess.Popen([str(VENV_BIN / "mnist-dist"), "sweep", str(tmp_path / "one.yaml"), "--dir",
+                              str(sweep_dir), "--launcher", f"{sys.executable} {launcher}"],
+                             env={**os.environ, "PIDS": str(pids_file)}, stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        deadline = time.monotonic() + 60
+        while not pids_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = [int(p) for p in pids_file.read_text().split()]
+        record = json.loads((sweep_dir / "point_000" / "sweep_point.json").read_text())
+        assert record["status"] == "running" and record["pid"] == pids[0]
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+        deadline = time.monotonic() + 20
+        while not all(map(_gone, pids)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(map(_gone, pids)), f"orphans left running: {[p for p in pids if not _gone(p)]}"
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    again = run_cli(["sweep", str(tmp_path / "one.yaml"), "--dir", str(sweep_dir)])
+    assert f"point 0 was killed with its sweep (process {pids[0]} is gone); running it again" in again.stdout
+    record = json.loads((sweep_dir / "point_000" / "sweep_point.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("finished", 0)
+    assert json.loads((sweep_dir / "point_000" / "summary.json").read_text())["global_step"] == 6
