@@ -1,4 +1,4 @@
-"""Every damaged file of a run folder is one line, for every command that reads it.
+"""Every damaged file of a run folder is one line, for every command that reads it (train on resume included).
 
 A table of damages (broken JSON or YAML, a JSON or YAML file of the wrong type, a truncated model.json, metrics
 records of the wrong shape, a junk or broken sweep point) crossed with the commands that read each file (report,
@@ -195,3 +195,19 @@ def test_convert_refuses_a_bad_output_folder_or_an_empty_csv_in_one_line(tmp_pat
     assert proc.returncode == 2
     one_line_naming(proc.stderr, named)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ----------------------------------------------------------------------------- train on resume
+
+
+def test_a_resume_with_a_damaged_metrics_file_is_one_line_and_writes_nothing(tiny_idx, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")]
+    run_cli(args)
+    metrics = run_dir / rundir.METRICS
+    metrics.write_text("5\n" + metrics.read_text())
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    proc = run_cli(args, check=False)
+    assert proc.returncode == 2
+    assert "line 1 holds the int '5'" in one_line_naming(proc.stderr, metrics)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
