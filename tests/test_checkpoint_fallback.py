@@ -15,7 +15,7 @@ import torch
 from mnist_dist import checkpoint
 from mnist_dist.checkpoint import CheckpointError
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, ddp2_launcher, run_cli, tiny_overrides
 
 
 class OneProcess:
@@ -189,3 +189,19 @@ def test_a_damaged_checkpoint_named_by_path_is_refused_not_renamed(tiny_idx, tmp
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"{ckpt / 'model.safetensors'}: 10 bytes" in proc.stderr and "checkpoint.resume=auto" in proc.stderr
     assert ckpt.is_dir()
+
+
+@pytest.mark.slow
+def test_two_processes_set_aside_a_checkpoint_missing_one_ranks_file_together(tiny_idx, tmp_path):
+    """Rank 1's RNG file gone from the newest of a 2-process run's checkpoints: both ranks fall back to the
+    previous one (the ranks agree on the damage, a collective) and the run ends as it should."""
+    run_dir = tmp_path / "two"
+    args = tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=25", "checkpoint.every_steps=5",
+                          "train.max_steps=15", "checkpoint.keep=3")
+    run_cli(["train", *args], launcher=ddp2_launcher(29641))
+    (run_dir / "checkpoints" / "step_00000015" / "random_states_1.pkl").unlink()
+    proc = run_cli(["train", *args], launcher=ddp2_launcher(29642))
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "is damaged" in line]
+    assert len(said) == 1 and "random_states_1.pkl: missing" in said[0], proc.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000010'} at global_step=10" in proc.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 15
