@@ -164,7 +164,8 @@ def _scalars(record: dict, classes: list[str]) -> dict:
 # ----------------------------------------------------------------------------- W&B
 
 # metrics.jsonl names of summary.json's final numbers -> the names their charts have (one name per number)
-SUMMARY_NAMES = {"test_accuracy": "test/accuracy", "test_loss": "test/loss", "test_count": "test/count"}
+SUMMARY_NAMES = {"test_accuracy": "test/accuracy", "test_loss": "test/loss", "test_count": "test/count",
+                 "train_seconds": "train/seconds", "epochs": "epoch"}
 # summary.json keys the dashboard leaves out: the last val accuracy is a chart (its summary is the best);
 # the best model's path is local to the machine that trained
 SUMMARY_LEFT_OUT = ("val_accuracy",)

@@ -313,7 +313,8 @@ def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
     assert summary["val/loss"] == {"min": best_loss["val_loss"]}
     assert summary["val/loss_best_step"] == best_loss["global_step"]
     assert summary["test/accuracy"] == saved["test_accuracy"] and summary["best/global_step"] == saved["best"]["global_step"]
-    assert not {"test_accuracy", "test_loss", "test_count", "val_accuracy", "best"} & set(summary)
+    assert not {"test_accuracy", "test_loss", "test_count", "val_accuracy", "train_seconds", "epochs", "best"} & set(summary)
+    assert summary["train/seconds"] == saved["train_seconds"] and summary["epoch"] == saved["epochs"]
     assert summary["data_source"] == "idx"
 
     assert (run["job_type"], run["group"], run["notes"]) == ("train", "", "from the test")
