@@ -1,7 +1,8 @@
 """One typed config tree: defaults < YAML file < dotted `a.b=value` overrides.
 
 Unknown keys, wrong types and impossible values raise ConfigError before any work starts: types are checked
-while building (from_dict), ranges next to their fields (each section's __post_init__).
+while building (from_dict), ranges by each section's __post_init__. Each field's policy (choices, range, whether
+a resume may change it) stands in its own metadata (meta()); --help and docs/configuration.md are generated from it.
 The world size is not part of the config: it comes from the launcher.
 """
 from __future__ import annotations
@@ -29,54 +30,92 @@ class ConfigError(UserError, ValueError):
 INT64_LIMIT = 2**63
 
 
-def choice(*options):
-    return {"choices": options}
+# Whether a resumed run may set a key to another value than its checkpoint's config (resume_conflicts).
+MAY_CHANGE, MUST_MATCH = "may change", "must match"
+# Schedules whose shape does not depend on the run's length: with these, train.epochs may grow on resume.
+LENGTH_FREE_SCHEDULERS = ("none", "step")
 
 
-def _check_range(section: str, obj, positive=(), non_negative=()) -> None:
-    """Range checks for one section, run from its __post_init__: `section.key must be > 0, got 0`."""
-    for name in positive:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{section}.{name} must be > 0, got {getattr(obj, name)}")
-    for name in non_negative:
-        if getattr(obj, name) < 0:
-            raise ConfigError(f"{section}.{name} must be >= 0, got {getattr(obj, name)}")
+def meta(*choices: str, resume: str = MUST_MATCH, why: str = "", may_change_if=None,
+         gt=None, ge=None, lt=None, le=None, range_why: str = "") -> dict:
+    """A field's policy, written beside the field as its metadata (one source for the checks, --help and
+    docs/configuration.md):
+    - choices: the values it may take (from_dict refuses others);
+    - resume: MUST_MATCH (the default: a key shapes the run's numbers unless it says otherwise) or MAY_CHANGE,
+      with why; may_change_if(cfg) lets a must-match key change anyway when it holds for the resuming config;
+    - gt, ge, lt, le: its range, checked by _check_range from the section's __post_init__, and range_why: the
+      reason for it, said in the error."""
+    assert resume in (MAY_CHANGE, MUST_MATCH), resume
+    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return {"choices": choices, "resume": resume, "why": why, "may_change_if": may_change_if, "range": bounds,
+            "range_why": range_why}
+
+
+BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "lt": ("<", lambda v, b: v < b),
+          "le": ("at most", lambda v, b: v <= b)}
+
+
+def range_text(bounds: dict) -> str:
+    """`> 0`, `>= 0, at most 256`, `in [0, 1)`: a range as the error messages and the reference write it."""
+    if set(bounds) == {"ge", "lt"}:
+        return f"in [{bounds['ge']}, {bounds['lt']})"
+    return ", ".join(f"{BOUNDS[k][0]} {v}" for k, v in bounds.items())
+
+
+def _check_range(section: str, obj) -> None:
+    """The ranges in a section's field metadata, run from its __post_init__: `section.key must be > 0, got 0`."""
+    for f in dataclasses.fields(obj):
+        bounds, value = f.metadata.get("range") or {}, getattr(obj, f.name)
+        crossed = {k: b for k, b in bounds.items() if not BOUNDS[k][1](value, b)}
+        if crossed:
+            shown = bounds if set(bounds) == {"ge", "lt"} else crossed  # an interval reads better whole
+            # A bound of 0 needs no reason; `at most 256 (processes per rank)` does.
+            why = f" ({f.metadata['range_why']})" if f.metadata.get("range_why") and any(crossed.values()) else ""
+            raise ConfigError(f"{section}.{f.name} must be {range_text(shown)}{why}, got {value}")
 
 
 MAX_WORKERS = 256  # DataLoader worker processes per rank: more would only exhaust the host
 MAX_TIMEOUT_S = 365 * 86400  # a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
 
+# Why a key may change on resume, said once for the keys that share the reason.
+MOVED_DATA = "where the data are read from: they may move; the checkpoint's data fingerprint refuses other arrays"
+HOW_COMPUTED = "the memory layout and kernels of the same model, not which model"
+CHECKPOINTED = "how the run is checkpointed, not what it computes"
+WATCHED = "how the run is watched, not what it computes"
+LAUNCHED = "how the run is launched, guarded and stopped, not what it computes"
+BEST_TERMS = "the best score and the early-stop patience count a checkpoint holds are in its terms"
+
+
 
 @dataclass
 class DataConfig:
-    name: str = field(default="mnist", metadata=choice("mnist", "fashion_mnist"))
+    name: str = field(default="mnist", metadata=meta("mnist", "fashion_mnist"))
     """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
-    source: str = field(default="auto", metadata=choice("auto", "hf", "torchvision", "idx"))
+    source: str = field(default="auto", metadata=meta("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE,
+                                                      why=MOVED_DATA))
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
-    dir: str | None = None
+    dir: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=MOVED_DATA))
     """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
-    hf_path: str | None = None
+    hf_path: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=MOVED_DATA))
     """Hugging Face dataset id or local folder; default ylecun/mnist or zalando-datasets/fashion_mnist."""
-    val_size: int = 5000
+    val_size: int = field(default=5000, metadata=meta(ge=0))
     """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
-    loader: str = field(default="device", metadata=choice("device", "dataloader"))
+    loader: str = field(default="device", metadata=meta("device", "dataloader"))
     """device: each split is one uint8 tensor on the accelerator, batched there. dataloader: torch DataLoader via Accelerate."""
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=meta(ge=0, le=MAX_WORKERS, range_why="processes per rank",
+                                                      resume=MAY_CHANGE, why="how the data are read, not which"))
     """DataLoader workers per process (data.loader=dataloader only)."""
     augment: bool = False
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
-    augment_shift: int = 2
+    augment_shift: int = field(default=2, metadata=meta(ge=0))
     """Maximum translation in pixels when augment is on."""
-    cache: bool = True
+    cache: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why="the same bytes, decoded again or not"))
     """Keep gzipped IDX files decompressed in $MNIST_DIST_CACHE (default ~/.cache/mnist-dist): later runs skip the
     ~0.4 s decode. Keyed on each file's path, size, mtime, ctime and inode; every read checks the entry's length (against
     its header and the source's gzip trailer) and CRC-32 (a corrupt entry is refused and rebuilt)."""
 
     def __post_init__(self):
-        _check_range("data", self, non_negative=("val_size", "num_workers", "augment_shift"))
-        if self.num_workers > MAX_WORKERS:
-            raise ConfigError(f"data.num_workers must be at most {MAX_WORKERS} (processes per rank), "
-                              f"got {self.num_workers}")
+        _check_range("data", self)
 
 
 @dataclass
@@ -85,9 +124,9 @@ class ModelConfig:
     """A name from mnist_dist.models.MODELS."""
     kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the model's constructor (e.g. {width: 48})."""
-    channels_last: bool = True
+    channels_last: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why=HOW_COMPUTED))
     """Use channels_last memory format (convolutions: +33% images/s on a 2-core CPU with oneDNN, faster on GPUs)."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata=meta(resume=MAY_CHANGE, why=HOW_COMPUTED))
     """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
 
@@ -114,51 +153,60 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = field(default=8, metadata=meta(
+        gt=0, may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
+        why="with train.scheduler=none or step, whose shape does not depend on the run's length"))
     """Passes over the training split."""
-    per_device_batch_size: int = 128
+    per_device_batch_size: int = field(default=128, metadata=meta(
+        gt=0, may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
+        why="when train.global_batch_size is set: it is then derived from that and the world size"))
     """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
-    global_batch_size: int = 0
+    global_batch_size: int = field(default=0, metadata=meta(
+        ge=0, resume=MAY_CHANGE, why="0 or the same number: train() checks the effective global batch itself"))
     """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
     the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
-    lr: float = 0.005
+    lr: float = field(default=0.005, metadata=meta(gt=0))
     """Peak learning rate."""
-    optimizer: str = field(default="adamw", metadata=choice("sgd", "adam", "adamw"))
+    optimizer: str = field(default="adamw", metadata=meta("sgd", "adam", "adamw"))
     """sgd (with Nesterov momentum when momentum > 0), adam, or adamw (decoupled weight decay); fused kernels where torch has them."""
-    momentum: float = 0.9
+    momentum: float = field(default=0.9, metadata=meta(ge=0))
     """SGD momentum (sgd only)."""
-    weight_decay: float = 0.0005
+    weight_decay: float = field(default=0.0005, metadata=meta(ge=0))
     """L2 penalty (adam, sgd) or decoupled decay (adamw)."""
-    scheduler: str = field(default="onecycle", metadata=choice("none", "step", "cosine", "onecycle"))
+    scheduler: str = field(default="onecycle", metadata=meta("none", "step", "cosine", "onecycle"))
     """Learning-rate schedule, stepped once per optimizer step."""
     step_gamma: float = 0.7
     """Multiplier per epoch for scheduler=step."""
-    label_smoothing: float = 0.1
+    label_smoothing: float = field(default=0.1, metadata=meta(ge=0, lt=1))
     """Cross-entropy label smoothing in [0, 1)."""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = field(default=1, metadata=meta(gt=0))
     """Micro-batches per optimizer step."""
-    grad_clip: float = 0.0
+    grad_clip: float = field(default=0.0, metadata=meta(ge=0))
     """Clip the global gradient norm to this value; 0 disables."""
-    mixed_precision: str = field(default="auto", metadata=choice("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = field(default="auto", metadata=meta("auto", "no", "bf16", "fp16"))
     """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
     a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
     which ran and why."""
-    device: str = field(default="auto", metadata=choice("auto", "cpu", "cuda", "mps"))
+    device: str = field(default="auto", metadata=meta("auto", "cpu", "cuda", "mps", resume=MAY_CHANGE,
+                                                      why="where the run computes, not what"))
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=meta(ge=0))
     """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
-    eval_batch_size: int = 256
+    eval_batch_size: int = field(default=256, metadata=meta(
+        gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks"))
     """Images per process per evaluation forward pass."""
-    log_every_steps: int = 50
+    log_every_steps: int = field(default=50, metadata=meta(
+        gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is"))
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
-    max_steps: int = 0
+    max_steps: int = field(default=0, metadata=meta(
+        ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there"))
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
-    early_stop_patience: int = 0
+    early_stop_patience: int = field(default=0, metadata=meta(ge=0))
     """Stop after this many evaluations (epoch ends) in a row without an improvement of checkpoint.best_metric
     (0: never stop early). Needs a validation split."""
-    early_stop_min_delta: float = 0.0
+    early_stop_min_delta: float = field(default=0.0, metadata=meta(ge=0))
     """The least change of checkpoint.best_metric that counts as an improvement (for the best model too)."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why="display only"))
     """tqdm progress bars (main process only)."""
 
     def global_batch(self, world_size: int) -> int:
@@ -176,26 +224,23 @@ class TrainConfig:
         return dataclasses.replace(self, per_device_batch_size=self.global_batch_size // per_step)
 
     def __post_init__(self):
-        _check_range("train", self, positive=("epochs", "per_device_batch_size", "eval_batch_size", "grad_accum_steps",
-                                              "log_every_steps", "lr"),
-                     non_negative=("weight_decay", "momentum", "grad_clip", "max_steps", "early_stop_patience",
-                                   "early_stop_min_delta", "global_batch_size", "seed"))
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check_range("train", self)
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0
+    every_steps: int = field(default=0, metadata=meta(ge=0, resume=MAY_CHANGE, why=CHECKPOINTED))
     """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
-    keep: int = 2
+    keep: int = field(default=2, metadata=meta(ge=2, range_why="so a complete checkpoint always survives",
+                                               resume=MAY_CHANGE, why=CHECKPOINTED))
     """How many complete checkpoints to keep (at least 2)."""
-    resume: str = "auto"
+    resume: str = field(default="auto", metadata=meta(resume=MAY_CHANGE, why="which checkpoint to continue from"))
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
-    best_metric: str = field(default="val_accuracy", metadata=choice("val_accuracy", "val_loss", "none"))
+    best_metric: str = field(default="val_accuracy", metadata=meta("val_accuracy", "val_loss", "none",
+                                                                   why=BEST_TERMS))
     """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
     chooses. Off without a validation split (data.val_size=0)."""
-    best_mode: str = field(default="auto", metadata=choice("auto", "max", "min"))
+    best_mode: str = field(default="auto", metadata=meta("auto", "max", "min", why=BEST_TERMS))
     """Whether larger or smaller is better; auto: max for accuracy, min for loss."""
 
     def better(self, value: float, best: float | None, min_delta: float) -> bool:
@@ -204,28 +249,28 @@ class CheckpointConfig:
         return best is None or (value - best if larger else best - value) > min_delta
 
     def __post_init__(self):
-        _check_range("checkpoint", self, non_negative=("every_steps",))
-        if self.keep < 2:
-            raise ConfigError(f"checkpoint.keep must be >= 2 so a complete checkpoint always survives, got {self.keep}")
+        _check_range("checkpoint", self)
 
 
 @dataclass
 class TrackingConfig:
-    backend: str = field(default="none", metadata=choice("wandb", "tensorboard", "none"))
-    project: str = "mnist-dist"
+    backend: str = field(default="none", metadata=meta("wandb", "tensorboard", "none", resume=MAY_CHANGE,
+                                                       why=WATCHED))
+    """Where metrics, pictures and models go: W&B, TensorBoard (run.dir/tensorboard/), or nowhere but the run folder."""
+    project: str = field(default="mnist-dist", metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """W&B project."""
-    entity: str | None = None
+    entity: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """W&B entity (user or team); default: the one wandb is logged in as."""
-    run_name: str | None = None
+    run_name: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """W&B run name; default: W&B's own."""
-    tags: list = field(default_factory=list)
+    tags: list = field(default_factory=list, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """W&B tags, e.g. [baseline, cpu]."""
-    group: str | None = None
+    group: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """W&B group; defaults to the SLURM job id (an array's parent), else torchrun's run id; `mnist-dist sweep`
     sets it to the sweep folder's name."""
-    log_model: bool = False
+    log_model: bool = field(default=False, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """Upload the final model (aliases latest, final) and the best one (alias best) as W&B artifacts at the end."""
-    init_kwargs: dict = field(default_factory=dict)
+    init_kwargs: dict = field(default_factory=dict, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """More wandb.init arguments, merged over ours, e.g. {notes: baseline, job_type: ablation, settings:
     {console: off}}. Not id, resume, dir or config: the run folder and its resume own those."""
 
@@ -238,27 +283,28 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = field(default="runs/default", metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
     """The run folder: config, metrics, checkpoints, model, pictures."""
-    preempt_signals: list = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
+    preempt_signals: list = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"],
+                                  metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
     """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
-    requeue: bool = True
+    requeue: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
     """After a preemption checkpoint under SLURM, requeue the job with scontrol."""
-    guard_every_steps: int = 1
+    guard_every_steps: int = field(default=1, metadata=meta(gt=0, resume=MAY_CHANGE, why=LAUNCHED))
     """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
     Raise it on GPUs for speed; a NaN is then caught only at these steps."""
-    dist_timeout_s: int = 180
+    dist_timeout_s: int = field(default=180, metadata=meta(gt=0, le=MAX_TIMEOUT_S, range_why="a year",
+                                                           resume=MAY_CHANGE, why=LAUNCHED))
     """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
-    cpu_allreduce: str = field(default="auto", metadata=choice("auto", "shared_memory", "gloo"))
+    cpu_allreduce: str = field(default="auto", metadata=meta("auto", "shared_memory", "gloo", resume=MAY_CHANGE,
+                                                             why=LAUNCHED))
     """How multi-process CPU DDP averages gradients. shared_memory: through a file in /dev/shm (or
     $MNIST_DIST_SHM_DIR) that all ranks map: one x86-64 host (mnist_dist/shm_allreduce.py). gloo: the process
     group's all-reduce over TCP. auto: shared_memory where it works, else gloo. Ignored on GPUs and in a single
     process."""
 
     def __post_init__(self):
-        _check_range("run", self, positive=("guard_every_steps", "dist_timeout_s"))
-        if self.dist_timeout_s > MAX_TIMEOUT_S:
-            raise ConfigError(f"run.dist_timeout_s must be at most {MAX_TIMEOUT_S} (a year), got {self.dist_timeout_s}")
+        _check_range("run", self)
         if not self.dir.strip():
             raise ConfigError("run.dir must not be empty: name the run folder, e.g. run.dir=runs/first")
         for name in self.preempt_signals:
@@ -288,11 +334,12 @@ class Config:
 
 
 def flatten(tree: Config | dict, prefix: str = "") -> dict:
-    """{"train.lr": 0.003, "model.kwargs": {...}, ...} from a Config or its dict (as saved in a checkpoint)."""
+    """{"train.lr": 0.003, "model.kwargs": {...}, ...} from a Config or its dict (as saved in a checkpoint): one
+    entry per field; a dict-valued field (model.kwargs, tracking.init_kwargs) is one value, not more keys."""
     tree = to_dict(tree) if dataclasses.is_dataclass(tree) else tree
     out = {}
     for k, v in tree.items():
-        if isinstance(v, dict) and k != "kwargs":
+        if isinstance(v, dict) and not prefix:  # only the top level holds sections
             out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -303,32 +350,27 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-# Keys a resumed run may change: they decide where data is read from, how the run is watched, checkpointed,
-# launched and stopped, not which numbers it computes. Every other key defines the trajectory and must match.
-RESUME_MAY_CHANGE = ("data.dir", "data.source", "data.hf_path", "data.num_workers", "data.cache", "model.compile",
-                     "model.channels_last", "train.device", "train.eval_batch_size", "train.log_every_steps",
-                     "train.max_steps", "train.progress", "checkpoint.", "tracking.", "run.")
-# ...except these: the best score and the patience counter a checkpoint holds are in their terms.
-RESUME_MUST_MATCH = ("checkpoint.best_metric", "checkpoint.best_mode")
-# Schedules whose shape does not depend on the run's length: with these, train.epochs may grow on resume.
-LENGTH_FREE_SCHEDULERS = ("none", "step")
+def field_metadata() -> dict:
+    """{"train.lr": that field's metadata (see meta()), ...} for every key."""
+    sections = typing.get_type_hints(Config)
+    return {f"{s.name}.{f.name}": f.metadata for s in dataclasses.fields(Config)
+            for f in dataclasses.fields(sections[s.name])}
+
+
+def may_change_on_resume(key: str, cfg: Config) -> bool:
+    """The policy in the key's own metadata: MAY_CHANGE, or MUST_MATCH unless its may_change_if holds for cfg."""
+    rule = field_metadata()[key]
+    if rule.get("resume", MUST_MATCH) == MAY_CHANGE:
+        return True
+    return bool(rule.get("may_change_if") and rule["may_change_if"](cfg))
 
 
 def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
-    """'key old -> new' for every trajectory key that differs between a checkpoint's config and this one."""
+    """'key old -> new' for every key that differs between a checkpoint's config and this one although its
+    metadata says it must match on resume (it shapes the run's numbers)."""
     old, new = flatten(saved), flatten(cfg)
-    conflicts = []
-    for key, value in new.items():
-        if (key.startswith(RESUME_MAY_CHANGE) and key not in RESUME_MUST_MATCH) or key not in old or old[key] == value:
-            continue
-        if key == "train.epochs" and cfg.train.scheduler in LENGTH_FREE_SCHEDULERS:
-            continue  # more (or fewer) epochs of the same constant or per-epoch schedule
-        if key == "train.per_device_batch_size" and cfg.train.global_batch_size:
-            continue  # derived from the global batch and the world size, which train() checks
-        if key == "train.global_batch_size":
-            continue  # 0 (per_device_batch_size decides) or the same number: train() checks the effective batch
-        conflicts.append(f"{key} {old[key]!r} -> {value!r}")
-    return conflicts
+    return [f"{key} {old[key]!r} -> {value!r}" for key, value in new.items()
+            if key in old and old[key] != value and not may_change_on_resume(key, cfg)]
 
 
 
@@ -514,8 +556,17 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def resume_text(rule, why: bool = True) -> str:
+    """`must match`, `may change (why)`, `must match; may change with ...`: a key's resume policy in words."""
+    policy = rule.get("resume", MUST_MATCH)
+    if rule.get("may_change_if"):
+        return f"{policy}; may change {rule['why']}"
+    return f"{policy} ({rule['why']})" if why and rule.get("why") else policy
+
+
 def describe() -> list[dict]:
-    """Every config key: its type, default, choices and docstring, generated from the dataclasses."""
+    """Every config key: its type, default, choices, range, resume policy and docstring, generated from the
+    dataclasses (their field docstrings and meta()): what `train --help` and docs/configuration.md show."""
     rows = []
     for section in dataclasses.fields(Config):
         cls = typing.get_type_hints(Config)[section.name]
@@ -527,7 +578,12 @@ def describe() -> list[dict]:
                 from mnist_dist.models import MODELS
                 choices = tuple(sorted(MODELS))
             rows.append({"key": f"{section.name}.{f.name}", "type": _type_name(hints[f.name]), "default": default,
-                         "choices": choices, "doc": docs.get(f.name, "")})
+                         "default_text": yaml.safe_dump(default, default_flow_style=True).strip()
+                         .removesuffix("...").strip(), "choices": choices,
+                         "range": range_text(f.metadata.get("range") or {}),
+                         "resume": f.metadata.get("resume", MUST_MATCH),
+                         "resume_text": resume_text(f.metadata, why=False), "resume_why": resume_text(f.metadata),
+                         "doc": docs.get(f.name, "")})
     return rows
 
 
@@ -539,9 +595,44 @@ def help_text(width: int = 100) -> str:
     """The config keys, for `mnist-dist train --help`."""
     lines = ["config keys (defaults < --config YAML or recipe < key=value overrides):"]
     for row in describe():
-        default = yaml.safe_dump(row["default"], default_flow_style=True).strip().removesuffix("...").strip()
         choices = f": {' | '.join(row['choices'])}" if row["choices"] else ""
-        lines.append(f"  {row['key']} = {default}   ({row['type']}{choices})")
-        lines += textwrap.wrap(row["doc"], width, initial_indent="      ", subsequent_indent="      ",
+        lines.append(f"  {row['key']} = {row['default_text']}   ({row['type']}{choices})")
+        policy = "; ".join(([f"range {row['range']}"] if row["range"] else []) + [f"on resume: {row['resume_text']}"])
+        lines += textwrap.wrap(f"{row['doc']} [{policy}]", width, initial_indent="      ", subsequent_indent="      ",
                                break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def reference() -> str:
+    """docs/configuration.md: every key as `train --help` lists it (describe()), as a Markdown page."""
+    out = ["# Configuration reference", "",
+           "<!-- Generated from mnist_dist/config.py by `python -m mnist_dist.config --reference > "
+           "docs/configuration.md`: edit the field docstrings and meta() there, not this page "
+           "(tests/test_docs.py checks it). -->", "",
+           "Every config key, with its type, default, allowed values, range, what a resume may do with it, and the "
+           "docstring written under its field in `mnist_dist/config.py`; `mnist-dist train --help` prints the "
+           "same rows. Values merge as defaults < `--config` YAML or recipe < `key=value` overrides.", "",
+           "**On resume:** a key that *must match* shapes the run's numbers, so a resume that changes it is "
+           "refused in one line naming the old and new value; one that *may change* is honoured, and the run "
+           "folder's `config.yaml` records the new value (see [Resuming](resuming.md)).", ""]
+    section = None
+    for row in describe():
+        if row["key"].split(".")[0] != section:
+            section = row["key"].split(".")[0]
+            out += [f"## {section}", ""]
+        facts = [f"`{row['type']}`", f"default `{row['default_text']}`"]
+        if row["choices"]:
+            facts.append("one of " + ", ".join(f"`{c}`" for c in row["choices"]))
+        if row["range"]:
+            facts.append(f"range {row['range']}")
+        facts.append(f"on resume: {row['resume_why']}")
+        out += [f"### `{row['key']}`", "", " · ".join(facts), ""] + ([row["doc"], ""] if row["doc"] else [])
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # python -m mnist_dist.config --reference > docs/configuration.md
+    import sys
+    from mnist_dist.config import reference  # the package's module, not a second copy of this one as __main__
+    if sys.argv[1:] != ["--reference"]:
+        sys.exit("usage: python -m mnist_dist.config --reference > docs/configuration.md")
+    sys.stdout.write(reference())
