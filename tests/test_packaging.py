@@ -5,10 +5,13 @@ description has no relative link. (.ci/wheel_check checks the same from an insta
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import mnist_dist
 
-from conftest import ROOT, VENV_BIN, run_cli
+from conftest import ROOT, VENV_BIN, run_cli, tiny_overrides
 
 PYPROJECT = (ROOT / "pyproject.toml").read_text()
 VERSION = re.search(r'^version = "([^"]+)"', PYPROJECT, re.M).group(1)
@@ -79,3 +82,22 @@ def test_long_description_has_no_relative_links():
     targets = re.findall(r"\]\(([^)]+)\)", text) + re.findall(r'(?:src|href)="([^"]+)"', text)
     assert all(re.match(r"https?://", t) for t in targets), targets
     assert 'license = "MIT"' in PYPROJECT and "License ::" not in PYPROJECT  # PEP 639: the expression alone
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_sbatch_from_a_written_folder_trains(slurm, tiny_idx, tmp_path):
+    """sbatch slurm/cpu.sbatch from a folder of `mnist-dist scripts --write` (no checkout there): 2-process DDP
+    through `accelerate launch -m mnist_dist train`, to the end."""
+    import json
+    import os
+    launch_dir = tmp_path / "launch"
+    run_cli(["scripts", "--write", str(launch_dir)])
+    run_dir = tmp_path / "run"
+    job_id = slurm.sbatch("slurm/cpu.sbatch", *tiny_overrides(tiny_idx, run_dir, "tracking.backend=none"),
+                          cwd=launch_dir, env={"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"},
+                          options=[f"--output={tmp_path}/%x-%j.out"])
+    info = slurm.wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, 300)
+    log = Path(info["StdOut"]).read_text()
+    assert info["JobState"] == "COMPLETED", log[-5000:]
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
