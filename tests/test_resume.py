@@ -376,6 +376,24 @@ def copy_run(run_dir: Path, to: Path) -> Path:
     return to
 
 
+def test_the_fingerprint_is_of_the_arrays_not_of_how_they_were_read():
+    """What HF datasets and torchvision return (int64 labels, a copied or strided tensor) fingerprints like the
+    IDX folder's uint8 buffer when the numbers are the same; one changed pixel or label does not."""
+    from conftest import make_digits
+    from mnist_dist import data
+    images, labels = make_digits(100, seed=3)
+    idx_like = data.Datasets(data.Split(images, labels.to(torch.uint8)), None, data.Split(images[:10], labels[:10]), "a")
+    wide = images.repeat(1, 1, 2)[:, :, :28]  # same values, a strided view
+    hf_like = data.Datasets(data.Split(wide, labels.long()), None, data.Split(images[:10].clone(), labels[:10]), "b")
+    assert data.fingerprint(idx_like) == data.fingerprint(hf_like)
+    changed_pixel, changed_label = images.clone(), labels.clone()
+    changed_pixel[50, 3, 3] ^= 1
+    changed_label[7] = (changed_label[7] + 1) % 10
+    for imgs, lbls in ((changed_pixel, labels), (images, changed_label)):
+        other = data.Datasets(data.Split(imgs, lbls), None, idx_like.test, "c")
+        assert data.fingerprint(other)["train"] != data.fingerprint(idx_like)["train"]
+
+
 @pytest.mark.parametrize("n_train, said", [(1200, "gives 1000"), (1600, "gives 1400")])
 def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_idx, stopped_at_10, tmp_path,
                                                                           n_train, said):
