@@ -46,7 +46,9 @@ def evaluate(accelerator, model, split: data.Split, mean: float, std: float, bat
     Every rank runs the same number of forward passes on batches of the same shapes (a collective inside the
     model, as any sharded strategy has, would otherwise wait forever on the rank with one batch more): the
     shares differ by at most one image, so a shorter share is padded with blank images that are masked out of
-    every sum. Also returns the class probabilities (CPU) of the first `keep_probs` images of this rank's share, from the
+    every sum.
+
+    Also returns the class probabilities (CPU) of the first `keep_probs` images of this rank's share, from the
     same forward pass (rank 0's share starts at image 0): reports and W&B media need no second one.
     """
     model.eval()
