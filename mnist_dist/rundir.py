@@ -357,7 +357,8 @@ class RunLock:
             holder = json.loads(raw)
         except ValueError:
             holder = None
-        if not (isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str)):
+        pid, host = (holder.get("pid"), holder.get("host")) if isinstance(holder, dict) else (None, None)
+        if not (isinstance(pid, int) and isinstance(host, str)):
             text = raw.decode("utf-8", "replace")
             return _LockFile(None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s)
         return _LockFile(holder, "", age_s)

@@ -173,7 +173,8 @@ def test_eval_without_arguments_asks_only_for_the_model(capsys):
         cli.main(["eval"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "usage: mnist-dist eval" in err and "[key=value ...]" in err
-    assert err.strip().splitlines()[-1] == "mnist-dist eval: error: the following arguments are required: MODEL_OR_RUN_DIR"
+    last = err.strip().splitlines()[-1]
+    assert last == "mnist-dist eval: error: the following arguments are required: MODEL_OR_RUN_DIR"
 
 
 def test_predict_show_on_an_existing_file_is_one_line(capsys, model_dir, tmp_path):
