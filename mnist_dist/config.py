@@ -615,8 +615,14 @@ def reference() -> str:
            "**On resume:** a key that *must match* shapes the run's numbers, so a resume that changes it is "
            "refused in one line naming the old and new value; one that *may change* is honoured, and the run "
            "folder's `config.yaml` records the new value (see [Resuming](resuming.md)).", ""]
+    rows = describe()
+    out += ["## What a resume may change", "",
+            "May change: " + ", ".join(f"`{r['key']}`" for r in rows if r["resume"] == MAY_CHANGE) + ".", "",
+            "Must match, with a condition under which it may change: " + "; ".join(
+                f"`{r['key']}` ({r['resume_why'].split('; ', 1)[1]})" for r in rows if ";" in r["resume_text"]) + ".",
+            "", "Every other key must match.", ""]
     section = None
-    for row in describe():
+    for row in rows:
         if row["key"].split(".")[0] != section:
             section = row["key"].split(".")[0]
             out += [f"## {section}", ""]
