@@ -312,7 +312,8 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
     import copy
     from safetensors.torch import load_file
     best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))  # the final model is saved after this
-    best_model.load_state_dict(load_file(str(best_file), device=str(loop.accelerator.device)))
+    # Read on the CPU (safetensors refuses Accelerate's "cpu:0"); load_state_dict copies onto the model's device.
+    best_model.load_state_dict(load_file(str(best_file)))
     result, _ = inference.evaluate(loop.accelerator, best_model, test_split, loop.mean, loop.std,
                                    loop.cfg.train.eval_batch_size)
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}

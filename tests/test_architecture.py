@@ -52,7 +52,7 @@ def violations(imports: dict[str, set[str]]) -> list[str]:
 
 def test_commands_are_the_modules_cli_dispatches_to():
     assert COMMANDS == {"train", "evaluate", "predict", "export", "push", "report", "recipes", "sweep", "compare",
-                        "convert", "scripts"}
+                        "convert", "download", "scripts"}
     assert COMMANDS <= set(graph(PACKAGE))
 
 
