@@ -27,6 +27,7 @@ CARD, HUB_CONFIG, ONNX = "README.md", "config.json", "model.onnx"
 # allow_patterns. Everything a Hub model folder holds, nothing else.
 HUB_FILES = (rundir.MODEL_FILE, rundir.MODEL_META, HUB_CONFIG, CARD, ONNX, *rundir.PICTURES)
 LOAD_FILES = [rundir.MODEL_FILE, rundir.MODEL_META, HUB_CONFIG]  # what loading by repo id downloads
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -55,7 +56,7 @@ def card_data(meta: dict, summary: dict | None, best: bool):
     dataset_id = data.HF_IDS[meta["dataset"]]
     numbers = (summary.get("best") or {}) if best else summary
     results = [EvalResult(task_type="image-classification", task_name="Image Classification",
-                          dataset_type=dataset_id, dataset_name=meta["dataset"].replace("_", "-").title(),
+                          dataset_type=dataset_id, dataset_name=DATASET_NAMES[meta["dataset"]],
                           dataset_split="test", metric_type="accuracy", metric_name="Test accuracy",
                           metric_value=numbers["test_accuracy"])] if numbers.get("test_accuracy") is not None else None
     return ModelCardData(
@@ -102,8 +103,9 @@ def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
         lines.append("")
     recipe = _recipe(run_dir)
     if recipe:
-        lines += ["## Recipe", "", "The run's merged config (`mnist-dist train --config config.yaml` repeats it; "
-                  "local paths left out):", "", "```yaml", recipe.rstrip(), "```", ""]
+        lines += ["## Recipe", "", "The run's merged config, as `mnist-dist train --config FILE` takes it (data.dir, "
+                  "run.dir and tracking left out: set data.dir to your copy of the data):", "", "```yaml",
+                  recipe.rstrip(), "```", ""]
     pictures = [p for p in rundir.PICTURES if run_dir and (run_dir / p).is_file()]
     if pictures:
         lines += ["## Pictures", ""] + [f"![{p[:-4]}]({p})" for p in pictures] + [""]
