@@ -207,7 +207,8 @@ class TrainConfig:
     early_stop_min_delta: float = field(default=0.0, metadata=meta(ge=0))
     """The least change of checkpoint.best_metric that counts as an improvement (for the best model too)."""
     progress: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why="display only"))
-    """tqdm progress bars (main process only)."""
+    """tqdm progress bars (main process only): live on a terminal; into a log file (stderr not a terminal, e.g.
+    SLURM) at most one update every 30 s."""
 
     def global_batch(self, world_size: int) -> int:
         """Images per optimizer step over all processes."""
