@@ -22,7 +22,7 @@ import yaml
 from mnist_dist import checkpoint, data, rundir
 from mnist_dist.errors import UserError
 
-CARD, HUB_CONFIG, ONNX = "README.md", "config.json", "model.onnx"
+CARD, HUB_CONFIG, ONNX = rundir.HUB_CARD, rundir.HUB_CONFIG, rundir.HUB_ONNX
 # Exact top-level names (fnmatch's * would also match inside checkpoints/ or previous-1/): upload_folder's
 # allow_patterns. Everything a Hub model folder holds, nothing else.
 HUB_FILES = (rundir.MODEL_FILE, rundir.MODEL_META, HUB_CONFIG, CARD, ONNX, *rundir.PICTURES)

@@ -30,6 +30,7 @@ TRACKER_RUN_ID = ".tracker_run_id"  # the run folder's W&B run id, chosen once (
 SWEEP_FILE, SWEEP_POINT = "sweep.yaml", "sweep_point.json"  # a sweep folder's file; a point's overrides and status
 CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
 PICTURES = (CURVES, CONFUSION, SAMPLES)
+HUB_CARD, HUB_CONFIG, HUB_ONNX = "README.md", "config.json", "model.onnx"  # hub.export's, beside a model
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -71,7 +72,8 @@ def check_usable(run_dir: Path, name: str | None = None) -> None:
 def set_aside(run_dir: Path) -> Path | None:
     """Move what an earlier run left in run_dir (checkpoints, models, metrics, summary, pictures) into
     run_dir/previous-<time>/, so that a fresh start in an old folder neither mixes nor loses anything."""
-    names = ["checkpoints", BEST, CONFIG, METRICS, SUMMARY, MODEL_FILE, MODEL_META, REPORT, TRACKER_RUN_ID, *PICTURES]
+    names = ["checkpoints", BEST, CONFIG, METRICS, SUMMARY, MODEL_FILE, MODEL_META, REPORT, TRACKER_RUN_ID, *PICTURES,
+             HUB_CARD, HUB_CONFIG, HUB_ONNX]  # a card of the earlier run must not describe the new one
     present = [run_dir / n for n in names if (run_dir / n).exists()]
     if not any(p.name in ("checkpoints", BEST, METRICS, SUMMARY, MODEL_FILE) for p in present):
         return None

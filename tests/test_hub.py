@@ -249,6 +249,20 @@ def test_push_uploads_only_the_hub_files_and_the_token_goes_nowhere_else(trained
             assert TOKEN.encode() not in p.read_bytes(), p
 
 
+def test_a_fresh_run_in_a_pushed_folder_sets_the_earlier_card_aside(trained, tmp_path):
+    """push and export write README.md and config.json into the run folder: a fresh run there must not keep the
+    earlier run's card."""
+    import shutil
+    from mnist_dist import rundir
+    tmp, _, run_dir = trained
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder, symlinks=True)
+    hub.export(folder, folder, folder, best=False)
+    kept = rundir.set_aside(folder)
+    assert (kept / "README.md").is_file() and (kept / "config.json").is_file()
+    assert not (folder / "README.md").exists() and not (folder / "config.json").exists()
+
+
 def test_a_failed_push_is_one_line_without_the_token(trained):
     tmp, _, run_dir = trained
     env = env_without_hub(tmp, HF_TOKEN=TOKEN, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_DISABLE_XET="1")
