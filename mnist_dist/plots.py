@@ -145,6 +145,8 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
     records = rundir.read_jsonl(run_dir / METRICS)
     meta = rundir.read_json(run_dir / MODEL_META)
     summary = rundir.read_json(run_dir / SUMMARY) or {}
+    rundir.check_numbers(run_dir / SUMMARY, summary, ("test_accuracy", "test_count", "test_loss", "val_accuracy",
+                                                      "parameters", "train_seconds", "epochs", "global_step"))
     dataset = (meta or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
     classes = data.CLASSES.get(dataset, [str(i) for i in range(10)])
     title = f"{run_dir.name}: {summary.get('model') or (meta or {}).get('name', '')} on {dataset}"

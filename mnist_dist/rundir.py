@@ -205,6 +205,13 @@ def _records(path: Path) -> list[tuple[str, dict]]:
     return out
 
 
+def check_numbers(path: Path, record: dict, keys) -> None:
+    """The fields of a file's record that must be numbers (or null) where present: one line naming the file."""
+    for key in keys:
+        if record.get(key) is not None and not _is_number(record[key]):
+            raise RunFileError(f"{path}: {key} is {_kind(record[key])}, not a number")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

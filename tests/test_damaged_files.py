@@ -78,6 +78,7 @@ DAMAGES = {
     "summary_list": (rundir.SUMMARY, b"[0.5, 0.6]"),
     "summary_scalar": (rundir.SUMMARY, b"5"),
     "summary_not_utf8": (rundir.SUMMARY, b"\xff\xfe{}"),
+    "summary_text_number": (rundir.SUMMARY, b'{"test_accuracy": "high", "test_count": 300}'),
     "model_json_truncated": (rundir.MODEL_META, truncated_model_json),
     "model_json_list": (rundir.MODEL_META, b"[]"),
     "model_json_scalar": (rundir.MODEL_META, b"5"),
@@ -106,9 +107,10 @@ READS = {  # command: the damages of the files it reads
     "eval": [d for d in RUN_FILES if d.startswith(("model_json", "config"))],
     "predict": [d for d in RUN_FILES if d.startswith("model_json")],
     "export": [d for d in RUN_FILES if d.startswith("model_json")],
-    # compare shows a config as it is (flattened): a section or key that no Config accepts is still shown.
-    "compare": [d for d in RUN_FILES if not d.startswith("model_json") and d not in ("config_section_scalar",
-                                                                                     "config_unknown_key")],
+    # compare shows a config and the summary's values as they are: a section or key that no Config accepts, or a
+    # number written as text, is still shown.
+    "compare": [d for d in RUN_FILES if not d.startswith("model_json") and d not in (
+        "config_section_scalar", "config_unknown_key", "summary_text_number")],
     "compare_sweep": SWEEP_FILES,
 }
 
