@@ -99,6 +99,8 @@ DAMAGES = {
     "point_record_list": ("point_001/" + rundir.SWEEP_POINT, b"[1]"),
     "point_record_bad_overrides": ("point_001/" + rundir.SWEEP_POINT, b'{"overrides": "train.lr=1"}'),
     "junk_folder_config_broken": ("notes/" + rundir.CONFIG, b"{{{\n"),
+    "sweep_file_broken": ("./" + rundir.SWEEP_FILE, b"method: grid\nparameters: {\n"),
+    "sweep_file_list": ("./" + rundir.SWEEP_FILE, b"- grid\n"),
 }
 RUN_FILES = [d for d, (f, _) in DAMAGES.items() if "/" not in f]
 SWEEP_FILES = [d for d, (f, _) in DAMAGES.items() if "/" in f]
