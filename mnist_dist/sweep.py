@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,9 @@ def run(args) -> int:
             continue
         previous = rundir.read_json(run_dir / rundir.SWEEP_POINT) or {}
         if previous.get("status") == "running":
-            if procs.alive(previous.get("pid"), previous.get("started")):
+            # Another host's pid cannot be looked up: that sweep (a requeued array task) is taken as gone.
+            here = previous.get("host") == socket.gethostname()
+            if here and procs.alive(previous.get("pid"), previous.get("started")):
                 print(f"sweep {sweep.name}: point {i} is running in process {previous['pid']} (another sweep); "
                       f"skipped", flush=True)
                 continue
@@ -88,7 +91,7 @@ def run(args) -> int:
         rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
 
         def started(pid: int) -> None:
-            record.update(status="running", pid=pid, started=procs.start_time(pid))
+            record.update(status="running", host=socket.gethostname(), pid=pid, started=procs.start_time(pid))
             rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
         code = run_point([*launcher, "-m", "mnist_dist.cli", "train", *sweep.base_args,
                           f"tracking.group={folder.name}", *words, f"run.dir={run_dir}"], launched=bool(args.launcher),

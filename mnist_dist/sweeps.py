@@ -66,8 +66,8 @@ def check_metric(name: str, what: str) -> None:
     """Refuses a metric no run records (a misspelled one would rank every point by nothing)."""
     if name not in RECORDED_METRICS:
         close = difflib.get_close_matches(name, RECORDED_METRICS, n=1)
-        raise ConfigError(f"{what} {name!r} is not a metric a run records" +
-                          (f"; did you mean {close[0]!r}?" if close else "") + f" (one of {', '.join(RECORDED_METRICS)})")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{what} {name!r} is not a metric a run records{hint} (one of {', '.join(RECORDED_METRICS)})")
 
 
 def overrides(point: dict) -> list[str]:
