@@ -77,8 +77,24 @@ def mixed_precision_choice(cfg: config.Config, on_cpu: bool) -> tuple[str, str]:
     return choose_mixed_precision(cfg.train.mixed_precision, on_cpu, launcher, cpu_bf16_features() if on_cpu else [])
 
 
+def keep_freed_memory() -> bool:
+    """glibc malloc: serve blocks up to 32 MB from the heap and keep up to 1 GB of freed heap, instead of an
+    mmap/munmap per tensor: each training step frees and reallocates its activations and gradients (a few MB each
+    on a CPU), and every fresh mapping is zero-filled by the kernel page by page. Measured with bench/throughput.py
+    (fast_fashion, 2-core Xeon): 10.6k -> 18.9k images/s in bf16, 7.0k -> 10.3k in fp32; the arithmetic is the same.
+    The cost: the process keeps its peak memory instead of returning it. False where there is no glibc."""
+    import ctypes
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # macOS, Windows, musl
+        return False
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def make_accelerator(cfg: config.Config):
     refuse_sharded_launch()  # before anything is built or read
+    keep_freed_memory()
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
