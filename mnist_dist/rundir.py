@@ -197,12 +197,27 @@ def _records(path: Path) -> list[tuple[str, dict]]:
             continue
         if not isinstance(record, dict):
             raise RunFileError(f"{path}: line {i + 1} holds {_kind(record)}, not a metrics record")
-        missing = [k for k in ("epoch", "global_step") if not _is_number(record.get(k))]
-        if missing:
-            raise RunFileError(f"{path}: line {i + 1} has no number {' or '.join(missing)}; the file was edited "
-                               f"or damaged")
+        problem = _record_problem(record)
+        if problem:
+            raise RunFileError(f"{path}: line {i + 1} {problem}; the file was edited or damaged")
         out.append((line, record))
     return out
+
+
+def _record_problem(record: dict) -> str | None:
+    """What is wrong with the shape of a metrics record, in the fields the commands compute with."""
+    missing = [k for k in ("epoch", "global_step") if not _is_number(record.get(k))]
+    if missing:
+        return f"has no number {' or '.join(missing)}"
+    confusion = record.get("test_confusion")
+    if confusion is not None and not (isinstance(confusion, list) and len(confusion) == 10 and all(
+            isinstance(row, list) and len(row) == 10 and all(_is_number(v) and v == int(v) >= 0 for v in row)
+            for row in confusion)):
+        return "has a test_confusion that is not 10 rows of 10 counts"
+    per_class = record.get("test_per_class_accuracy")
+    if per_class is not None and not (isinstance(per_class, list) and all(_is_number(v) for v in per_class)):
+        return "has a test_per_class_accuracy that is not a list of numbers"
+    return None
 
 
 def check_numbers(path: Path, record: dict, keys) -> None:

@@ -73,6 +73,8 @@ def metrics_with(line: str):
 
 
 no_epoch = {k: v for k, v in record(1, 10).items() if k != "epoch"}
+bad_confusion = {**record(1, 10), "test_confusion": [[1, 2]]}
+bad_per_class = {**record(1, 10), "test_per_class_accuracy": ["high"] * 10}
 DAMAGES = {
     "summary_broken": (rundir.SUMMARY, b'{"test_accuracy": 0.5, '),
     "summary_list": (rundir.SUMMARY, b"[0.5, 0.6]"),
@@ -84,6 +86,8 @@ DAMAGES = {
     "model_json_scalar": (rundir.MODEL_META, b"5"),
     "metrics_no_epoch": (rundir.METRICS, metrics_with(json.dumps(no_epoch))),
     "metrics_scalar_line": (rundir.METRICS, metrics_with("5")),
+    "metrics_bad_confusion": (rundir.METRICS, metrics_with(json.dumps(bad_confusion))),
+    "metrics_bad_per_class": (rundir.METRICS, metrics_with(json.dumps(bad_per_class))),
     "metrics_list_line": (rundir.METRICS, metrics_with("[1, 2]")),
     "metrics_broken_line": (rundir.METRICS, metrics_with('{"epoch": 1, "glob')),
     "config_broken": (rundir.CONFIG, b"data: {name: mnist\ntrain: [\n"),
