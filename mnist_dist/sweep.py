@@ -135,7 +135,7 @@ def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
     except BaseException:
         os.close(write_end)
         raise
-    os.write(write_end, f"{proc.pid} {procs.start_time(proc.pid)}\n".encode())
+    _tell(write_end, f"{proc.pid} {procs.start_time(proc.pid)}\n")
     on_start(proc.pid)
 
     def forward(signum, frame):
@@ -151,9 +151,18 @@ def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        os.write(write_end, b"done\n")  # the point ended: nothing for the watchdog to do
+        _tell(write_end, "done\n")  # the point ended: nothing for the watchdog to do
         os.close(write_end)
         watchdog.wait()
+
+
+def _tell(fd: int, text: str) -> None:
+    """A line to the watchdog; one that died early (it cannot guard this point) must not end the sweep."""
+    try:
+        os.write(fd, text.encode())
+    except BrokenPipeError:
+        print("mnist-dist sweep: warning: the watchdog is gone; this point's training would outlive a killed sweep",
+              file=sys.stderr, flush=True)
 
 
 def watch() -> None:

@@ -296,3 +296,13 @@ def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_rerun
     record = json.loads((sweep_dir / "point_000" / "sweep_point.json").read_text())
     assert (record["status"], record["exit_code"]) == ("finished", 0)
     assert json.loads((sweep_dir / "point_000" / "summary.json").read_text())["global_step"] == 6
+
+
+def test_a_watchdog_that_died_early_does_not_end_the_sweep(capsys):
+    import os
+    from mnist_dist import sweep
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    sweep._tell(write_end, "done\n")  # EPIPE: warned, not raised
+    os.close(write_end)
+    assert "the watchdog is gone" in capsys.readouterr().err
