@@ -4,16 +4,21 @@ complete run folder; `compare` ranks the points by the sweep's metric; and `wand
 line `accelerate launch train_accel.py --config debug key=value ...` (wandb's own helpers) that our CLI reads,
 keeping the run id the agent gives (WANDB_RUN_ID)."""
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mnist_dist import cli, config, sweeps, tracking
+from mnist_dist import cli, config, sweep, sweeps, tracking
 from mnist_dist.config import ConfigError
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, VENV_BIN, run_cli
 
 GRID = ROOT / "configs" / "sweeps" / "debug_grid.yaml"
 
@@ -249,12 +254,6 @@ def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_rerun
     """The point runs under a launcher whose worker sits in a session of its own (as torchrun's do); `kill -9` of
     the sweep alone used to leave both running and the point's record stale. Now both die, the record says
     running with a pid that is gone, and the next run of the sweep marks it killed and runs it again."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from conftest import VENV_BIN
     raw = yaml.safe_load(GRID.read_text())
     raw["parameters"] = {"train.lr": {"values": [0.01]}}
     raw["command"] = ["${program}", "--config", "debug", "data.source=idx", f"data.dir={tiny_idx}", "data.name=mnist",
@@ -268,19 +267,20 @@ def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_rerun
                         "os.rename(os.environ['PIDS'] + '.tmp', os.environ['PIDS'])\n"
                         "time.sleep(300)\n")
     sweep_dir, pids_file = tmp_path / "sweep", tmp_path / "pids"
-    sweep = subprocess.Popen([str(VENV_BIN / "mnist-dist"), "sweep", str(tmp_path / "one.yaml"), "--dir",
-                              str(sweep_dir), "--launcher", f"{sys.executable} {launcher}"],
-                             env={**os.environ, "PIDS": str(pids_file)}, stdout=subprocess.PIPE, text=True)
+    sweep_proc = subprocess.Popen([str(VENV_BIN / "mnist-dist"), "sweep", str(tmp_path / "one.yaml"), "--dir",
+                                   str(sweep_dir), "--launcher", f"{sys.executable} {launcher}"],
+                                  env={**os.environ, "PIDS": str(pids_file)}, stdout=subprocess.PIPE, text=True)
+    point_record = sweep_dir / "point_000" / "sweep_point.json"
     pids = []
     try:
         deadline = time.monotonic() + 60
-        while not pids_file.exists() and time.monotonic() < deadline:
+        while not (pids_file.exists() and b"running" in point_record.read_bytes()) and time.monotonic() < deadline:
             time.sleep(0.1)
         pids = [int(p) for p in pids_file.read_text().split()]
-        record = json.loads((sweep_dir / "point_000" / "sweep_point.json").read_text())
+        record = json.loads(point_record.read_text())
         assert record["status"] == "running" and record["pid"] == pids[0]
-        os.kill(sweep.pid, signal.SIGKILL)
-        sweep.wait()
+        os.kill(sweep_proc.pid, signal.SIGKILL)
+        sweep_proc.wait()
         deadline = time.monotonic() + 20
         while not all(map(_gone, pids)) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -299,8 +299,6 @@ def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_rerun
 
 
 def test_a_watchdog_that_died_early_does_not_end_the_sweep(capsys):
-    import os
-    from mnist_dist import sweep
     read_end, write_end = os.pipe()
     os.close(read_end)
     sweep._tell(write_end, "done\n")  # EPIPE: warned, not raised
