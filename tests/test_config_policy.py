@@ -56,11 +56,15 @@ def test_a_resume_refuses_exactly_the_keys_whose_metadata_says_must_match(row):
 def test_the_conditional_keys_may_change_only_under_their_condition():
     saved = config.to_dict(config.load(None, ["train.scheduler=step"]))
     assert config.resume_conflicts(saved, config.load(None, ["train.scheduler=step", "train.epochs=20"])) == []
-    onecycle = config.to_dict(config.Config())
-    assert config.resume_conflicts(onecycle, config.load(None, ["train.epochs=20"])) == ["train.epochs 8 -> 20"]
-    assert config.resume_conflicts(onecycle, config.load(None, ["train.global_batch_size=512",
+    onecycle = config.to_dict(config.load(None, ["train.scheduler=onecycle", "train.epochs=8",
+                                                 "train.per_device_batch_size=128"]))
+    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=20"])) \
+        == ["train.epochs 8 -> 20"]
+    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=8",
+                                                                "train.global_batch_size=512",
                                                                 "train.per_device_batch_size=64"])) == []
-    assert config.resume_conflicts(onecycle, config.load(None, ["train.per_device_batch_size=64"])) == \
+    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=8",
+                                                                "train.per_device_batch_size=64"])) == \
         ["train.per_device_batch_size 128 -> 64"]
 
 
