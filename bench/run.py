@@ -174,6 +174,7 @@ def summarize_runs(name: str, runs: list[dict], targets: list[float]) -> dict:
            "train_seconds_median": median_or_none([r["records"][-1]["train_seconds"] for r in ok if r["records"]]),
            "final_test_accuracy": [r["records"][-1]["test_accuracy"] if r["records"] else None for r in ok],
            "startup_seconds": [r.get("startup_seconds") for r in ok],
+           "mixed_precision": [(r["summary"] or {}).get("mixed_precision") for r in ok],  # auto: bf16 where native
            "startup_seconds_median": median_or_none([r.get("startup_seconds") for r in ok]),
            "first_epoch_wall_seconds": [next((x["wall_seconds"] for x in r["records"] if x.get("epoch", 0) >= 1), None)
                                         for r in ok],

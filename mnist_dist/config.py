@@ -105,7 +105,7 @@ class DataConfig:
     num_workers: int = field(default=0, metadata=meta(ge=0, le=MAX_WORKERS, range_why="processes per rank",
                                                       resume=MAY_CHANGE, why="how the data are read, not which"))
     """DataLoader workers per process (data.loader=dataloader only)."""
-    augment: bool = False
+    augment: bool = True
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
     augment_shift: int = field(default=2, metadata=meta(ge=0))
     """Maximum translation in pixels when augment is on."""
@@ -153,7 +153,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=8, metadata=meta(
+    epochs: int = field(default=16, metadata=meta(
         gt=0, may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
         why="with train.scheduler=none or step, whose shape does not depend on the run's length"))
     """Passes over the training split."""

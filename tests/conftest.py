@@ -123,7 +123,7 @@ def train_in_process(run_dir: Path, name: str, kwargs: dict, split: "data.Split"
 def tiny_overrides(idx_dir: Path, run_dir: Path, *extra: str, model: str = "cnn_bn") -> list[str]:
     """A seconds-long training run on the tiny IDX set."""
     kwargs = "{width: 4}" if model == "cnn_bn" else "{}"
-    return ["data.name=mnist", "data.source=idx", f"data.dir={idx_dir}", "data.val_size=200",
+    return ["data.name=mnist", "data.source=idx", f"data.dir={idx_dir}", "data.val_size=200", "data.augment=false",
             f"model.name={model}", f"model.kwargs={kwargs}", "train.epochs=2", "train.per_device_batch_size=50",
             "train.lr=0.01", "train.log_every_steps=5", "train.progress=false", f"run.dir={run_dir}",
             # fp32 on every machine (auto is bf16 on a CPU with native bf16): tests compare runs exactly
