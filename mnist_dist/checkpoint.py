@@ -110,7 +110,7 @@ class TrainState:
     stopped_early: bool = False
 
     @classmethod
-    def from_meta(cls, meta: dict, rank: int, world_size: int) -> "TrainState":
+    def from_meta(cls, meta: dict, rank: int, world_size: int) -> TrainState:
         """The state a checkpoint's state.json describes, as seen by `rank`."""
         state = cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
         per_rank = meta.get("samples_seen_per_rank")  # state.json's samples_seen is rank 0's

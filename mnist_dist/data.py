@@ -48,7 +48,7 @@ class Split:
     def __len__(self):
         return len(self.labels)
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 

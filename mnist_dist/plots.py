@@ -185,7 +185,10 @@ def _fmt(value, digits=4) -> str:
 def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: list[str]) -> Path:
     """report.md: final numbers, the pictures, per-class accuracy, the config and the git revision."""
     last = records[-1] if records else {}
-    get = lambda key: summary.get(key, last.get(key))  # summary.json is final; metrics.jsonl is the fallback
+
+    def get(key: str):  # summary.json is final; metrics.jsonl is the fallback
+        return summary.get(key, last.get(key))
+
     acc, count = get("test_accuracy"), get("test_count")
     lines = [f"# Run report: {run_dir.name}", ""]
     if acc is not None:

@@ -14,7 +14,6 @@ from mnist_dist import plots
 from mnist_dist.errors import UserError
 from mnist_dist.rundir import CONFUSION, CURVES, METRICS, MODEL_FILE, REPORT, SAMPLES, SUMMARY
 
-
 # ----------------------------------------------------------------------------- CLI
 
 

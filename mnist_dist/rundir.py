@@ -294,7 +294,7 @@ class RunLock:
         self._thread = threading.Thread(target=self._beat, daemon=True, name="mnist-dist-run-lock")
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> "RunLock":
+    def acquire(cls, run_dir: Path) -> RunLock:
         lock = cls(Path(run_dir) / LOCK)
         pid, pid_start = procs.me()
         me = {"pid": pid, "pid_start": pid_start, "host": socket.gethostname(),
@@ -317,7 +317,7 @@ class RunLock:
             return lock
         raise AssertionError("unreachable")
 
-    def _refusal(self, run_dir: Path, found: "_LockFile | None") -> str:
+    def _refusal(self, run_dir: Path, found: _LockFile | None) -> str:
         if found is None:
             return f"run.dir={run_dir}: another run took {self.path} meanwhile; wait for it or use another run.dir"
         if found.holder is None:
@@ -351,7 +351,7 @@ class RunLock:
         finally:
             _remove(guard)
 
-    def _inspect(self) -> "_LockFile | None":
+    def _inspect(self) -> _LockFile | None:
         """What the lock file holds now; None when there is none. Never opens anything but a regular file, and
         that without blocking (O_NONBLOCK: a FIFO swapped in after the lstat returns at once)."""
         try:
@@ -387,7 +387,7 @@ class RunLock:
             return _LockFile(None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s)
         return _LockFile(holder, "", age_s)
 
-    def _stale(self, found: "_LockFile | None") -> str | None:
+    def _stale(self, found: _LockFile | None) -> str | None:
         """Why the lock's holder is gone, or None while it may be alive."""
         if found is None:
             return "released meanwhile"

@@ -90,7 +90,8 @@ def run(args) -> int:
         record = {"index": i, "overrides": words, "exit_code": None, "status": "starting"}
         rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
 
-        def started(pid: int) -> None:
+        # record and run_dir bound now: the callback belongs to this point, not to the loop's last one.
+        def started(pid: int, record: dict = record, run_dir: Path = run_dir) -> None:
             record.update(status="running", host=socket.gethostname(), pid=pid, started=procs.start_time(pid))
             rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
         code = run_point([*launcher, "-m", "mnist_dist.cli", "train", *sweep.base_args,

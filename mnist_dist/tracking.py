@@ -318,6 +318,7 @@ def _init_kwargs(tc: config.TrackingConfig, init: dict) -> dict:
     """Our wandb.init arguments with tracking.init_kwargs on top (notes, settings, job_type, mode, ...); a name
     this wandb.init does not take is left out with a warning, not a failed init (the run would be untracked)."""
     import inspect
+
     import wandb
     known = inspect.signature(wandb.init).parameters
     unknown = sorted(k for k in tc.init_kwargs if k not in known)

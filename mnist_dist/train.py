@@ -324,6 +324,7 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
     if not best_file.is_file():  # its save failed (a warning said so)
         return None
     import copy
+
     from safetensors.torch import load_file
     best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))  # the final model is saved after this
     # Read on the CPU (safetensors refuses Accelerate's "cpu:0"); load_state_dict copies onto the model's device.
