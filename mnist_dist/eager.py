@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import inspect
 import sys
+from typing import TypeVar
 
 import torch
 
 _UNWRAPPED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+_O = TypeVar("_O", bound=torch.optim.Optimizer)
 
 
-def _without_dynamo(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+def _without_dynamo(base: type[_O]) -> type[_O]:  # a subclass of base: it takes base's arguments
     real_step = inspect.unwrap(base.step)
 
     def step(self, closure=None):

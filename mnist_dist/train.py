@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from mnist_dist import checkpoint, config, data, eager, inference, models, plots
 from mnist_dist.checkpoint import TrainState
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 from mnist_dist.inference import Predictions
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class NonFiniteLoss(UserError):
@@ -46,6 +50,8 @@ def make_optimizer(cfg: config.TrainConfig, params):
     (AdamW ~4x slower per step, ~8% of a small CPU step), on a GPU fewer kernel launches (the step is host-bound,
     bench/README.md)."""
     params = list(params)
+    cls: type[torch.optim.SGD | torch.optim.Adam | torch.optim.AdamW]
+    kwargs: dict[str, Any]
     # eager: torch.optim's classes without their torch._dynamo import (~1.5 s of start-up), the same numbers.
     if cfg.optimizer == "sgd":
         cls, kwargs = eager.SGD, {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0}
@@ -68,7 +74,7 @@ def make_scheduler(cfg: config.TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def make_loader(cfg: config.Config, split: data.Split, accelerator):
+def make_loader(cfg: config.Config, split: data.Split, accelerator: Accelerator):
     train_cfg = cfg.train
     if cfg.data.loader == "device":
         return data.DeviceLoader(split, train_cfg.per_device_batch_size, train_cfg.grad_accum_steps,
@@ -91,7 +97,7 @@ class LossWindow:
         self.sums[1] += correct.double()
         self.sums[2] += n
 
-    def fold(self, accelerator, state: TrainState) -> None:
+    def fold(self, accelerator: Accelerator, state: TrainState) -> None:
         """Sync point: add every rank's pending sums to the state's global window."""
         loss_sum, correct, count = accelerator.reduce(self.sums.clone(), "sum").tolist()
         state.window_loss_sum += loss_sum
@@ -99,7 +105,7 @@ class LossWindow:
         state.window_count += count
         self.sums.zero_()
 
-    def drain(self, accelerator, state: TrainState) -> tuple[float | None, float]:
+    def drain(self, accelerator: Accelerator, state: TrainState) -> tuple[float | None, float]:
         """(global mean loss, images) since the last drain; updates the state's last_train_loss/accuracy."""
         self.fold(accelerator, state)
         images = state.window_count
@@ -114,7 +120,7 @@ class LossWindow:
 class Loop:
     """What train() builds once and every step uses."""
     cfg: config.Config
-    accelerator: object
+    accelerator: Accelerator
     model: torch.nn.Module  # prepared (DDP-wrapped when distributed), maybe compiled
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -128,7 +134,7 @@ class Loop:
     data_fingerprint: dict = dataclasses.field(default_factory=dict)  # data.fingerprint: saved in each checkpoint
 
 
-def build_loop(cfg: config.Config, accelerator, split: data.Split, flags: runtime.StopFlags) -> tuple[Loop, int, str]:
+def build_loop(cfg: config.Config, accelerator: Accelerator, split: data.Split, flags: runtime.StopFlags) -> tuple[Loop, int, str]:
     """The loop's parts prepared by Accelerate, the parameter count and which all-reduce averages gradients."""
     loader = make_loader(cfg, split, accelerator)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
@@ -143,7 +149,7 @@ def build_loop(cfg: config.Config, accelerator, split: data.Split, flags: runtim
     if cfg.model.compile:
         # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
         # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
-        model = torch.compile(model, dynamic=False)
+        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))  # an OptimizedModule: still a Module
     mean, std = data.STATS[cfg.data.name]
     aug_gen = torch.Generator(device=accelerator.device if accelerator.device.type != "mps" else "cpu")
     loop = Loop(cfg, accelerator, model, optimizer, scheduler, loader, mean, std, flags,
@@ -182,11 +188,13 @@ def train_step(loop: Loop, state: TrainState, micro_batches: list, scale: float)
         loop.window.add(loss_sum.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
         state.samples_seen += len(y)
         if guard_step:
+            assert non_finite is not None  # made above at every guard step
             non_finite |= ~torch.isfinite(loss_sum.detach())
     # Ranks agree on stopping before the optimizer step, so a NaN never reaches the weights. Every rank takes
     # this branch at the same steps: it holds a collective and a host-device sync.
     preempt = False
     if guard_step:
+        assert non_finite is not None
         preempt, bad = loop.flags.agree(accelerator, non_finite)
         if bad:
             loop.optimizer.zero_grad(set_to_none=True)
@@ -334,7 +342,7 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
 
 
-def samples_seen_per_rank(accelerator, state: TrainState) -> list[int]:
+def samples_seen_per_rank(accelerator: Accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
     return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
 
@@ -348,7 +356,7 @@ def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -
     return checkpoint.save_checkpoint(loop.accelerator, Path(loop.cfg.run.dir), meta, keep=loop.cfg.checkpoint.keep)
 
 
-def resume(cfg: config.Config, accelerator, fingerprint: dict, source: str) -> tuple[TrainState, Path | None, dict]:
+def resume(cfg: config.Config, accelerator: Accelerator, fingerprint: dict, source: str) -> tuple[TrainState, Path | None, dict]:
     """(state, checkpoint, its state.json) for checkpoint.resume; the prepared objects are loaded in place.
     A fresh run gets (TrainState(), None, {}). With resume=auto a damaged newest checkpoint (a file missing,
     truncated, rewritten, or refused by load_state) is set aside in one line and the next older one is tried.
@@ -382,7 +390,7 @@ def resume(cfg: config.Config, accelerator, fingerprint: dict, source: str) -> t
     return TrainState(), None, {}
 
 
-def check_resumable(cfg: config.Config, accelerator, ckpt: Path, meta: dict, fingerprint: dict, source: str) -> None:
+def check_resumable(cfg: config.Config, accelerator: Accelerator, ckpt: Path, meta: dict, fingerprint: dict, source: str) -> None:
     """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
     another trajectory config, or other data (the data may move; the arrays may not change)."""
     saved_train = meta.get("config", {}).get("train", {})
@@ -419,7 +427,8 @@ def check_resumable(cfg: config.Config, accelerator, ckpt: Path, meta: dict, fin
 @dataclasses.dataclass
 class Ending:
     """What the one way out of train() needs to know about how the run ended."""
-    tracker: object = dataclasses.field(default_factory=tracking.Tracker)
+    tracker: tracking.Tracker | tracking.WandbTracker | tracking.TensorBoardTracker = dataclasses.field(
+        default_factory=tracking.Tracker)
     summary: dict | None = None  # set on the main process when the run finished
     preempted: bool = False  # a checkpoint was saved to resume from
     interrupted: bool = False  # ...because of Ctrl-C: no requeue
@@ -452,7 +461,7 @@ def train(cfg: config.Config) -> int:
         runtime.end_distributed(accelerator, wait=ending.ranks_agree)
 
 
-def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, ending: Ending) -> int:
+def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.StopFlags, ending: Ending) -> int:
     t_start = time.perf_counter()
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         # Under a W&B sweep agent each point trains into a folder of its own: RUN_DIR/<the agent's run id>.
@@ -520,10 +529,10 @@ def run_training(cfg: config.Config, accelerator, flags: runtime.StopFlags, endi
         state.train_seconds = time.perf_counter() - t_train
         if stop is Stop.NON_FINITE:
             ending.ranks_agree = True
-            kept = checkpoint.complete_checkpoints(run_dir)
+            complete = checkpoint.complete_checkpoints(run_dir)
             raise NonFiniteLoss(f"non-finite training loss at global_step {state.global_step + 1}; stopped all ranks "
                                 f"before the optimizer step. "
-                                + (f"The last good checkpoint, {kept[-1]}, is kept" if kept else
+                                + (f"The last good checkpoint, {complete[-1]}, is kept" if complete else
                                    "No checkpoint was written before it")
                                 + "; lower train.lr or set train.grad_clip")
         if stop is Stop.PREEMPTED:
@@ -597,7 +606,7 @@ class _KeysEpilog(argparse.RawDescriptionHelpFormatter):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _KeysEpilog
-    parser.epilog = config.help_text
+    parser.epilog = config.help_text  # type: ignore[assignment]  # a callable: _KeysEpilog calls it at --help
     parser.add_argument("--config", metavar="YAML_OR_RECIPE",
                         help="a YAML file, or a recipe by name (`mnist-dist recipes`; defaults < YAML < overrides)")
     parser.add_argument("--dry-run", action="store_true", help="smoke test: 1 epoch, 5 steps, no progress bars")
