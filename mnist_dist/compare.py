@@ -40,7 +40,9 @@ def collect(paths: list[str]) -> tuple[list[Path], sweeps.Sweep | None, Path | N
 def settings(run: Path) -> dict:
     """The run's flat config; for a sweep point that never started, the overrides the sweep gave it."""
     if (run / rundir.CONFIG).exists():
-        return config.flatten(rundir.read_config(run / rundir.CONFIG))
+        tree = rundir.read_config(run / rundir.CONFIG)
+        assert tree is not None  # the file is there
+        return config.flatten(tree)
     path = run / rundir.SWEEP_POINT
     words = (rundir.read_json(path) or {}).get("overrides", [])
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):

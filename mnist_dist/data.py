@@ -207,8 +207,8 @@ def read_digits_csv(path: str | Path) -> Split:
     import pandas as pd
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
         with (gzip.open(path, "rt") if gzipped else path.open()) as f:
             first = f.readline()
             if not first.strip():

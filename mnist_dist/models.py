@@ -2,10 +2,12 @@
 
 Every model takes a float tensor [B, 1, 28, 28] (already normalised) and returns logits [B, 10].
 """
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-MODELS = {}
+MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name):
@@ -22,7 +24,8 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 def mlp(*hidden: int, dropout: float = 0.0) -> nn.Module:
-    layers, width = [nn.Flatten()], 28 * 28
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 28 * 28
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
         if dropout:

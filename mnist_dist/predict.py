@@ -57,7 +57,7 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
-            img = Image.open(path)
+            img: Image.Image = Image.open(path)  # an ImageFile until the conversions below
         with img:
             w, h = img.size  # from the header: nothing is decoded yet
             if w * h > max_pixels:
@@ -268,7 +268,7 @@ def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     model, meta = checkpoint.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
-    layout = LAYOUTS.get(meta.get("dataset"), LAYOUTS["mnist"])
+    layout = LAYOUTS.get(meta.get("dataset", "mnist"), LAYOUTS["mnist"])
     classes = meta["classes"]
     top_k = min(args.top_k, len(classes))
     files, errors = list_images(args.inputs)
@@ -279,7 +279,7 @@ def run(args) -> int:
         if show_dir.exists() and not show_dir.is_dir():
             raise UserError(f"--show {show_dir}: a file is there; --show names a folder for the pictures")
         show_dir.mkdir(parents=True, exist_ok=True)
-    failed, shown = len(errors), set()
+    failed, shown = len(errors), set[str]()
 
     for start in range(0, len(files), args.batch_size):
         good, images = [], []

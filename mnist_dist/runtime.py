@@ -144,9 +144,10 @@ def init_elastic_process_group(cpu: bool, timeout: timedelta) -> None:
     if backend is None or torch.distributed.is_initialized():
         return  # another accelerator: Accelerate's own start-up
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
-                                       timeout=timeout)
-    store = torch.distributed.PrefixStore(f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    agent_store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
+                                             timeout=timeout)
+    store = torch.distributed.PrefixStore(f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}",
+                                          agent_store)
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 

@@ -24,7 +24,9 @@ def shipped() -> dict[str, Path]:
     found = {}
     for name, places in FOLDERS.items():
         folder = next((d for d in places if d.is_dir()), None)
-        for pattern in PATTERNS if folder else ():
+        if folder is None:
+            continue
+        for pattern in PATTERNS:
             found.update({f"{name}/{p.name}": p for p in folder.glob(pattern)})
     return dict(sorted(found.items()))
 

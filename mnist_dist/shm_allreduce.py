@@ -18,6 +18,7 @@ import platform
 import secrets
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class SharedMemoryAllReduce:
         size = header + 2 * self.world * self.slot_bytes
         self.mm = self._map_shared_file(size)
         # Every rank's (pid, start time): the ranks share a host, so a wait can tell a dead peer from a slow one.
-        self.peers = [None] * self.world
+        self.peers: list[Any] = [None] * self.world  # all_gather_object fills in each rank's (pid, start time)
         dist.all_gather_object(self.peers, procs.me())
         self.seq = np.frombuffer(self.mm, dtype=np.int64, count=header // 8).reshape(self.world, -1)[:, 0]
         self.slots = torch.frombuffer(self.mm, dtype=torch.uint8, offset=header,
@@ -64,7 +65,7 @@ class SharedMemoryAllReduce:
         ranks on different hosts (or /dev/shm namespaces) are found out rather than given different memory. All
         ranks agree before any goes on: a failure on one is an OSError on all. The file is unlinked once every
         rank holds its mapping, so nothing is left behind, even after a crash."""
-        shared = [None, secrets.token_bytes(16)]
+        shared: list[Any] = [None, secrets.token_bytes(16)]  # [file name, token]
         if self.rank == 0:
             try:
                 fd, path = tempfile.mkstemp(prefix="mnist-dist-allreduce-", dir=SHM_DIR)
@@ -76,7 +77,8 @@ class SharedMemoryAllReduce:
                 pass  # shared[0] stays None: every rank fails below
         dist.broadcast_object_list(shared, src=0)
         name, token = shared
-        mm, ok = None, False
+        mm: mmap.mmap | None = None
+        ok = False
         if name is not None:
             try:
                 with open(os.path.join(SHM_DIR, name), "r+b") as f:
@@ -93,6 +95,7 @@ class SharedMemoryAllReduce:
                 mm.close()
             raise OSError(f"the ranks could not share a file in {SHM_DIR} (not writable, full, or the processes "
                           f"are not on one host)")
+        assert mm is not None  # every rank, this one too, mapped the file and found the token
         mm[size - len(token):] = bytes(len(token))
         dist.barrier()  # nobody zeroes the token before everyone has checked it
         return mm

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 from mnist_dist import procs, rundir, sweeps
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
@@ -77,7 +78,7 @@ def run(args) -> int:
         if previous.get("status") == "running":
             # Another host's pid cannot be looked up: that sweep (a requeued array task) is taken as gone.
             here = previous.get("host") == socket.gethostname()
-            if here and procs.alive(previous.get("pid"), previous.get("started")):
+            if here and procs.alive(cast(int, previous.get("pid")), previous.get("started")):
                 print(f"sweep {sweep.name}: point {i} is running in process {previous['pid']} (another sweep); "
                       f"skipped", flush=True)
                 continue
