@@ -15,6 +15,7 @@ import math
 import signal
 import textwrap
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,7 +215,7 @@ class TrainConfig:
         """Images per optimizer step over all processes."""
         return self.per_device_batch_size * self.grad_accum_steps * world_size
 
-    def for_world(self, world_size: int) -> "TrainConfig":
+    def for_world(self, world_size: int) -> TrainConfig:
         """This config with per_device_batch_size derived from global_batch_size for `world_size` processes."""
         if not self.global_batch_size:
             return self
@@ -465,13 +466,14 @@ def parse_override(text: str) -> dict:
                           f"quote it for the shell, e.g. '{key}={{width: 8}}'") from None
     if isinstance(value, str) or value is None:
         value = raw if raw not in ("null", "~") else None
-    out = value
-    for part in reversed(key.strip().split(".")):
+    parts = key.strip().split(".")
+    out: dict = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
         out = {part: out}
     return out
 
 
-def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """path: a YAML file, or the name of a recipe (`fast_fashion`, see `mnist-dist recipes`)."""
     data: dict = {}
     if path is not None:
@@ -544,10 +546,12 @@ def recipe_path(name: str) -> Path:
 
 def field_docs(cls) -> dict[str, str]:
     """The docstring written under each field of a config dataclass, read from its source (one place only)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    class_def = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(class_def, ast.ClassDef)
+    body = class_def.body
     return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
-            and isinstance(doc.value.value, str)}
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
 
 
 def _type_name(tp) -> str:
@@ -639,6 +643,7 @@ def reference() -> str:
 
 if __name__ == "__main__":  # python -m mnist_dist.config --reference > docs/configuration.md
     import sys
+
     from mnist_dist.config import reference  # the package's module, not a second copy of this one as __main__
     if sys.argv[1:] != ["--reference"]:
         sys.exit("usage: python -m mnist_dist.config --reference > docs/configuration.md")
