@@ -1,5 +1,6 @@
 """`python -m mnist_dist COMMAND ...`: the same as `mnist-dist COMMAND ...`. Also the launch entry of an installed
 wheel, where there is no train_accel.py: `accelerate launch -m mnist_dist train ...`, `torchrun -m mnist_dist train`."""
+
 import sys
 
 from mnist_dist.cli import main

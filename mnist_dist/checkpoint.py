@@ -3,6 +3,7 @@ loop's TrainState.
 
 Nothing here unpickles: weights are safetensors, metadata is JSON.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,15 @@ class CheckpointError(UserError):
     """A checkpoint that could not be written (a full disk); printed as one line."""
 
 
-def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, model_kwargs: dict,
-               dataset: str, mean: float, std: float) -> Path:
+def save_model(
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    model_name: str,
+    model_kwargs: dict,
+    dataset: str,
+    mean: float,
+    std: float,
+) -> Path:
     """Weights as safetensors plus a JSON that says how to rebuild and feed the model."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # run.dir/best/ the first time
@@ -41,9 +49,15 @@ def save_model(run_dir: str | Path, model: torch.nn.Module, model_name: str, mod
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
         raise
     os.replace(tmp, run_dir / MODEL_FILE)
-    meta = {"name": model_name, "kwargs": model_kwargs, "dataset": dataset, "mean": mean, "std": std,
-            "classes": data.CLASSES[dataset], "input": "uint8 28x28 grey, light ink on dark background, then "
-            "(x/255 - mean)/std, shape [B, 1, 28, 28]"}
+    meta = {
+        "name": model_name,
+        "kwargs": model_kwargs,
+        "dataset": dataset,
+        "mean": mean,
+        "std": std,
+        "classes": data.CLASSES[dataset],
+        "input": "uint8 28x28 grey, light ink on dark background, then (x/255 - mean)/std, shape [B, 1, 28, 28]",
+    }
     atomic_write_text(run_dir / MODEL_META, json.dumps(meta, indent=2))
     return run_dir / MODEL_FILE
 
@@ -65,8 +79,10 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise ModelFileError(f"{meta_path}: not readable JSON ({e})") from None
     missing = [k for k in ("name", "dataset", "mean", "std", "classes") if not isinstance(meta, dict) or k not in meta]
     if missing:
-        raise ModelFileError(f"{meta_path}: missing {', '.join(missing)}; it must say how to rebuild and feed the model "
-                             f"(re-save it with mnist-dist, or restore the file)")
+        raise ModelFileError(
+            f"{meta_path}: missing {', '.join(missing)}; it must say how to rebuild and feed the model "
+            f"(re-save it with mnist-dist, or restore the file)"
+        )
     try:
         model = models.build(meta["name"], **meta.get("kwargs", {}))
         model.load_state_dict(load_file(str(weights)))
@@ -93,6 +109,7 @@ class TrainState:
     """The loop's progress: what a checkpoint's state.json holds besides the config and the world. Counts are
     global unless marked per-rank; the window_* sums are the training loss since the last log, already reduced
     over ranks (a resumed run logs the same numbers as an uninterrupted one)."""
+
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # optimizer steps done in the current epoch
     global_step: int = 0  # optimizer steps done in the whole run
@@ -189,12 +206,17 @@ def _give_up(accelerator, tmp: Path, cause: Exception | None):
     the committed ones stay, and the run stops in one line."""
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    why = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200] if cause else \
-        "another rank could not write its part"
+    why = (
+        (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        if cause
+        else "another rank could not write its part"
+    )
     free_mb = shutil.disk_usage(tmp.parent).free / 1e6
-    raise CheckpointError(f"cannot write checkpoint {tmp.name[5:]} in {tmp.parent} ({why}; {free_mb:.1f} MB free "
-                          f"there). The earlier checkpoints are intact: free some space, then run the same command "
-                          f"to resume")
+    raise CheckpointError(
+        f"cannot write checkpoint {tmp.name[5:]} in {tmp.parent} ({why}; {free_mb:.1f} MB free "
+        f"there). The earlier checkpoints are intact: free some space, then run the same command "
+        f"to resume"
+    )
 
 
 def clean_partial(run_dir: Path) -> None:
@@ -231,8 +253,11 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(folder: Path) -> None:
     """manifest.json: the size and SHA-256 of every other file in a checkpoint folder, checked by damage()."""
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    files = {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
     atomic_write_text(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
 
 
@@ -304,8 +329,10 @@ def load_checkpoint(accelerator, ckpt: Path) -> str | None:
         accelerator.load_state(str(ckpt))
     except Exception as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        why = f"{ckpt}: cannot load this checkpoint ({type(e).__name__}: {first}); only tensors and plain data " \
-              f"are accepted"
+        why = (
+            f"{ckpt}: cannot load this checkpoint ({type(e).__name__}: {first}); only tensors and plain data "
+            f"are accepted"
+        )
     if _any_rank(accelerator, why is not None):
         return why or f"{ckpt}: another rank could not load its part"
     return None

@@ -2,6 +2,7 @@
 
 Each subcommand lives in its own module, which provides add_arguments(parser) and run(args) -> int.
 """
+
 from __future__ import annotations
 
 import argparse

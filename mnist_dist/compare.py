@@ -5,6 +5,7 @@ the best value of the metric over its evaluations (a sweep's metric, else val_ac
 reached, train seconds and whether it finished. Also writes compare.png: the metric against train seconds and
 against each swept value.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ from mnist_dist.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run folders, or a sweep folder")
-    parser.add_argument("--metric", help="rank by this metrics.jsonl key (default: the sweep's metric, else "
-                                         "val_accuracy)")
+    parser.add_argument(
+        "--metric", help="rank by this metrics.jsonl key (default: the sweep's metric, else val_accuracy)"
+    )
     parser.add_argument("--minimize", action="store_true", help="smaller is better (default: the sweep's goal)")
     parser.add_argument("--png", help="where to write the picture (default: SWEEP_DIR/compare.png or compare.png)")
 
@@ -27,9 +29,15 @@ def collect(paths: list[str]) -> tuple[list[Path], sweeps.Sweep | None, Path | N
     """(run folders, the sweep if one sweep folder was given, that folder)."""
     if len(paths) == 1 and (Path(paths[0]) / rundir.SWEEP_FILE).is_file():
         folder = Path(paths[0])
-        return sorted(p for p in folder.iterdir() if p.is_dir() and ((p / rundir.CONFIG).is_file() or
-                                                                     (p / rundir.SWEEP_POINT).is_file())), \
-            sweeps.load(folder / rundir.SWEEP_FILE), folder
+        return (
+            sorted(
+                p
+                for p in folder.iterdir()
+                if p.is_dir() and ((p / rundir.CONFIG).is_file() or (p / rundir.SWEEP_POINT).is_file())
+            ),
+            sweeps.load(folder / rundir.SWEEP_FILE),
+            folder,
+        )
     runs = [Path(p) for p in paths]
     for run in runs:
         if not (run / rundir.CONFIG).is_file():
@@ -59,13 +67,24 @@ def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:
     summary = rundir.read_json(run / rundir.SUMMARY) or {}
     code = (rundir.read_json(run / rundir.SWEEP_POINT) or {}).get("exit_code")
     values = [r[metric] for r in records if isinstance(r.get(metric), (int, float))]
-    status = "done" if summary else "failed" if code not in (None, 0, 75, 130) else \
-        "incomplete" if records or code is not None else "not run"
-    return {"run": run.name, "values": {k: flat.get(k) for k in keys},
-            "metric": (max if maximize else min)(values) if values else None,
-            "test_accuracy": summary.get("test_accuracy"), "epoch": records[-1]["epoch"] if records else None,
-            "train_seconds": summary.get("train_seconds", records[-1].get("train_seconds") if records else None),
-            "status": status}
+    status = (
+        "done"
+        if summary
+        else "failed"
+        if code not in (None, 0, 75, 130)
+        else "incomplete"
+        if records or code is not None
+        else "not run"
+    )
+    return {
+        "run": run.name,
+        "values": {k: flat.get(k) for k in keys},
+        "metric": (max if maximize else min)(values) if values else None,
+        "test_accuracy": summary.get("test_accuracy"),
+        "epoch": records[-1]["epoch"] if records else None,
+        "train_seconds": summary.get("train_seconds", records[-1].get("train_seconds") if records else None),
+        "status": status,
+    }
 
 
 def run(args) -> int:
@@ -96,8 +115,18 @@ def run(args) -> int:
 def table(rows: list[dict], keys: list[str], metric: str) -> str:
     fmt = lambda v, d=4: "-" if v is None else f"{v:.{d}f}" if isinstance(v, float) else str(v)  # noqa: E731
     head = ["rank", "run", *keys, f"best {metric}", "test_accuracy", "epoch", "train_s", "status"]
-    body = [[str(i + 1), r["run"], *[fmt(r["values"][k], 6) for k in keys], fmt(r["metric"]),
-             fmt(r["test_accuracy"]), fmt(r["epoch"], 2), fmt(r["train_seconds"], 1), r["status"]]
-            for i, r in enumerate(rows)]
+    body = [
+        [
+            str(i + 1),
+            r["run"],
+            *[fmt(r["values"][k], 6) for k in keys],
+            fmt(r["metric"]),
+            fmt(r["test_accuracy"]),
+            fmt(r["epoch"], 2),
+            fmt(r["train_seconds"], 1),
+            r["status"],
+        ]
+        for i, r in enumerate(rows)
+    ]
     widths = [max(len(line[c]) for line in [head, *body]) for c in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body])

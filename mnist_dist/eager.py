@@ -12,6 +12,7 @@ _use_grad does. They are only ever called eagerly: the loop compiles the model a
 Everything else is inherited: the step hooks, the fused and foreach kernels, and the state_dict format (a checkpoint
 from torch.optim loads here and the other way round). tests/test_eager.py holds them to torch.optim bit for bit.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -3,6 +3,7 @@
 Runs on one process or many (`accelerate launch -m mnist_dist.cli eval RUN_DIR`): each rank takes a
 contiguous share of the split and the counts are summed, so the result is the same for any world size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,23 +13,39 @@ from mnist_dist import checkpoint, config, data, hub, inference, rundir, runtime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run folder, a model.safetensors file, a training checkpoint (RUN_DIR/checkpoints/step_N) or a "
-                             "Hugging Face Hub repo id (owner/name; HF_HUB_OFFLINE=1: from the Hub cache)")
-    parser.add_argument("--best", action="store_true",
-                        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
-                             "the model summary.json's test numbers describe)")
+    parser.add_argument(
+        "model",
+        metavar="MODEL_OR_RUN_DIR",
+        help="a run folder, a model.safetensors file, a training checkpoint (RUN_DIR/checkpoints/step_N) or a "
+        "Hugging Face Hub repo id (owner/name; HF_HUB_OFFLINE=1: from the Hub cache)",
+    )
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+        "the model summary.json's test numbers describe)",
+    )
     parser.add_argument("--split", choices=["test", "val", "train"], default="test")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--png", metavar="PATH", help="also write the confusion matrix as a PNG")
-    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",  # no default: argparse calls it required
-                        help="data.* and train.* overrides on top of the run's config, e.g. data.dir=/path; "
-                             "tracking.backend=wandb (and tracking.*) logs the evaluation as a W&B run of its own")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key=value",  # no default: argparse calls it required
+        help="data.* and train.* overrides on top of the run's config, e.g. data.dir=/path; "
+        "tracking.backend=wandb (and tracking.*) logs the evaluation as a W&B run of its own",
+    )
 
 
 def format_result(result: dict, classes: list[str], split: str) -> str:
-    lines = [f"{split}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['count']} images",
-             "per-class accuracy:"]
-    lines += [f"  {i} {name:<12s} {acc:.4f}" for i, (name, acc) in enumerate(zip(classes, result["per_class_accuracy"]))]
+    lines = [
+        f"{split}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  on {result['count']} images",
+        "per-class accuracy:",
+    ]
+    lines += [
+        f"  {i} {name:<12s} {acc:.4f}" for i, (name, acc) in enumerate(zip(classes, result["per_class_accuracy"]))
+    ]
     lines.append("confusion matrix (rows: true, columns: predicted):")
     lines.append("      " + " ".join(f"{i:>5d}" for i in range(10)))
     lines += [f"  {i:>2d}  " + " ".join(f"{v:>5d}" for v in row) for i, row in enumerate(result["confusion"])]
@@ -53,6 +70,7 @@ def run(args) -> int:
         print(json.dumps(result) if args.json else format_result(result, meta["classes"], args.split))
         if args.png:
             from mnist_dist import plots
+
             plots.confusion_matrix(result["confusion"], meta["classes"], args.png)
         tracking.log_evaluation(cfg, model_path, meta, result, args.model if hub.is_repo_id(args.model) else None)
     runtime.end_distributed(accelerator)

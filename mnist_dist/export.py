@@ -4,6 +4,7 @@ The exported model has the same contract as the PyTorch one: float [B, 1, 28, 28
 (x/255 - mean)/std, returning logits [B, 10]; any batch size. Mean, std, class names and that contract are
 stored inside the file (ONNX metadata_props, TorchScript extra file model.json) so it is self-describing.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,24 @@ class ExportError(UserError):
 
 def add_arguments(p):
     p.add_argument("model", help="run folder, or a model.safetensors with model.json beside it")
-    p.add_argument("--best", action="store_true",
-                        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
-                             "the model summary.json's test numbers describe)")
-    p.add_argument("--format", choices=sorted([*SUFFIXES, "hub"]), required=True,
-                   help="hub: a Hugging Face Hub model folder (model.safetensors, config.json, README.md model card, "
-                        "the run's pictures), for `mnist-dist push` or huggingface_hub.upload_folder")
-    p.add_argument("--out", help="output file (default: model.onnx or model.torchscript.pt beside the weights); "
-                                 "for --format hub the folder (default: the model's own folder)")
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+        "the model summary.json's test numbers describe)",
+    )
+    p.add_argument(
+        "--format",
+        choices=sorted([*SUFFIXES, "hub"]),
+        required=True,
+        help="hub: a Hugging Face Hub model folder (model.safetensors, config.json, README.md model card, "
+        "the run's pictures), for `mnist-dist push` or huggingface_hub.upload_folder",
+    )
+    p.add_argument(
+        "--out",
+        help="output file (default: model.onnx or model.torchscript.pt beside the weights); "
+        "for --format hub the folder (default: the model's own folder)",
+    )
     p.add_argument("out_folder", nargs="?", metavar="OUT", help="the same as --out")
     p.add_argument("--onnx", action="store_true", help="with --format hub: add model.onnx to the folder")
 
@@ -46,12 +57,17 @@ def run(args) -> int:
     weights = source / rundir.MODEL_FILE if source.is_dir() else source
     out = Path(args.out) if args.out else weights.with_name("model" + SUFFIXES[args.format])
     if out.is_dir():
-        raise ExportError(f"--out {out} is a folder; name the file, e.g. --out {out / ('model' + SUFFIXES[args.format])}")
+        raise ExportError(
+            f"--out {out} is a folder; name the file, e.g. --out {out / ('model' + SUFFIXES[args.format])}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":
         max_diff = export_onnx(model, meta, out)
-        check = f"onnxruntime agrees with PyTorch to {max_diff:.1e}" if max_diff is not None else \
-            "not checked: onnxruntime is not installed"
+        check = (
+            f"onnxruntime agrees with PyTorch to {max_diff:.1e}"
+            if max_diff is not None
+            else "not checked: onnxruntime is not installed"
+        )
     else:
         max_diff = export_torchscript(model, meta, out)
         check = f"reloaded, agrees with PyTorch to {max_diff:.1e}"
@@ -61,10 +77,12 @@ def run(args) -> int:
 
 def export_hub(args) -> int:
     from mnist_dist import hub
+
     source = rundir.pick_model(args.model, args.best)
     if not source.is_dir():
-        raise ExportError(f"--format hub takes a run folder (it reads the run's summary, config and pictures), "
-                          f"not {source}")
+        raise ExportError(
+            f"--format hub takes a run folder (it reads the run's summary, config and pictures), not {source}"
+        )
     out = Path(args.out) if args.out else source
     if out.is_file():
         raise ExportError(f"--out {out} is a file; --format hub writes a folder")
@@ -93,9 +111,16 @@ def export_onnx(model: torch.nn.Module, meta: dict, out: Path) -> float | None:
     with warnings.catch_warnings():
         # The TorchScript-based exporter needs only `onnx`; the newer dynamo one would also need onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (sample_input(2),), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (sample_input(2),),
+            str(tmp),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     proto = onnx.load(str(tmp))
     onnx.checker.check_model(proto)
     for key, value in metadata(meta).items():
@@ -137,8 +162,12 @@ def check_close(logits, model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def metadata(meta: dict) -> dict[str, str]:
-    return {"mnist_dist.model": meta["name"], "mnist_dist.dataset": meta["dataset"],
-            "mnist_dist.mean": str(meta["mean"]), "mnist_dist.std": str(meta["std"]),
-            "mnist_dist.classes": json.dumps(meta["classes"]),
-            "mnist_dist.input": "float32 [batch, 1, 28, 28] = (uint8 pixels/255 - mean)/std, light ink on dark; "
-                                "output: logits [batch, 10]"}
+    return {
+        "mnist_dist.model": meta["name"],
+        "mnist_dist.dataset": meta["dataset"],
+        "mnist_dist.mean": str(meta["mean"]),
+        "mnist_dist.std": str(meta["std"]),
+        "mnist_dist.classes": json.dumps(meta["classes"]),
+        "mnist_dist.input": "float32 [batch, 1, 28, 28] = (uint8 pixels/255 - mean)/std, light ink on dark; "
+        "output: logits [batch, 10]",
+    }

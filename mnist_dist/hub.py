@@ -9,6 +9,7 @@ uploaded: checkpoints/ holds pickled optimizer and RNG state, wandb/, previous-*
 No credential is read or written here: huggingface_hub finds HF_TOKEN or its login cache itself, and an error
 message that carries the token is printed with it masked.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,60 +53,117 @@ def card_data(meta: dict, summary: dict | None, best: bool):
     """ModelCardData with the test accuracy of the exported model (the final one, or the best one when the run
     evaluated it on the test split) as its model-index."""
     from huggingface_hub import EvalResult, ModelCardData
+
     summary = summary or {}
     dataset_id = data.HF_IDS[meta["dataset"]]
     numbers = (summary.get("best") or {}) if best else summary
-    results = [EvalResult(task_type="image-classification", task_name="Image Classification",
-                          dataset_type=dataset_id, dataset_name=DATASET_NAMES[meta["dataset"]],
-                          dataset_split="test", metric_type="accuracy", metric_name="Test accuracy",
-                          metric_value=numbers["test_accuracy"])] if numbers.get("test_accuracy") is not None else None
+    results = (
+        [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=dataset_id,
+                dataset_name=DATASET_NAMES[meta["dataset"]],
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_name="Test accuracy",
+                metric_value=numbers["test_accuracy"],
+            )
+        ]
+        if numbers.get("test_accuracy") is not None
+        else None
+    )
     return ModelCardData(
-        model_name=f"{meta['name']}-{meta['dataset']}", license="mit", library_name="mnist-dist",
-        pipeline_tag="image-classification", datasets=[dataset_id], metrics=["accuracy"],
-        tags=["pytorch", "safetensors", "mnist-dist", meta["dataset"]], eval_results=results)
+        model_name=f"{meta['name']}-{meta['dataset']}",
+        license="mit",
+        library_name="mnist-dist",
+        pipeline_tag="image-classification",
+        datasets=[dataset_id],
+        metrics=["accuracy"],
+        tags=["pytorch", "safetensors", "mnist-dist", meta["dataset"]],
+        eval_results=results,
+    )
 
 
 def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
     """README.md: the metadata block, then the model, its training set-up, the recipe and the pictures."""
     from huggingface_hub import ModelCard
+
     summary = rundir.read_json(run_dir / rundir.SUMMARY) if run_dir else None
     cd = card_data(meta, summary, best)
     s = summary or {}
     numbers = (s.get("best") or {}) if best else s
-    lines = [f"# {cd.model_name}", "",
-             f"A `{meta['name']}` classifier of {meta['dataset']} (28x28 grey images, 10 classes), trained with "
-             f"mnist-dist and saved as safetensors. This is the "
-             f"{'best model by validation' if best else 'final model'} of its run.", ""]
+    lines = [
+        f"# {cd.model_name}",
+        "",
+        f"A `{meta['name']}` classifier of {meta['dataset']} (28x28 grey images, 10 classes), trained with "
+        f"mnist-dist and saved as safetensors. This is the "
+        f"{'best model by validation' if best else 'final model'} of its run.",
+        "",
+    ]
     if numbers.get("test_accuracy") is not None:
-        lines += [f"Test accuracy: **{numbers['test_accuracy']:.4f}** on {s.get('test_count', '?')} test images "
-                  f"({data.HF_IDS[meta['dataset']]}, split test).", ""]
-    lines += ["## Use", "", "```python", "from mnist_dist import checkpoint, hub",
-              "model, meta = checkpoint.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
-              "# input: float32 [B, 1, 28, 28] = (uint8 pixels/255 - meta['mean'])/meta['std']; output: logits [B, 10]",
-              "```", "", "or `mnist-dist eval OWNER/NAME`, `mnist-dist predict OWNER/NAME image.png`.", "",
-              f"Classes: {', '.join(meta['classes'])}.", ""]
+        lines += [
+            f"Test accuracy: **{numbers['test_accuracy']:.4f}** on {s.get('test_count', '?')} test images "
+            f"({data.HF_IDS[meta['dataset']]}, split test).",
+            "",
+        ]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from mnist_dist import checkpoint, hub",
+        "model, meta = checkpoint.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
+        "# input: float32 [B, 1, 28, 28] = (uint8 pixels/255 - meta['mean'])/meta['std']; output: logits [B, 10]",
+        "```",
+        "",
+        "or `mnist-dist eval OWNER/NAME`, `mnist-dist predict OWNER/NAME image.png`.",
+        "",
+        f"Classes: {', '.join(meta['classes'])}.",
+        "",
+    ]
     if summary:
-        setup = [("world size (processes)", s.get("world_size")), ("global batch size", s.get("global_batch_size")),
-                 ("per-device batch size", s.get("per_device_batch_size")), ("epochs", s.get("epochs")),
-                 ("optimizer steps", s.get("global_step")),
-                 ("training time", f"{s['train_seconds']:.1f} s" if s.get("train_seconds") is not None else None),
-                 ("hardware", f"{s.get('device')} on {len(set(s.get('hostnames') or [])) or '?'} node(s), "
-                              f"{s.get('torch_threads')} torch threads per process"),
-                 ("mixed precision", s.get("mixed_precision")), ("parameters", s.get("parameters")),
-                 ("torch", s.get("torch_version")), ("git revision", s.get("git_revision"))]
+        setup = [
+            ("world size (processes)", s.get("world_size")),
+            ("global batch size", s.get("global_batch_size")),
+            ("per-device batch size", s.get("per_device_batch_size")),
+            ("epochs", s.get("epochs")),
+            ("optimizer steps", s.get("global_step")),
+            ("training time", f"{s['train_seconds']:.1f} s" if s.get("train_seconds") is not None else None),
+            (
+                "hardware",
+                f"{s.get('device')} on {len(set(s.get('hostnames') or [])) or '?'} node(s), "
+                f"{s.get('torch_threads')} torch threads per process",
+            ),
+            ("mixed precision", s.get("mixed_precision")),
+            ("parameters", s.get("parameters")),
+            ("torch", s.get("torch_version")),
+            ("git revision", s.get("git_revision")),
+        ]
         if s.get("best"):
             b = s["best"]
-            setup.append(("best model", f"{b.get('metric')} {b.get('value')} at step {b.get('global_step')}"
-                                        + (f", test accuracy {b['test_accuracy']:.4f}"
-                                           if b.get("test_accuracy") is not None else "")))
+            setup.append(
+                (
+                    "best model",
+                    f"{b.get('metric')} {b.get('value')} at step {b.get('global_step')}"
+                    + (f", test accuracy {b['test_accuracy']:.4f}" if b.get("test_accuracy") is not None else ""),
+                )
+            )
         lines += ["## Training", "", "| | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in setup if v is not None]
         lines.append("")
     recipe = _recipe(run_dir)
     if recipe:
-        lines += ["## Recipe", "", "The run's merged config, as `mnist-dist train --config FILE` takes it (data.dir, "
-                  "run.dir and tracking left out: set data.dir to your copy of the data):", "", "```yaml",
-                  recipe.rstrip(), "```", ""]
+        lines += [
+            "## Recipe",
+            "",
+            "The run's merged config, as `mnist-dist train --config FILE` takes it (data.dir, "
+            "run.dir and tracking left out: set data.dir to your copy of the data):",
+            "",
+            "```yaml",
+            recipe.rstrip(),
+            "```",
+            "",
+        ]
     pictures = [p for p in rundir.PICTURES if run_dir and (run_dir / p).is_file()]
     if pictures:
         lines += ["## Pictures", ""] + [f"![{p[:-4]}]({p})" for p in pictures] + [""]
@@ -165,13 +223,15 @@ def resolve(model: str | Path) -> Path:
     if not is_repo_id(str(model)):
         return path
     from huggingface_hub import snapshot_download
+
     try:
         snapshot = Path(snapshot_download(str(model), allow_patterns=LOAD_FILES))
     except Exception as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         hint = " and HF_HUB_OFFLINE is set: only the Hub cache is read" if offline else ""
-        raise HubError(f"{model}: no such folder here, and not loadable as a Hub model repo{hint} "
-                       f"({_one_line(e)})") from None
+        raise HubError(
+            f"{model}: no such folder here, and not loadable as a Hub model repo{hint} ({_one_line(e)})"
+        ) from None
     if not (snapshot / rundir.MODEL_FILE).is_file():
         raise HubError(f"{model}: the Hub repo has no {rundir.MODEL_FILE} (not an mnist-dist model)")
     meta_file = snapshot / (rundir.MODEL_META if (snapshot / rundir.MODEL_META).is_file() else HUB_CONFIG)
@@ -189,6 +249,7 @@ def _staging() -> Path:
     """A temporary folder that lives as long as this process."""
     import atexit
     import tempfile
+
     folder = Path(tempfile.mkdtemp(prefix="mnist-dist-model-"))
     atexit.register(shutil.rmtree, folder, True)
     return folder
@@ -199,21 +260,32 @@ def _stage_checkpoint(ckpt: Path) -> Path:
     of DDP or torch.compile dropped) with the model.json and config.yaml that its state.json's config implies."""
     import torch
     from safetensors.torch import load_file, save_file
+
     state = rundir.read_json(ckpt / checkpoint.STATE_FILE) or {}
     cfg = state.get("config") or {}
     weights = ckpt / rundir.MODEL_FILE
     if not weights.is_file() or not cfg.get("model") or not cfg.get("data"):
-        raise HubError(f"{ckpt}: not a complete training checkpoint (no {rundir.MODEL_FILE}, or a state.json "
-                       f"without the run's config)")
+        raise HubError(
+            f"{ckpt}: not a complete training checkpoint (no {rundir.MODEL_FILE}, or a state.json "
+            f"without the run's config)"
+        )
     dataset = cfg["data"]["name"]
     mean, std = data.STATS[dataset]
     folder = _staging()
     tensors = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in load_file(str(weights)).items()}
-    save_file({k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
-              str(folder / rundir.MODEL_FILE))
-    meta = {"name": cfg["model"]["name"], "kwargs": cfg["model"].get("kwargs") or {}, "dataset": dataset,
-            "mean": mean, "std": std, "classes": data.CLASSES[dataset],
-            "checkpoint": {"global_step": state.get("global_step"), "epoch": state.get("epoch")}}
+    save_file(
+        {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
+        str(folder / rundir.MODEL_FILE),
+    )
+    meta = {
+        "name": cfg["model"]["name"],
+        "kwargs": cfg["model"].get("kwargs") or {},
+        "dataset": dataset,
+        "mean": mean,
+        "std": std,
+        "classes": data.CLASSES[dataset],
+        "checkpoint": {"global_step": state.get("global_step"), "epoch": state.get("epoch")},
+    }
     rundir.atomic_write_text(folder / rundir.MODEL_META, json.dumps(meta, indent=2))
     rundir.atomic_write_text(folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg}))
     return folder
@@ -222,11 +294,13 @@ def _stage_checkpoint(ckpt: Path) -> Path:
 def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
     """Create the repo if need be and upload the folder's Hub files (HUB_FILES only); returns the commit URL."""
     from huggingface_hub import HfApi
+
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(HUB_FILES),
-                                 commit_message=message)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), allow_patterns=list(HUB_FILES), commit_message=message
+        )
     except Exception as e:
         raise HubError(f"push to {repo_id} failed ({_one_line(e)})") from None
     return str(getattr(info, "commit_url", info))

@@ -1,5 +1,6 @@
 """The one batched forward pass: exact distributed evaluation, and class probabilities for reports, W&B media and
 `predict`. Images come in as uint8 [N, 28, 28] and are normalised on the model's device, batch by batch."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -12,6 +13,7 @@ from mnist_dist import data, metrics
 
 class Predictions(NamedTuple):
     """The first test images with their labels and the model's class probabilities (CPU)."""
+
     images: torch.Tensor  # uint8 [N, 28, 28]
     labels: torch.Tensor  # int64 [N]
     probs: torch.Tensor  # float32 [N, 10]
@@ -20,12 +22,13 @@ class Predictions(NamedTuple):
 def forward(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float, batch_size: int, device):
     """Yields float32 logits for consecutive batches of `images_u8` (call under torch.no_grad, model in eval)."""
     for i in range(0, len(images_u8), batch_size):
-        yield model(data.normalize(images_u8[i:i + batch_size].to(device, non_blocking=True), mean, std)).float()
+        yield model(data.normalize(images_u8[i : i + batch_size].to(device, non_blocking=True), mean, std)).float()
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float,
-            batch_size: int = 1000) -> torch.Tensor:
+def predict(
+    model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float, batch_size: int = 1000
+) -> torch.Tensor:
     """Class probabilities [N, 10] (float32, CPU), on the model's device, in eval mode.
 
     Runs on one process with a plain (unwrapped) module: no collective, so other ranks are never involved.
@@ -39,8 +42,9 @@ def predict(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: f
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, split: data.Split, mean: float, std: float, batch_size: int,
-             keep_probs: int = 0) -> tuple[dict, torch.Tensor | None]:
+def evaluate(
+    accelerator, model, split: data.Split, mean: float, std: float, batch_size: int, keep_probs: int = 0
+) -> tuple[dict, torch.Tensor | None]:
     """Exact loss/accuracy/confusion over `split`: each rank takes a contiguous share, then sums are reduced.
 
     Every rank runs the same number of forward passes on batches of the same shapes (a collective inside the
@@ -65,12 +69,12 @@ def evaluate(accelerator, model, split: data.Split, mean: float, std: float, bat
     confusion = torch.zeros(10, 10, device=device, dtype=torch.long)
     kept = []
     for i, logits in zip(range(0, len(images), batch_size), forward(model, images, mean, std, batch_size, device)):
-        logits = logits[:max(0, real - i)]  # the padding's logits count nowhere
-        y = labels[i:i + batch_size].to(device, non_blocking=True)
+        logits = logits[: max(0, real - i)]  # the padding's logits count nowhere
+        y = labels[i : i + batch_size].to(device, non_blocking=True)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         confusion += metrics.confusion_matrix(logits.argmax(1), y)
         if i < keep_probs:
-            kept.append(torch.softmax(logits[:keep_probs - i], 1).cpu())  # a host sync, only where asked
+            kept.append(torch.softmax(logits[: keep_probs - i], 1).cpu())  # a host sync, only where asked
     # Sums and counts, not means, cross the process boundary: the result is exact for any world size.
     loss_sum, confusion = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(confusion, "sum")
     model.train()

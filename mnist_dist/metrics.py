@@ -1,10 +1,13 @@
 """Exact metrics from counts and sums: what crosses process boundaries is a confusion matrix and a loss sum."""
+
 import torch
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
     """[true, predicted] counts, int64, on the inputs' device (no host sync)."""
-    return torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
 
 
 def summarize(loss_sum: float, confusion: torch.Tensor) -> dict:

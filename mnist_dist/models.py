@@ -2,6 +2,7 @@
 
 Every model takes a float tensor [B, 1, 28, 28] (already normalised) and returns logits [B, 10].
 """
+
 from collections.abc import Callable
 
 import torch
@@ -14,6 +15,7 @@ def register(name):
     def deco(fn):
         MODELS[name] = fn
         return fn
+
     return deco
 
 
@@ -60,9 +62,16 @@ def mlp_120_84(dropout: float = 0.0):
 def tutorial_cnn():
     """The conv32-pool-conv64-pool-fc64 CNN of the classic tutorials (no BatchNorm)."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),    # 26 -> 13
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),   # 11 -> 5
-        nn.Flatten(), nn.Linear(64 * 5 * 5, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 26 -> 13
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 11 -> 5
+        nn.Flatten(),
+        nn.Linear(64 * 5 * 5, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
 
 
@@ -84,13 +93,18 @@ def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidd
     bench/README.md); `hidden` > 0 puts a hidden fully-connected layer of that size in the head.
     """
     w1, w2, w3 = width, 2 * width, 4 * width
-    head = [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10)] if hidden else \
-        [nn.Linear(w3 * 3 * 3, 10)]
+    head = (
+        [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10)]
+        if hidden
+        else [nn.Linear(w3 * 3 * 3, 10)]
+    )
     return nn.Sequential(
-        *stage(1, w1, pool_first),       # 28 -> 14
-        *stage(w1, w2, pool_first),      # 14 -> 7
-        *stage(w2, w3, pool_first),      # 7 -> 3
-        nn.Flatten(), nn.Dropout(dropout), *head,
+        *stage(1, w1, pool_first),  # 28 -> 14
+        *stage(w1, w2, pool_first),  # 14 -> 7
+        *stage(w2, w3, pool_first),  # 7 -> 3
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        *head,
     )
 
 

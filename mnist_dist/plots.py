@@ -4,6 +4,7 @@ and report.md, rebuilt from the files the run left (metrics.jsonl, summary.json,
 The drawing functions take plain numbers (lists, numpy or torch), write one PNG and return its path; none of
 them knows where the numbers came from. build_report() gathers them from a run folder.
 """
+
 from __future__ import annotations
 
 import sys
@@ -72,23 +73,35 @@ def confusion_matrix(matrix, classes: list[str], path: str | Path, title: str = 
     for i in range(n):
         for j in range(n):
             if counts[i, j]:
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if share[i, j] > 0.5 else ("black" if i == j else MISTAKE))
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.5 else ("black" if i == j else MISTAKE),
+                )
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{title} ({counts.sum():,} images, "
-                                                     f"accuracy {np.trace(counts) / max(counts.sum(), 1):.4f})")
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"{title} ({counts.sum():,} images, accuracy {np.trace(counts) / max(counts.sum(), 1):.4f})",
+    )
     return _save(fig, path)
 
 
-def samples(images_u8, labels, preds, confidences, classes: list[str], path: str | Path,
-            columns: int = 8, title: str = "") -> Path:
+def samples(
+    images_u8, labels, preds, confidences, classes: list[str], path: str | Path, columns: int = 8, title: str = ""
+) -> Path:
     """A grid of test images titled `predicted (confidence)`, with `true: X` and a red frame on mistakes.
 
     One mosaic on one axes (not one axes per image): drawing 48 axes costs matplotlib seconds.
     """
     images_u8, labels, preds = np.asarray(images_u8), np.asarray(labels), np.asarray(preds)
     from matplotlib.patches import Rectangle
+
     n, side = len(labels), 28
     rows = max(1, -(-n // columns))
     gap_x, above, below = 10, 9, 9  # mosaic pixels around each image: room for the two captions
@@ -100,14 +113,28 @@ def samples(images_u8, labels, preds, confidences, classes: list[str], path: str
     ax = fig.add_axes((0, 0, 1, 1 - top / (rows * cell_h * px + top)))
     for k in range(n):
         x0, y0 = (k % columns) * cell_w + gap_x // 2, (k // columns) * cell_h + above
-        mosaic[y0:y0 + side, x0:x0 + side] = images_u8[k]
+        mosaic[y0 : y0 + side, x0 : x0 + side] = images_u8[k]
         wrong = preds[k] != labels[k]
         colour = MISTAKE if wrong else "black"
-        ax.text(x0 + side / 2, y0 - 1.5, f"{classes[preds[k]][:11]} ({confidences[k]:.2f})", ha="center",
-                va="bottom", fontsize=7, color=colour)
+        ax.text(
+            x0 + side / 2,
+            y0 - 1.5,
+            f"{classes[preds[k]][:11]} ({confidences[k]:.2f})",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=colour,
+        )
         if wrong:
-            ax.text(x0 + side / 2, y0 + side + 1.5, f"true: {classes[labels[k]][:11]}", ha="center", va="top",
-                    fontsize=7, color=MISTAKE)
+            ax.text(
+                x0 + side / 2,
+                y0 + side + 1.5,
+                f"true: {classes[labels[k]][:11]}",
+                ha="center",
+                va="top",
+                fontsize=7,
+                color=MISTAKE,
+            )
             ax.add_patch(Rectangle((x0 - 1, y0 - 1), side + 1, side + 1, fill=False, edgecolor=MISTAKE, linewidth=2))
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
@@ -145,8 +172,20 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
     records = rundir.read_jsonl(run_dir / METRICS)
     meta = rundir.read_json(run_dir / MODEL_META)
     summary = rundir.read_json(run_dir / SUMMARY) or {}
-    rundir.check_numbers(run_dir / SUMMARY, summary, ("test_accuracy", "test_count", "test_loss", "val_accuracy",
-                                                      "parameters", "train_seconds", "epochs", "global_step"))
+    rundir.check_numbers(
+        run_dir / SUMMARY,
+        summary,
+        (
+            "test_accuracy",
+            "test_count",
+            "test_loss",
+            "val_accuracy",
+            "parameters",
+            "train_seconds",
+            "epochs",
+            "global_step",
+        ),
+    )
     dataset = (meta or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
     classes = data.CLASSES.get(dataset, [str(i) for i in range(10)])
     title = f"{run_dir.name}: {summary.get('model') or (meta or {}).get('name', '')} on {dataset}"
@@ -155,8 +194,9 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
         curves(records, run_dir / CURVES, title=title)
         last = records[-1]
         if "test_confusion" in last:
-            confusion_matrix(last["test_confusion"], classes, run_dir / CONFUSION,
-                             title=f"test, epoch {last['epoch']:.3g}")
+            confusion_matrix(
+                last["test_confusion"], classes, run_dir / CONFUSION, title=f"test, epoch {last['epoch']:.3g}"
+            )
     else:
         problems.append(f"{run_dir / METRICS}: missing or empty; no {CURVES} or {CONFUSION}")
 
@@ -165,8 +205,15 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
         images, labels, probs = p.images[:NUM_SAMPLES], p.labels[:NUM_SAMPLES], p.probs[:NUM_SAMPLES]
         confidence, preds = probs.max(1)
         wrong = int((preds != labels).sum())
-        samples(images, labels, preds, confidence, classes, run_dir / SAMPLES,
-                title=f"first {len(labels)} test images: predicted (confidence); {wrong} wrong, in red")
+        samples(
+            images,
+            labels,
+            preds,
+            confidence,
+            classes,
+            run_dir / SAMPLES,
+            title=f"first {len(labels)} test images: predicted (confidence); {wrong} wrong, in red",
+        )
     except UserError as e:
         problems.append(f"no {SAMPLES}: {e}")
 
@@ -193,22 +240,38 @@ def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: l
     lines = [f"# Run report: {run_dir.name}", ""]
     if acc is not None:
         correct = f" ({round(acc * count):,} of {count:,} images)" if count else ""
-        lines += [f"**Final test accuracy: {acc:.4f}**{correct}, test loss {_fmt(get('test_loss'))}, "
-                  f"validation accuracy {_fmt(get('val_accuracy'))}.", ""]
+        lines += [
+            f"**Final test accuracy: {acc:.4f}**{correct}, test loss {_fmt(get('test_loss'))}, "
+            f"validation accuracy {_fmt(get('val_accuracy'))}.",
+            "",
+        ]
     else:
         lines += ["No evaluation was recorded (metrics.jsonl is missing or empty).", ""]
-    rows = [("model", summary.get("model")), ("parameters", f"{summary['parameters']:,}" if "parameters" in summary else None),
-            ("data", summary.get("data_source")), ("epochs", _epochs(get("epochs") or last.get("epoch"))),
-            ("global steps", get("global_step")), ("world size", summary.get("world_size")),
-            ("global batch size", summary.get("global_batch_size")),
-            ("device", f"{summary.get('device')} ({summary.get('distributed_type')}, mixed precision "
-                       f"{summary.get('mixed_precision')})" if "device" in summary else None),
-            ("train time", f"{summary['train_seconds']:.1f} s" if "train_seconds" in summary else None),
-            ("git revision", f"`{summary.get('git_revision')}`" if summary.get("git_revision") else "unknown"),
-            ("torch", summary.get("torch_version"))]
+    rows = [
+        ("model", summary.get("model")),
+        ("parameters", f"{summary['parameters']:,}" if "parameters" in summary else None),
+        ("data", summary.get("data_source")),
+        ("epochs", _epochs(get("epochs") or last.get("epoch"))),
+        ("global steps", get("global_step")),
+        ("world size", summary.get("world_size")),
+        ("global batch size", summary.get("global_batch_size")),
+        (
+            "device",
+            f"{summary.get('device')} ({summary.get('distributed_type')}, mixed precision "
+            f"{summary.get('mixed_precision')})"
+            if "device" in summary
+            else None,
+        ),
+        ("train time", f"{summary['train_seconds']:.1f} s" if "train_seconds" in summary else None),
+        ("git revision", f"`{summary.get('git_revision')}`" if summary.get("git_revision") else "unknown"),
+        ("torch", summary.get("torch_version")),
+    ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None] + [""]
-    for name, caption in ((CURVES, "Loss and accuracy per epoch"), (CONFUSION, "Test confusion matrix"),
-                          (SAMPLES, "Sample test predictions (mistakes in red)")):
+    for name, caption in (
+        (CURVES, "Loss and accuracy per epoch"),
+        (CONFUSION, "Test confusion matrix"),
+        (SAMPLES, "Sample test predictions (mistakes in red)"),
+    ):
         if (run_dir / name).is_file():
             lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if "test_per_class_accuracy" in last:
@@ -216,9 +279,18 @@ def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: l
         lines += [f"| {c} | {a:.4f} |" for c, a in zip(classes, last["test_per_class_accuracy"])] + [""]
     cfg_path = run_dir / CONFIG
     if cfg_path.is_file():
-        lines += ["## Config", "", "```yaml", cfg_path.read_text().rstrip(), "```", "",
-                  "Reproduce (at the git revision above; a new run.dir starts fresh):", "",
-                  f"    accelerate launch train_accel.py --config {cfg_path} run.dir=runs/repro", ""]
+        lines += [
+            "## Config",
+            "",
+            "```yaml",
+            cfg_path.read_text().rstrip(),
+            "```",
+            "",
+            "Reproduce (at the git revision above; a new run.dir starts fresh):",
+            "",
+            f"    accelerate launch train_accel.py --config {cfg_path} run.dir=runs/repro",
+            "",
+        ]
     path = run_dir / REPORT
     rundir.atomic_write_text(path, "\n".join(lines))
     return path
@@ -242,8 +314,9 @@ def comparison(rows: list[dict], keys: list[str], metric: str, path: str | Path,
     ax = axes[0]
     ax.scatter([r["train_seconds"] or 0 for r in done], [r["metric"] for r in done], color=COLORS["val"])
     for r in done:
-        ax.annotate(r["run"], (r["train_seconds"] or 0, r["metric"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.annotate(
+            r["run"], (r["train_seconds"] or 0, r["metric"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     ax.set_xlabel("train seconds")
     ax.set_ylabel(metric)
     for ax, key in zip(axes[1:], keys):

@@ -5,6 +5,7 @@ grey, light ink on a dark background, cropped to the ink, scaled to fit a box, p
   MNIST (LeCun et al.):    longer side 20 px, centre of mass at the centre of the 28x28 field.
   Fashion-MNIST (Zalando): longer side 28 px, bounding box centred.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,9 +31,9 @@ SIDE = 28
 
 @dataclass(frozen=True)
 class Layout:
-    box: int          # the longer side of the ink is scaled to this many pixels
-    centre: str       # "mass": centre of mass at the field's centre; "box": bounding box centred
-    full_ink: bool    # stretch so the strongest ink is 255: MNIST's strokes were bilevel before anti-aliasing
+    box: int  # the longer side of the ink is scaled to this many pixels
+    centre: str  # "mass": centre of mass at the field's centre; "box": bounding box centred
+    full_ink: bool  # stretch so the strongest ink is 255: MNIST's strokes were bilevel before anti-aliasing
     find_digit: bool  # crop to the digit's strokes, not to all ink: ruled lines and drawn frames are dropped
 
 
@@ -50,6 +51,7 @@ class ImageError(Exception):
 def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
     from PIL import Image, ImageOps, UnidentifiedImageError  # here: every `mnist-dist` start builds this parser
+
     if not path.is_file():
         raise ImageError(why_not_a_file(path))
     if path.stat().st_size == 0:
@@ -61,8 +63,10 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with img:
             w, h = img.size  # from the header: nothing is decoded yet
             if w * h > max_pixels:
-                raise ImageError(f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                                 f"{max_pixels / 1e6:g} (--max-pixels); shrink it first")
+                raise ImageError(
+                    f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
+                    f"{max_pixels / 1e6:g} (--max-pixels); shrink it first"
+                )
             img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
             img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -130,13 +134,18 @@ def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
     # Crop to the ink. Pixels within 2% of the background do not count (Zalando's trim used 5%): JPEG
     # ringing around the edges would otherwise widen the box.
     ys, xs = np.nonzero(ink > 0.02)
-    ink = ink[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    ink = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     h, w = ink.shape
     scale = layout.box / max(h, w)
     h, w = max(1, round(h * scale)), max(1, round(w * scale))
     # Antialiased resize: shrinking a 2000 px photo must average the strokes, not sample them.
-    small = F.interpolate(torch.from_numpy(np.ascontiguousarray(ink))[None, None], size=(h, w), mode="bicubic",
-                          antialias=True)[0, 0].clamp(0, 1).numpy()
+    small = (
+        F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(ink))[None, None], size=(h, w), mode="bicubic", antialias=True
+        )[0, 0]
+        .clamp(0, 1)
+        .numpy()
+    )
     if layout.full_ink:  # after the resize: a thin pen stroke shrunk from a photo is faint until stretched
         small = small / small.max()
 
@@ -146,11 +155,14 @@ def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
         cx = (small.sum(0) * np.arange(w)).sum() / total
         top_px, left_px = round((SIDE - 1) / 2 - cy), round((SIDE - 1) / 2 - cx)
     else:
-        top_px, left_px = (SIDE - h + 1) // 2, (SIDE - w + 1) // 2  # odd margins: one more px above/left, as Zalando did
+        top_px, left_px = (
+            (SIDE - h + 1) // 2,
+            (SIDE - w + 1) // 2,
+        )  # odd margins: one more px above/left, as Zalando did
     # A lopsided shape could be pushed off the field by centring its mass: keep it whole instead.
     top_px, left_px = min(max(top_px, 0), SIDE - h), min(max(left_px, 0), SIDE - w)
     out = np.zeros((SIDE, SIDE), np.float32)
-    out[top_px: top_px + h, left_px: left_px + w] = small
+    out[top_px : top_px + h, left_px : left_px + w] = small
     return np.round(out * 255).astype(np.uint8)
 
 
@@ -175,7 +187,7 @@ def _components(mask: np.ndarray) -> np.ndarray:
         smallest = labels.copy()
         for dy in (0, 1, 2):
             for dx in (0, 1, 2):
-                np.minimum(smallest, padded[dy:dy + h, dx:dx + w], out=smallest)
+                np.minimum(smallest, padded[dy : dy + h, dx : dx + w], out=smallest)
         smallest = np.where(mask, smallest, none)
         flat = smallest.reshape(-1)
         flat[flat_index] = flat[flat[flat_index] - 1]  # jump: the label of the pixel that the label names
@@ -193,8 +205,11 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
     """
     h, w = ink.shape
     step = max(1, -(-max(h, w) // LABEL_SIDE))
-    small = F.avg_pool2d(torch.from_numpy(ink.astype(np.float32))[None, None], step, ceil_mode=True)[0, 0].numpy() \
-        if step > 1 else ink
+    small = (
+        F.avg_pool2d(torch.from_numpy(ink.astype(np.float32))[None, None], step, ceil_mode=True)[0, 0].numpy()
+        if step > 1
+        else ink
+    )
     mask = small > 0.25
     mask[mask.mean(1) > 0.9, :] = False  # ruled lines and frame sides that cross the whole image
     mask[:, mask.mean(0) > 0.9] = False
@@ -205,10 +220,18 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         box = labels[y0:y1, x0:x1] == lab
         band = max(1, min(y1 - y0, x1 - x0) // 20)
-        sides = [box[:band].any(0).mean(), box[-band:].any(0).mean(), box[:, :band].any(1).mean(),
-                 box[:, -band:].any(1).mean()]
-        framed = min(sides) > 0.8 and (y1 - y0) > 0.3 * mask.shape[0] and (x1 - x0) > 0.3 * mask.shape[1] \
+        sides = [
+            box[:band].any(0).mean(),
+            box[-band:].any(0).mean(),
+            box[:, :band].any(1).mean(),
+            box[:, -band:].any(1).mean(),
+        ]
+        framed = (
+            min(sides) > 0.8
+            and (y1 - y0) > 0.3 * mask.shape[0]
+            and (x1 - x0) > 0.3 * mask.shape[1]
             and box.mean() < 0.35
+        )
         if not framed:
             groups.append((small[labels == lab].sum(), (y0, y1, x0, x1), lab))
     if not groups:
@@ -216,8 +239,15 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
     groups.sort(reverse=True)
     _, (y0, y1, x0, x1), lab = groups[0]
     my, mx = 0.3 * (y1 - y0), 0.3 * (x1 - x0)
-    keep = {lab} | {g[2] for g in groups[1:] if g[1][0] < y1 + my and g[1][1] > y0 - my and g[1][2] < x1 + mx
-                    and g[1][3] > x0 - mx and g[0] > 0.02 * groups[0][0]}
+    keep = {lab} | {
+        g[2]
+        for g in groups[1:]
+        if g[1][0] < y1 + my
+        and g[1][1] > y0 - my
+        and g[1][2] < x1 + mx
+        and g[1][3] > x0 - mx
+        and g[0] > 0.02 * groups[0][0]
+    }
     # The kept groups, grown by a pixel (the faint antialiased edge of a stroke is below the 0.25 threshold).
     kept = torch.from_numpy(np.isin(labels, list(keep)).astype(np.float32))[None, None]
     kept = F.max_pool2d(kept, 3, stride=1, padding=1)
@@ -234,19 +264,35 @@ def preprocess(path: Path, layout: Layout, max_pixels: int = MAX_PIXELS) -> np.n
 
 
 def add_arguments(p):
-    p.add_argument("model", help="run folder, a model.safetensors with model.json beside it, a training checkpoint "
-                                  "(RUN_DIR/checkpoints/step_N) or a Hugging Face Hub repo id (owner/name)")
-    p.add_argument("--best", action="store_true",
-                        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
-                             "the model summary.json's test numbers describe)")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
-                   help="image files, or folders (their " + "/".join(sorted(IMAGE_SUFFIXES)) + " files, not recursive)")
+    p.add_argument(
+        "model",
+        help="run folder, a model.safetensors with model.json beside it, a training checkpoint "
+        "(RUN_DIR/checkpoints/step_N) or a Hugging Face Hub repo id (owner/name)",
+    )
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+        "the model summary.json's test numbers describe)",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="image files, or folders (their " + "/".join(sorted(IMAGE_SUFFIXES)) + " files, not recursive)",
+    )
     p.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image (JSON Lines)")
-    p.add_argument("--show", metavar="DIR", help="write DIR/<file>.png: the 28x28 input the model saw and its prediction")
+    p.add_argument(
+        "--show", metavar="DIR", help="write DIR/<file>.png: the 28x28 input the model saw and its prediction"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                   help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})",
+    )
 
 
 def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -283,7 +329,7 @@ def run(args) -> int:
 
     for start in range(0, len(files), args.batch_size):
         good, images = [], []
-        for path in files[start: start + args.batch_size]:
+        for path in files[start : start + args.batch_size]:
             try:
                 images.append(preprocess(path, layout, args.max_pixels))
                 good.append(path)
@@ -298,10 +344,20 @@ def run(args) -> int:
         for n, path in enumerate(good):
             ranked = [(classes[i], p) for i, p in zip(top_i[n].tolist(), top_p[n].tolist())]
             if args.json:
-                print(json.dumps({"file": str(path), "class": ranked[0][0], "index": int(top_i[n, 0]),
-                                  "prob": round(ranked[0][1], 6),
-                                  "top_k": [{"class": c, "index": i, "prob": round(p, 6)}
-                                            for (c, p), i in zip(ranked, top_i[n].tolist())]}))
+                print(
+                    json.dumps(
+                        {
+                            "file": str(path),
+                            "class": ranked[0][0],
+                            "index": int(top_i[n, 0]),
+                            "prob": round(ranked[0][1], 6),
+                            "top_k": [
+                                {"class": c, "index": i, "prob": round(p, 6)}
+                                for (c, p), i in zip(ranked, top_i[n].tolist())
+                            ],
+                        }
+                    )
+                )
             else:
                 print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in ranked))
             if show_dir:
@@ -310,8 +366,9 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def save_picture(show_dir: Path, path: Path, image: np.ndarray, probs: list[float], classes: list[str],
-                 shown: set[str]) -> Path:
+def save_picture(
+    show_dir: Path, path: Path, image: np.ndarray, probs: list[float], classes: list[str], shown: set[str]
+) -> Path:
     """The model's 28x28 input beside a bar chart of its class probabilities, as DIR/<file name>.png."""
     from matplotlib.figure import Figure  # no pyplot: no display, no global backend state (Agg canvas)
 
@@ -327,7 +384,9 @@ def save_picture(show_dir: Path, path: Path, image: np.ndarray, probs: list[floa
     ax_img.set_title("model input (28x28)", fontsize=9)
     ax_img.set_xticks([]), ax_img.set_yticks([])
     best = int(np.argmax(probs))
-    ax_bar.barh(range(len(classes)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))])
+    ax_bar.barh(
+        range(len(classes)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))]
+    )
     ax_bar.set_yticks(range(len(classes)), classes, fontsize=8)
     ax_bar.invert_yaxis()
     ax_bar.set_xlim(0, 1)

@@ -1,6 +1,7 @@
 """Process identity on this host: is a pid still the process it was? (A pid is reused once its process is gone;
 the kernel's start time of the process tells the two apart.) Used by the run-folder lock and the shared-memory
 all-reduce, to tell a dead holder or peer from a slow one."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 
 The token is huggingface_hub's business (HF_TOKEN, or `hf auth login`'s cache); nothing here reads it.
 """
+
 from __future__ import annotations
 
 from mnist_dist import hub, rundir
@@ -11,8 +12,9 @@ from mnist_dist import hub, rundir
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder")
     p.add_argument("repo_id", metavar="REPO_ID", help="the Hub model repo, owner/name (created if missing)")
-    p.add_argument("--best", action="store_true",
-                   help="push the best model by validation (RUN_DIR/best/) instead of the final one")
+    p.add_argument(
+        "--best", action="store_true", help="push the best model by validation (RUN_DIR/best/) instead of the final one"
+    )
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--message", default="Upload model from mnist-dist", help="the commit message")
 

@@ -1,4 +1,5 @@
 """`mnist-dist recipes`: the training recipes that `--config NAME` finds, each with its first comment line."""
+
 from __future__ import annotations
 
 import argparse

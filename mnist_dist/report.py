@@ -4,6 +4,7 @@ Everything is rebuilt from files the run left (plots.build_report): metrics.json
 saved model (model.safetensors + model.json) and the run's config.yaml data section (test images for
 samples.png), summary.json (final numbers, git revision). Training writes the same files at its end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ from mnist_dist.rundir import CONFUSION, CURVES, METRICS, MODEL_FILE, REPORT, SA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (with metrics.jsonl, model.safetensors, config.yaml)")
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run folder (with metrics.jsonl, model.safetensors, config.yaml)"
+    )
 
 
 def run(args) -> int:

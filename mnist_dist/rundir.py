@@ -5,6 +5,7 @@ RUN_DIR/summary.json     final numbers                RUN_DIR/model.safetensors 
 RUN_DIR/checkpoints/     full training state          RUN_DIR/curves.png ... report.md          pictures
 Every whole-file write goes to a temporary name first and is renamed: a reader never sees half a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,21 @@ def check_usable(run_dir: Path, name: str | None = None) -> None:
 def set_aside(run_dir: Path) -> Path | None:
     """Move what an earlier run left in run_dir (checkpoints, models, metrics, summary, pictures) into
     run_dir/previous-<time>/, so that a fresh start in an old folder neither mixes nor loses anything."""
-    names = ["checkpoints", BEST, CONFIG, METRICS, SUMMARY, MODEL_FILE, MODEL_META, REPORT, TRACKER_RUN_ID, *PICTURES,
-             HUB_CARD, HUB_CONFIG, HUB_ONNX]  # a card of the earlier run must not describe the new one
+    names = [
+        "checkpoints",
+        BEST,
+        CONFIG,
+        METRICS,
+        SUMMARY,
+        MODEL_FILE,
+        MODEL_META,
+        REPORT,
+        TRACKER_RUN_ID,
+        *PICTURES,
+        HUB_CARD,
+        HUB_CONFIG,
+        HUB_ONNX,
+    ]  # a card of the earlier run must not describe the new one
     present = [run_dir / n for n in names if (run_dir / n).exists()]
     if not any(p.name in ("checkpoints", BEST, METRICS, SUMMARY, MODEL_FILE) for p in present):
         return None
@@ -99,8 +113,10 @@ def pick_model(path: str | Path, best: bool) -> Path:
         return Path(path)
     folder = of_model(path) / BEST
     if not (folder / MODEL_FILE).is_file():
-        raise UserError(f"{folder}: no best model (the run had no validation split, checkpoint.best_metric=none, "
-                        f"or it predates best-model keeping)")
+        raise UserError(
+            f"{folder}: no best model (the run had no validation split, checkpoint.best_metric=none, "
+            f"or it predates best-model keeping)"
+        )
     return folder
 
 
@@ -156,8 +172,10 @@ def read_config(path: Path) -> dict | None:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RunFileError(f"{path}: not valid YAML ({getattr(e, 'problem', None) or 'unreadable'}{where}); the file "
-                           f"was edited or damaged") from None
+        raise RunFileError(
+            f"{path}: not valid YAML ({getattr(e, 'problem', None) or 'unreadable'}{where}); the file "
+            f"was edited or damaged"
+        ) from None
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -190,10 +208,13 @@ def _records(path: Path) -> list[tuple[str, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             if i < len(lines) - 1:
-                raise RunFileError(f"{path}: line {i + 1} is not JSON ({e.msg}); the file was edited or "
-                                   f"damaged") from None
-            print(f"mnist-dist: warning: {path}: dropped a half-written last line (a run killed while appending)",
-                  file=sys.stderr)
+                raise RunFileError(
+                    f"{path}: line {i + 1} is not JSON ({e.msg}); the file was edited or damaged"
+                ) from None
+            print(
+                f"mnist-dist: warning: {path}: dropped a half-written last line (a run killed while appending)",
+                file=sys.stderr,
+            )
             continue
         if not isinstance(record, dict):
             raise RunFileError(f"{path}: line {i + 1} holds {_kind(record)}, not a metrics record")
@@ -210,9 +231,14 @@ def _record_problem(record: dict) -> str | None:
     if missing:
         return f"has no number {' or '.join(missing)}"
     confusion = record.get("test_confusion")
-    if confusion is not None and not (isinstance(confusion, list) and len(confusion) == 10 and all(
+    if confusion is not None and not (
+        isinstance(confusion, list)
+        and len(confusion) == 10
+        and all(
             isinstance(row, list) and len(row) == 10 and all(_is_number(v) and v == int(v) >= 0 for v in row)
-            for row in confusion)):
+            for row in confusion
+        )
+    ):
         return "has a test_confusion that is not 10 rows of 10 counts"
     per_class = record.get("test_per_class_accuracy")
     if per_class is not None and not (isinstance(per_class, list) and all(_is_number(v) for v in per_class)):
@@ -297,8 +323,13 @@ class RunLock:
     def acquire(cls, run_dir: Path) -> RunLock:
         lock = cls(Path(run_dir) / LOCK)
         pid, pid_start = procs.me()
-        me = {"pid": pid, "pid_start": pid_start, "host": socket.gethostname(),
-              "slurm_job": _slurm_job(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": pid,
+            "pid_start": pid_start,
+            "host": socket.gethostname(),
+            "slurm_job": _slurm_job(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         if (elastic := _elastic_job()) is not None:
             me["elastic_job"], me["elastic_attempt"] = elastic
         for attempt in range(2):
@@ -321,13 +352,18 @@ class RunLock:
         if found is None:
             return f"run.dir={run_dir}: another run took {self.path} meanwhile; wait for it or use another run.dir"
         if found.holder is None:
-            return (f"run.dir={run_dir}: its lock {self.path} is damaged ({found.damage}; last changed "
-                    f"{found.age_s:.0f} s ago). A run starting or running may still write it, so it is taken over "
-                    f"only when {self.DAMAGED_S:.0f} s old; if no run uses the folder, delete it")
+            return (
+                f"run.dir={run_dir}: its lock {self.path} is damaged ({found.damage}; last changed "
+                f"{found.age_s:.0f} s ago). A run starting or running may still write it, so it is taken over "
+                f"only when {self.DAMAGED_S:.0f} s old; if no run uses the folder, delete it"
+            )
         holder = found.holder
-        return (f"run.dir={run_dir} is in use by pid {holder['pid']} on {holder['host']} (since "
-                f"{holder.get('since')}" + (f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else "")
-                + f"): wait for it or use another run.dir; if that run is gone, delete {self.path}")
+        return (
+            f"run.dir={run_dir} is in use by pid {holder['pid']} on {holder['host']} (since "
+            f"{holder.get('since')}"
+            + (f", SLURM job {holder['slurm_job']}" if holder.get("slurm_job") else "")
+            + f"): wait for it or use another run.dir; if that run is gone, delete {self.path}"
+        )
 
     def _take_over(self, why: str) -> None:
         """Remove a stale lock, one taker at a time: a second taker that finds the takeover file busy, or the lock
@@ -403,8 +439,12 @@ class RunLock:
         if holder.get("slurm_job") and holder.get("slurm_job") == _slurm_job():
             return f"it belongs to this SLURM job ({holder['slurm_job']}), requeued"
         elastic = _elastic_job()
-        if elastic and holder.get("elastic_job") == elastic[0] and isinstance(holder.get("elastic_attempt"), int) \
-                and holder["elastic_attempt"] < elastic[1]:
+        if (
+            elastic
+            and holder.get("elastic_job") == elastic[0]
+            and isinstance(holder.get("elastic_attempt"), int)
+            and holder["elastic_attempt"] < elastic[1]
+        ):
             return f"it belongs to attempt {holder['elastic_attempt']} of this elastic job ({elastic[0]}), restarted"
         if age > self.STALE_S:
             return f"not refreshed for {age:.0f} s (its host {holder.get('host')} stopped)"
@@ -432,9 +472,14 @@ class _LockFile(NamedTuple):
 
 
 def _file_type(mode: int) -> str:
-    for test, name in ((statmod.S_ISDIR, "a directory"), (statmod.S_ISFIFO, "a FIFO"), (statmod.S_ISLNK, "a symlink"),
-                       (statmod.S_ISSOCK, "a socket"), (statmod.S_ISCHR, "a character device"),
-                       (statmod.S_ISBLK, "a block device")):
+    for test, name in (
+        (statmod.S_ISDIR, "a directory"),
+        (statmod.S_ISFIFO, "a FIFO"),
+        (statmod.S_ISLNK, "a symlink"),
+        (statmod.S_ISSOCK, "a socket"),
+        (statmod.S_ISCHR, "a character device"),
+        (statmod.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"

@@ -2,6 +2,7 @@
 
 Everything that decides how processes talk to each other is here; the loop only calls what it builds.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,28 +26,41 @@ GLOO_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Brok
 
 # Sharded and model-parallel strategies, as `accelerate launch` (--use_fsdp, --use_deepspeed, --use_megatron_lm, or
 # a YAML's distributed_type) tells its workers: the environment it sets (accelerate/utils/launch.py).
-SHARDED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+SHARDED_LAUNCHES = {
+    "ACCELERATE_USE_FSDP": "FSDP",
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+}
 # ParallelismConfig sizes (--parallelism_config_*), where any above 1 shards the model or splits its layers.
-SHARDED_SIZES = {"PARALLELISM_CONFIG_DP_SHARD_SIZE": "dp_shard", "PARALLELISM_CONFIG_TP_SIZE": "tp",
-                 "PARALLELISM_CONFIG_CP_SIZE": "cp", "PARALLELISM_CONFIG_SP_SIZE": "sp"}
+SHARDED_SIZES = {
+    "PARALLELISM_CONFIG_DP_SHARD_SIZE": "dp_shard",
+    "PARALLELISM_CONFIG_TP_SIZE": "tp",
+    "PARALLELISM_CONFIG_CP_SIZE": "cp",
+    "PARALLELISM_CONFIG_SP_SIZE": "sp",
+}
 
 
 def refuse_sharded_launch(env=os.environ) -> None:
     """A launch that asked for FSDP, DeepSpeed, Megatron-LM or tensor/context parallelism stops here, before any
     work: the models here (0.1-2 M parameters) gain nothing from sharding, and on a CPU Accelerate would silently
     drop the strategy and run plain DDP instead. Data parallelism (DDP) is what every launch runs."""
-    asked = [name for var, name in SHARDED_LAUNCHES.items()
-             if env.get(var, "").strip().lower() in ("1", "true", "yes", "y", "on", "t")]
-    asked += [f"{name}_size={env[var]}" for var, name in SHARDED_SIZES.items()
-              if env.get(var, "1").strip() not in ("", "1")]
+    asked = [
+        name
+        for var, name in SHARDED_LAUNCHES.items()
+        if env.get(var, "").strip().lower() in ("1", "true", "yes", "y", "on", "t")
+    ]
+    asked += [
+        f"{name}_size={env[var]}" for var, name in SHARDED_SIZES.items() if env.get(var, "1").strip() not in ("", "1")
+    ]
     if asked:
         if env.get("RANK", "0") != "0":
             raise SystemExit(2)  # every rank decides the same from the same environment: rank 0 says why, once
-        raise UserError(f"the launch asked for {' and '.join(asked)}, which mnist-dist does not run: models this small "
-                        f"(at most a few million parameters) gain nothing from sharding, and on a CPU Accelerate "
-                        f"would silently run plain DDP instead. Launch DDP: accelerate launch --config_file "
-                        f"configs/accelerate/multi_gpu.yaml (GPUs) or configs/accelerate/cpu_ddp2.yaml (CPUs)")
+        raise UserError(
+            f"the launch asked for {' and '.join(asked)}, which mnist-dist does not run: models this small "
+            f"(at most a few million parameters) gain nothing from sharding, and on a CPU Accelerate "
+            f"would silently run plain DDP instead. Launch DDP: accelerate launch --config_file "
+            f"configs/accelerate/multi_gpu.yaml (GPUs) or configs/accelerate/cpu_ddp2.yaml (CPUs)"
+        )
 
 
 def cpu_bf16_features() -> list[str]:
@@ -84,6 +98,7 @@ def keep_freed_memory() -> bool:
     (fast_fashion, 2-core Xeon): 10.6k -> 18.9k images/s in bf16, 7.0k -> 10.3k in fp32; the arithmetic is the same.
     The cost: the process keeps its peak memory instead of returning it. False where there is no glibc."""
     import ctypes
+
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -100,8 +115,10 @@ def make_accelerator(cfg: config.Config):
 
     want = cfg.train.device
     if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), "
-                        "or use train.device=auto")
+        raise UserError(
+            "train.device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), "
+            "or use train.device=auto"
+        )
     if want == "mps" and not torch.backends.mps.is_available():
         raise UserError("train.device=mps but MPS is not available on this machine; use train.device=auto")
     # Without CUDA or MPS, cpu=True is what makes a multi-process launch real DDP over gloo; a plain
@@ -111,7 +128,11 @@ def make_accelerator(cfg: config.Config):
     if mp == "fp16" and cpu:
         # `accelerate launch --mixed_precision fp16` says it through the environment; on a CPU nothing would run
         # in fp16 although summary.json would record it.
-        who = "train.mixed_precision=fp16" if cfg.train.mixed_precision == "fp16" else "accelerate launch --mixed_precision fp16"
+        who = (
+            "train.mixed_precision=fp16"
+            if cfg.train.mixed_precision == "fp16"
+            else "accelerate launch --mixed_precision fp16"
+        )
         raise UserError(f"{who} needs a GPU; on CPU use bf16 or no")
     init_elastic_process_group(cpu, timedelta(seconds=cfg.run.dist_timeout_s))
     return Accelerator(
@@ -120,11 +141,13 @@ def make_accelerator(cfg: config.Config):
         # We step the scheduler once per optimizer step ourselves (Accelerate would step it world_size times).
         step_scheduler_with_optimizer=False,
         # A rank that dies takes the launcher down with it; this bounds how long the others wait otherwise.
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.run.dist_timeout_s)),
-                         # No per-step broadcast of BN running stats (a collective per forward, ~6% of a CPU DDP
-                         # step): only evaluation reads them, and evaluate() gives every rank rank 0's first.
-                         # Gradients that are views into DDP's buckets: no copy in and out of them per step.
-                         DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True)],
+        kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.run.dist_timeout_s)),
+            # No per-step broadcast of BN running stats (a collective per forward, ~6% of a CPU DDP
+            # step): only evaluation reads them, and evaluate() gives every rank rank 0's first.
+            # Gradients that are views into DDP's buckets: no copy in and out of them per step.
+            DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True),
+        ],
     )
 
 
@@ -144,10 +167,12 @@ def init_elastic_process_group(cpu: bool, timeout: timedelta) -> None:
     if backend is None or torch.distributed.is_initialized():
         return  # another accelerator: Accelerate's own start-up
     rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    agent_store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
-                                             timeout=timeout)
-    store = torch.distributed.PrefixStore(f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}",
-                                          agent_store)
+    agent_store = torch.distributed.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
+    store = torch.distributed.PrefixStore(
+        f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store
+    )
     torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
 
 
@@ -163,11 +188,13 @@ def prepare(accelerator, *objects):
     forward_sync_buffers (Accelerate cannot pass the new name yet; what we ask for, no buffer broadcast per
     forward, is the same under both, and the warning, twice per rank on every DDP run, would only alarm)."""
     from accelerate.utils import DistributedType
+
     # Where to put each object, said here as Accelerate would decide it for a model without DTensor parameters
     # (ours never have any): its own decision asks model_has_dtensor, whose import of torch.distributed.tensor
     # (and sympy) costs ~0.4 s of every start-up. FSDP decides for itself.
-    placement = (None if accelerator.distributed_type == DistributedType.FSDP
-                 else [accelerator.device_placement] * len(objects))
+    placement = (
+        None if accelerator.distributed_type == DistributedType.FSDP else [accelerator.device_placement] * len(objects)
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         return accelerator.prepare(*objects, device_placement=placement)
@@ -187,14 +214,17 @@ def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
     """Gives multi-process CPU DDP the shared-memory all-reduce where asked or possible; returns which all-reduce
     averages the gradients ("none" in a single process, "nccl"/"gloo"/... from the process group otherwise)."""
     from accelerate.utils import DistributedType
+
     if accelerator.num_processes == 1:
         return "none"
     if accelerator.distributed_type != DistributedType.MULTI_CPU or rc.cpu_allreduce == "gloo":
         return torch.distributed.get_backend()
     if not shm_allreduce.supported():
         if rc.cpu_allreduce == "shared_memory":
-            raise UserError(f"run.cpu_allreduce=shared_memory needs an x86-64 CPU, this is {platform.machine()}: "
-                            f"use run.cpu_allreduce=auto")
+            raise UserError(
+                f"run.cpu_allreduce=shared_memory needs an x86-64 CPU, this is {platform.machine()}: "
+                f"use run.cpu_allreduce=auto"
+            )
         return "gloo"
     max_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     try:
@@ -214,8 +244,10 @@ def as_peer_lost(e: BaseException, rank: int) -> PeerLost | None:
     text = str(e)
     if isinstance(e, RuntimeError) and any(s in text for s in GLOO_PEER_GONE):
         why = next(s for s in GLOO_PEER_GONE if s in text)
-        return PeerLost(f"another rank is gone (gloo: {why.lower()}): rank {rank} stops too (resume from the last "
-                        f"checkpoint with the same run.dir)")
+        return PeerLost(
+            f"another rank is gone (gloo: {why.lower()}): rank {rank} stops too (resume from the last "
+            f"checkpoint with the same run.dir)"
+        )
     return None
 
 
@@ -236,13 +268,17 @@ class StopFlags:
         if self.signal_received == "SIGINT":
             raise KeyboardInterrupt  # the second Ctrl-C: the user does not want to wait for the checkpoint
         self.signal_received = "SIGINT"
-        print("mnist-dist: interrupted: saving a checkpoint at the next step (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        print(
+            "mnist-dist: interrupted: saving a checkpoint at the next step (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def agree(self, accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
         """(preempt, non_finite) as agreed by every rank. A host-device sync point."""
-        local = torch.stack([torch.tensor(float(self.signal_received is not None), device=non_finite.device),
-                             non_finite.float()])
+        local = torch.stack(
+            [torch.tensor(float(self.signal_received is not None), device=non_finite.device), non_finite.float()]
+        )
         if accelerator.num_processes > 1:
             local = accelerator.reduce(local, reduction="sum")
         preempt, bad = local.tolist()
@@ -274,8 +310,12 @@ def end_elastic_agent() -> None:
     env = os.environ
     restarts_left = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) - int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if env.get("TORCHELASTIC_RUN_ID") and env.get("LOCAL_RANK") == "0" and restarts_left > 0:
-        print(f"mnist-dist: preempted: stopping torchrun's elastic agent (pid {os.getppid()}) instead of letting it "
-              f"restart the workers", file=sys.stderr, flush=True)
+        print(
+            f"mnist-dist: preempted: stopping torchrun's elastic agent (pid {os.getppid()}) instead of letting it "
+            f"restart the workers",
+            file=sys.stderr,
+            flush=True,
+        )
         os.kill(os.getppid(), signal.SIGTERM)
 
 
@@ -283,8 +323,13 @@ def git_revision() -> str | None:
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None

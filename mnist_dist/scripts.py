@@ -4,6 +4,7 @@ The wheel ships slurm/ as mnist_dist/slurm and configs/ as mnist_dist/configs. `
 the checkout (DIR/slurm/, DIR/configs/accelerate/), so that `cd DIR && sbatch slurm/cpu.sbatch ...` works; without
 train_accel.py there the scripts launch `python -m mnist_dist train`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,10 @@ from mnist_dist.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 # Where each shipped folder is in a wheel, then in a checkout (a development install), as config.recipe_dirs.
-FOLDERS = {"slurm": (HERE / "slurm", HERE.parent / "slurm"),
-           "configs/accelerate": (HERE / "configs" / "accelerate", HERE.parent / "configs" / "accelerate")}
+FOLDERS = {
+    "slurm": (HERE / "slurm", HERE.parent / "slurm"),
+    "configs/accelerate": (HERE / "configs" / "accelerate", HERE.parent / "configs" / "accelerate"),
+}
 PATTERNS = ("*.sbatch", "*.sh", "*.yaml")
 
 
@@ -34,11 +37,16 @@ def shipped() -> dict[str, Path]:
 def write(files: dict[str, Path], target: Path) -> list[Path]:
     """Copy every file to target/<name>. An existing file with other content is refused, before anything is
     written (a user's edited script is never overwritten)."""
-    clashes = [name for name, src in files.items()
-               if (target / name).exists() and (target / name).read_bytes() != src.read_bytes()]
+    clashes = [
+        name
+        for name, src in files.items()
+        if (target / name).exists() and (target / name).read_bytes() != src.read_bytes()
+    ]
     if clashes:
-        raise UserError(f"{target}: {', '.join(clashes)} already there with other content; "
-                        f"remove {'them' if len(clashes) > 1 else 'it'} or write to another folder")
+        raise UserError(
+            f"{target}: {', '.join(clashes)} already there with other content; "
+            f"remove {'them' if len(clashes) > 1 else 'it'} or write to another folder"
+        )
     written = []
     for name, src in files.items():
         dst = target / name
@@ -50,8 +58,9 @@ def write(files: dict[str, Path], target: Path) -> list[Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", metavar="FILE",
-                        help="print this file (e.g. slurm/cpu.sbatch); without it, list them")
+    parser.add_argument(
+        "name", nargs="?", metavar="FILE", help="print this file (e.g. slurm/cpu.sbatch); without it, list them"
+    )
     parser.add_argument("--write", metavar="DIR", help="write them all into DIR/slurm/ and DIR/configs/accelerate/")
 
 

@@ -10,6 +10,7 @@ gradients and the process group still does everything else (the initial broadcas
 Valid only where stores become visible to other cores in program order (x86-64, TSO): a rank's gradient bytes
 are then in memory before the sequence number that announces them. Elsewhere gloo stays.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -56,8 +57,9 @@ class SharedMemoryAllReduce:
         self.peers: list[Any] = [None] * self.world  # all_gather_object fills in each rank's (pid, start time)
         dist.all_gather_object(self.peers, procs.me())
         self.seq = np.frombuffer(self.mm, dtype=np.int64, count=header // 8).reshape(self.world, -1)[:, 0]
-        self.slots = torch.frombuffer(self.mm, dtype=torch.uint8, offset=header,
-                                      count=size - header).view(2, self.world, self.slot_bytes)
+        self.slots = torch.frombuffer(self.mm, dtype=torch.uint8, offset=header, count=size - header).view(
+            2, self.world, self.slot_bytes
+        )
         self.calls = 0
 
     def _map_shared_file(self, size: int) -> mmap.mmap:
@@ -83,7 +85,7 @@ class SharedMemoryAllReduce:
             try:
                 with open(os.path.join(SHM_DIR, name), "r+b") as f:
                     mm = mmap.mmap(f.fileno(), size)
-                ok = mm[size - len(token):] == token
+                ok = mm[size - len(token) :] == token
             except OSError:
                 pass
         flag = torch.tensor([int(ok)])
@@ -93,10 +95,12 @@ class SharedMemoryAllReduce:
         if not flag.item():
             if mm is not None:  # mapped, but not rank 0's file: let it go before falling back
                 mm.close()
-            raise OSError(f"the ranks could not share a file in {SHM_DIR} (not writable, full, or the processes "
-                          f"are not on one host)")
+            raise OSError(
+                f"the ranks could not share a file in {SHM_DIR} (not writable, full, or the processes "
+                f"are not on one host)"
+            )
         assert mm is not None  # every rank, this one too, mapped the file and found the token
-        mm[size - len(token):] = bytes(len(token))
+        mm[size - len(token) :] = bytes(len(token))
         dist.barrier()  # nobody zeroes the token before everyone has checked it
         return mm
 
@@ -134,11 +138,15 @@ class SharedMemoryAllReduce:
                     next_check = now + PEER_CHECK_S
                     for r in late:
                         if not procs.alive(*self.peers[r]):
-                            raise PeerLost(f"rank {r} (pid {self.peers[r][0]}) is gone: rank {self.rank} stops too "
-                                           f"(resume from the last checkpoint with the same run.dir)")
+                            raise PeerLost(
+                                f"rank {r} (pid {self.peers[r][0]}) is gone: rank {self.rank} stops too "
+                                f"(resume from the last checkpoint with the same run.dir)"
+                            )
                 if now > deadline:
-                    raise RuntimeError(f"rank {self.rank} waited {self.timeout_s:.0f} s for the gradients of "
-                                       f"rank(s) {late}: a rank died or hangs")
+                    raise RuntimeError(
+                        f"rank {self.rank} waited {self.timeout_s:.0f} s for the gradients of "
+                        f"rank(s) {late}: a rank died or hangs"
+                    )
 
     def hook(self, state, bucket):  # no annotations: DDP rejects the string ones `annotations` would make
         """DDP communication hook (model.register_comm_hook(None, allreduce.hook))."""

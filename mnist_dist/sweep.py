@@ -15,6 +15,7 @@ ended (`status`: running, finished, failed, preempted, interrupted, killed); a p
 process is gone was killed with its sweep: the next run of the sweep records that and runs it again (it resumes
 from its checkpoints).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,20 @@ POINT_DIR = "point_{:03d}"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="SWEEP_YAML", help="a sweep file, e.g. configs/sweeps/debug_grid.yaml")
     parser.add_argument("--dir", help="the sweep folder (default: runs/sweeps/<file name>)")
-    parser.add_argument("--count", type=int, help="how many points: a random search draws this many (default 4), "
-                                                  "a grid runs its first COUNT (default all)")
+    parser.add_argument(
+        "--count",
+        type=int,
+        help="how many points: a random search draws this many (default 4), a grid runs its first COUNT (default all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random search: the seed that draws the points")
     parser.add_argument("--index", type=int, help="run only this point (0-based), e.g. $SLURM_ARRAY_TASK_ID")
     parser.add_argument("--list", action="store_true", help="print the points and their overrides, then exit")
-    parser.add_argument("--launcher", default="",
-                        help='run each point under this launcher, e.g. "accelerate launch --config_file '
-                             'configs/accelerate/cpu_ddp2.yaml" (default: one process)')
+    parser.add_argument(
+        "--launcher",
+        default="",
+        help='run each point under this launcher, e.g. "accelerate launch --config_file '
+        'configs/accelerate/cpu_ddp2.yaml" (default: one process)',
+    )
 
 
 def run(args) -> int:
@@ -79,12 +86,17 @@ def run(args) -> int:
             # Another host's pid cannot be looked up: that sweep (a requeued array task) is taken as gone.
             here = previous.get("host") == socket.gethostname()
             if here and procs.alive(cast(int, previous.get("pid")), previous.get("started")):
-                print(f"sweep {sweep.name}: point {i} is running in process {previous['pid']} (another sweep); "
-                      f"skipped", flush=True)
+                print(
+                    f"sweep {sweep.name}: point {i} is running in process {previous['pid']} (another sweep); skipped",
+                    flush=True,
+                )
                 continue
             rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**previous, "status": "killed"}))
-            print(f"sweep {sweep.name}: point {i} was killed with its sweep (process {previous.get('pid')} is gone); "
-                  f"running it again", flush=True)
+            print(
+                f"sweep {sweep.name}: point {i} was killed with its sweep (process {previous.get('pid')} is gone); "
+                f"running it again",
+                flush=True,
+            )
         words = sweeps.overrides(points[i])
         print(f"sweep {sweep.name}: point {i + 1}/{len(points)} ({' '.join(words)}) -> {run_dir}", flush=True)
         run_dir.mkdir(exist_ok=True)
@@ -95,21 +107,39 @@ def run(args) -> int:
         def started(pid: int, record: dict = record, run_dir: Path = run_dir) -> None:
             record.update(status="running", host=socket.gethostname(), pid=pid, started=procs.start_time(pid))
             rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
-        code = run_point([*launcher, "-m", "mnist_dist.cli", "train", *sweep.base_args,
-                          f"tracking.group={folder.name}", *words, f"run.dir={run_dir}"], launched=bool(args.launcher),
-                         on_start=started)
-        rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT,
-                                 json.dumps({**record, "exit_code": code, "status": ending(code)}))
+
+        code = run_point(
+            [
+                *launcher,
+                "-m",
+                "mnist_dist.cli",
+                "train",
+                *sweep.base_args,
+                f"tracking.group={folder.name}",
+                *words,
+                f"run.dir={run_dir}",
+            ],
+            launched=bool(args.launcher),
+            on_start=started,
+        )
+        rundir.atomic_write_text(
+            run_dir / rundir.SWEEP_POINT, json.dumps({**record, "exit_code": code, "status": ending(code)})
+        )
         if code in (PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE):
-            print(f"sweep {sweep.name}: point {i} stopped with its checkpoint (exit {code}); run the same command "
-                  f"again to resume it", flush=True)
+            print(
+                f"sweep {sweep.name}: point {i} stopped with its checkpoint (exit {code}); run the same command "
+                f"again to resume it",
+                flush=True,
+            )
             return code
         if code != 0:
             failed.append(i)
             print(f"sweep {sweep.name}: point {i} failed (exit {code}); going on", file=sys.stderr, flush=True)
     if failed:
-        print(f"sweep {sweep.name}: {len(failed)} point(s) failed: {failed}; compare: mnist-dist compare {folder}",
-              file=sys.stderr)
+        print(
+            f"sweep {sweep.name}: {len(failed)} point(s) failed: {failed}; compare: mnist-dist compare {folder}",
+            file=sys.stderr,
+        )
         return 1
     print(f"sweep {sweep.name}: done; compare: mnist-dist compare {folder}")
     return 0
@@ -118,7 +148,8 @@ def run(args) -> int:
 def ending(code: int) -> str:
     """How a point ended, from its exit status (negative: killed by that signal)."""
     return {0: "finished", PREEMPTED_EXIT_CODE: "preempted", INTERRUPTED_EXIT_CODE: "interrupted"}.get(
-        code, "killed" if code < 0 else "failed")
+        code, "killed" if code < 0 else "failed"
+    )
 
 
 def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
@@ -129,8 +160,9 @@ def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
     already; the sweep only keeps waiting for the checkpoint."""
     read_end, write_end = os.pipe()  # not inheritable: only this process holds the write end
     # A session of its own: Ctrl-C and a kill of the sweep's process group do not reach the watchdog.
-    watchdog = subprocess.Popen([sys.executable, "-c", "from mnist_dist import sweep; sweep.watch()"],
-                                stdin=read_end, start_new_session=True)
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", "from mnist_dist import sweep; sweep.watch()"], stdin=read_end, start_new_session=True
+    )
     os.close(read_end)
     try:
         proc = subprocess.Popen(cmd)
@@ -146,6 +178,7 @@ def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM)}
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
@@ -163,8 +196,11 @@ def _tell(fd: int, text: str) -> None:
     try:
         os.write(fd, text.encode())
     except BrokenPipeError:
-        print("mnist-dist sweep: warning: the watchdog is gone; this point's training would outlive a killed sweep",
-              file=sys.stderr, flush=True)
+        print(
+            "mnist-dist sweep: warning: the watchdog is gone; this point's training would outlive a killed sweep",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def watch() -> None:

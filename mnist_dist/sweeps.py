@@ -6,6 +6,7 @@ dotted config keys ({values: [...]}, {value: x}, or for random {distribution: un
 log_uniform_values, min, max}) and a `command` whose words between `${program}` and `${args_no_hyphens}` (such
 as `--config debug`) are the base of every point. `wandb agent` expands the same command itself.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -20,13 +21,32 @@ import yaml
 from mnist_dist import config
 from mnist_dist.config import ConfigError
 
-MACROS = ("${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_no_boolean_flags}",
-          "${args_json}", "${args_json_file}")
+MACROS = (
+    "${env}",
+    "${interpreter}",
+    "${program}",
+    "${args}",
+    "${args_no_hyphens}",
+    "${args_no_boolean_flags}",
+    "${args_json}",
+    "${args_json_file}",
+)
 DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
 # The scalars of a metrics.jsonl record (train.evaluate: where the run was, the training window, each split's
 # metrics.summarize, the time): what a sweep and `compare` can rank by.
-RECORDED_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss", "train_accuracy",
-                    "train_seconds", "epoch", "global_step", "val_count", "test_count")
+RECORDED_METRICS = (
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "train_accuracy",
+    "train_seconds",
+    "epoch",
+    "global_step",
+    "val_count",
+    "test_count",
+)
 
 
 @dataclass
@@ -72,8 +92,10 @@ def check_metric(name: str, what: str) -> None:
 
 def overrides(point: dict) -> list[str]:
     """`key=value` words, as W&B's ${args_no_hyphens} writes them (values as YAML our overrides parse back)."""
-    return [f"{key}={value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in point.items()]
+    return [
+        f"{key}={value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for key, value in point.items()
+    ]
 
 
 def load(path: str | Path) -> Sweep:
@@ -89,8 +111,11 @@ def load(path: str | Path) -> Sweep:
     if method not in ("grid", "random"):
         raise ConfigError(f"{path}: method must be grid or random, got {method!r} (bayes needs a W&B server)")
     metric = raw.get("metric") or {}
-    if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) or \
-            metric.get("goal", "maximize") not in ("maximize", "minimize"):
+    if (
+        not isinstance(metric, dict)
+        or not isinstance(metric.get("name"), str)
+        or metric.get("goal", "maximize") not in ("maximize", "minimize")
+    ):
         raise ConfigError(f"{path}: metric must be {{name: val_accuracy, goal: maximize | minimize}}")
     check_metric(metric["name"], f"{path}: metric.name")
     params = raw.get("parameters")
@@ -101,20 +126,31 @@ def load(path: str | Path) -> Sweep:
         if key not in known:
             raise ConfigError(f"{path}: parameters: {key!r} is not a config key (see mnist-dist train --help)")
         ok = isinstance(spec, dict) and (
-            ("values" in spec and isinstance(spec["values"], list) and spec["values"]) or "value" in spec or
-            (method == "random" and spec.get("distribution") in DISTRIBUTIONS and "min" in spec and "max" in spec))
+            ("values" in spec and isinstance(spec["values"], list) and spec["values"])
+            or "value" in spec
+            or (method == "random" and spec.get("distribution") in DISTRIBUTIONS and "min" in spec and "max" in spec)
+        )
         if not ok:
-            raise ConfigError(f"{path}: parameters.{key} needs values: [...] or value: x" +
-                              (f" (or distribution: {' | '.join(DISTRIBUTIONS)} with min and max)"
-                               if method == "random" else " (a grid takes no distributions)"))
+            raise ConfigError(
+                f"{path}: parameters.{key} needs values: [...] or value: x"
+                + (
+                    f" (or distribution: {' | '.join(DISTRIBUTIONS)} with min and max)"
+                    if method == "random"
+                    else " (a grid takes no distributions)"
+                )
+            )
         if "distribution" in spec and "values" not in spec and "value" not in spec:
             lo, hi, dist = spec["min"], spec["max"], spec["distribution"]
             kinds = int if dist == "int_uniform" else (int, float)
-            if not (isinstance(lo, kinds) and isinstance(hi, kinds) and not isinstance(lo, bool) and lo < hi) or \
-                    (dist == "log_uniform_values" and lo <= 0):
-                raise ConfigError(f"{path}: parameters.{key}: {dist} needs min < max" +
-                                  (", both integers" if dist == "int_uniform" else "") +
-                                  (", min > 0" if dist == "log_uniform_values" else "") + f"; got {lo}, {hi}")
+            if not (isinstance(lo, kinds) and isinstance(hi, kinds) and not isinstance(lo, bool) and lo < hi) or (
+                dist == "log_uniform_values" and lo <= 0
+            ):
+                raise ConfigError(
+                    f"{path}: parameters.{key}: {dist} needs min < max"
+                    + (", both integers" if dist == "int_uniform" else "")
+                    + (", min > 0" if dist == "log_uniform_values" else "")
+                    + f"; got {lo}, {hi}"
+                )
     command = raw.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
     if "${args_no_hyphens}" not in command:
         raise ConfigError(f"{path}: the command must pass the parameters as ${{args_no_hyphens}} (key=value words)")

@@ -20,6 +20,7 @@ val/loss min, and the step of each), one name per number (test/accuracy), no loc
 sweep and a default group (SLURM job, torchrun run id; `mnist-dist sweep` sets its own); with log_model, the
 final model (aliases latest, final) and the best one (best) as versions of one model artifact.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -60,6 +61,7 @@ def _has_wandb_credentials() -> bool:
         return True
     try:
         from wandb.sdk.lib.wbauth import wbnetrc
+
         return wbnetrc.read_netrc_auth(host=_wandb_base_url()) is not None
     except Exception:  # a private wandb API that moved, or an unreadable .netrc: treat as no credentials
         return False
@@ -69,6 +71,7 @@ def _wandb_base_url() -> str:
     """The server wandb.init will use (its default < `wandb login --host` < WANDB_BASE_URL), as wandb's own
     process-wide settings resolve it; a bare wandb.Settings() reads neither the settings files nor the environment."""
     import wandb
+
     return wandb.setup().settings.base_url
 
 
@@ -76,7 +79,9 @@ def _wandb_server_unreachable(timeout_s: float = 5.0) -> str | None:
     """Why the W&B server cannot be reached (a compute node without internet), or None if it can or we cannot
     tell (a proxy is set: only wandb's own client knows the way). Online, wandb.init would wait ~90 s and then
     fail, and the run would have no tracking at all; offline it keeps everything for `wandb sync`."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+    if any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return None
     try:
         url = urlparse(_wandb_base_url())
@@ -123,8 +128,10 @@ class Tracker:
 
 
 def _warn_failed(name: str, what: str, e: Exception) -> None:
-    _warn(f"{name} failed during {what} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-          f"training goes on without experiment tracking")
+    _warn(
+        f"{name} failed during {what} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+        f"training goes on without experiment tracking"
+    )
 
 
 def _guarded(tracker, what: str, fn, *args, **kwargs) -> None:
@@ -164,8 +171,13 @@ def _scalars(record: dict, classes: list[str]) -> dict:
 # ----------------------------------------------------------------------------- W&B
 
 # metrics.jsonl names of summary.json's final numbers -> the names their charts have (one name per number)
-SUMMARY_NAMES = {"test_accuracy": "test/accuracy", "test_loss": "test/loss", "test_count": "test/count",
-                 "train_seconds": "train/seconds", "epochs": "epoch"}
+SUMMARY_NAMES = {
+    "test_accuracy": "test/accuracy",
+    "test_loss": "test/loss",
+    "test_count": "test/count",
+    "train_seconds": "train/seconds",
+    "epochs": "epoch",
+}
 # summary.json keys the dashboard leaves out: the last val accuracy is a chart (its summary is the best);
 # the best model's path is local to the machine that trained
 SUMMARY_LEFT_OUT = ("val_accuracy",)
@@ -213,6 +225,7 @@ def best_of_history(metrics_path: Path) -> dict:
 def model_artifact(run_id: str, folder: Path, metadata: dict):
     """The model files of a folder (a run's final model or its best/) as the run's model artifact."""
     import wandb
+
     artifact = wandb.Artifact(f"model-{run_id}", type="model", metadata=metadata)
     artifact.add_file(str(folder / rundir.MODEL_FILE))
     artifact.add_file(str(folder / rundir.MODEL_META))
@@ -245,25 +258,38 @@ class WandbTracker:
 
     def log(self, values: dict, step: int) -> None:
         self.last_step = step
-        _guarded(self, "log", self.run.log, {"global_step": step, **{_section(k): v for k, v in values.items()}},
-                 step=step)
+        _guarded(
+            self, "log", self.run.log, {"global_step": step, **{_section(k): v for k, v in values.items()}}, step=step
+        )
 
     def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
         self.last_step = step
-        _guarded(self, "log_eval", lambda: self.run.log({"global_step": step, **_scalars(record, self.classes),
-                                                          **self._media(record, step, predictions)}, step=step))
+        _guarded(
+            self,
+            "log_eval",
+            lambda: self.run.log(
+                {"global_step": step, **_scalars(record, self.classes), **self._media(record, step, predictions)},
+                step=step,
+            ),
+        )
 
     def _media(self, record: dict, step: int, predictions: Predictions | None) -> dict:
         import wandb
+
         values = {}
         if "test_confusion" in record:
-            rows = [[self.classes[i], self.classes[j], n] for i, row in enumerate(record["test_confusion"])
-                    for j, n in enumerate(row)]
+            rows = [
+                [self.classes[i], self.classes[j], n]
+                for i, row in enumerate(record["test_confusion"])
+                for j, n in enumerate(row)
+            ]
             # The same chart wandb.plot.confusion_matrix makes, fed with counts instead of 10,000 labels.
             values["test/confusion_matrix"] = wandb.plot_table(
-                "wandb/confusion_matrix/v1", wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows),
+                "wandb/confusion_matrix/v1",
+                wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=rows),
                 {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
-                {"title": f"test confusion matrix, step {step}"})
+                {"title": f"test confusion matrix, step {step}"},
+            )
         if predictions is not None:
             values.update(self._predictions(predictions))
         return values
@@ -272,16 +298,30 @@ class WandbTracker:
         """A grid of the first test images and a table of misclassified ones, with every class probability."""
         import torch
         import wandb
+
         confidence, preds = p.probs.max(1)
-        grid = [wandb.Image(p.images[k].numpy(), caption=f"{self.classes[preds[k]]} ({confidence[k]:.2f})"
-                            + ("" if preds[k] == p.labels[k] else f" - true {self.classes[p.labels[k]]}"))
-                for k in range(min(SAMPLE_IMAGES, len(p.labels)))]
+        grid = [
+            wandb.Image(
+                p.images[k].numpy(),
+                caption=f"{self.classes[preds[k]]} ({confidence[k]:.2f})"
+                + ("" if preds[k] == p.labels[k] else f" - true {self.classes[p.labels[k]]}"),
+            )
+            for k in range(min(SAMPLE_IMAGES, len(p.labels)))
+        ]
         wrong = torch.nonzero(preds != p.labels).flatten()[:MISCLASSIFIED_ROWS].tolist()
-        table = wandb.Table(columns=["index", "image", "true", "predicted", "confidence", "p_true",
-                                     *[f"p_{c}" for c in self.classes]])
+        table = wandb.Table(
+            columns=["index", "image", "true", "predicted", "confidence", "p_true", *[f"p_{c}" for c in self.classes]]
+        )
         for k in wrong:
-            table.add_data(k, wandb.Image(p.images[k].numpy()), self.classes[p.labels[k]], self.classes[preds[k]],
-                           float(confidence[k]), float(p.probs[k, p.labels[k]]), *[float(x) for x in p.probs[k]])
+            table.add_data(
+                k,
+                wandb.Image(p.images[k].numpy()),
+                self.classes[p.labels[k]],
+                self.classes[preds[k]],
+                float(confidence[k]),
+                float(p.probs[k, p.labels[k]]),
+                *[float(x) for x in p.probs[k]],
+            )
         return {"test/samples": grid, "test/misclassified": table}
 
     def finish(self, summary: dict | None, preempted: bool = False) -> None:
@@ -290,11 +330,15 @@ class WandbTracker:
 
     def _finish(self, summary: dict | None, preempted: bool) -> None:
         import wandb
+
         run, run_dir = self.run, self.run_dir
         if summary is not None:
             run.summary.update({**dashboard_summary(summary), **best_of_history(run_dir / rundir.METRICS)})
-            pictures = {f"report/{name[:-4]}": wandb.Image(str(run_dir / name))
-                        for name in rundir.PICTURES if (run_dir / name).is_file()}
+            pictures = {
+                f"report/{name[:-4]}": wandb.Image(str(run_dir / name))
+                for name in rundir.PICTURES
+                if (run_dir / name).is_file()
+            }
             if pictures:
                 run.log(pictures, step=self.last_step)
             if self.log_model:
@@ -320,6 +364,7 @@ def _init_kwargs(tc: config.TrackingConfig, init: dict) -> dict:
     import inspect
 
     import wandb
+
     known = inspect.signature(wandb.init).parameters
     unknown = sorted(k for k in tc.init_kwargs if k not in known)
     if unknown:
@@ -329,11 +374,23 @@ def _init_kwargs(tc: config.TrackingConfig, init: dict) -> dict:
 
 def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -> Tracker | WandbTracker:
     import wandb
+
     tc = cfg.tracking
-    init = _init_kwargs(tc, {
-        "project": tc.project, "id": run_id, "resume": "allow", "dir": str(run_dir), "entity": tc.entity,
-        "name": tc.run_name, "tags": list(tc.tags) or None, "group": tc.group or default_group(),
-        "job_type": job_type(run_dir), "config": {**config.to_dict(cfg), "launch": launch}})
+    init = _init_kwargs(
+        tc,
+        {
+            "project": tc.project,
+            "id": run_id,
+            "resume": "allow",
+            "dir": str(run_dir),
+            "entity": tc.entity,
+            "name": tc.run_name,
+            "tags": list(tc.tags) or None,
+            "group": tc.group or default_group(),
+            "job_type": job_type(run_dir),
+            "config": {**config.to_dict(cfg), "launch": launch},
+        },
+    )
     if wandb_mode() != "offline" and init.get("mode") not in ("offline", "disabled"):
         if not _has_wandb_credentials():
             # Online without credentials would prompt for a key (or fail): go offline into the run folder instead.
@@ -352,7 +409,9 @@ def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -
         _warn_failed("wandb", "init", e)
         return Tracker(run_id)
     if run.settings.mode == "offline":
-        _say(f"W&B run {run.id} logs offline into {run.settings.sync_dir}; upload with: wandb sync {run.settings.sync_dir}")
+        _say(
+            f"W&B run {run.id} logs offline into {run.settings.sync_dir}; upload with: wandb sync {run.settings.sync_dir}"
+        )
     return WandbTracker(run, cfg, run_dir)
 
 
@@ -366,7 +425,9 @@ def model_artifact_ref(model_path: Path) -> str | None:
         run_id = (run_dir / rundir.TRACKER_RUN_ID).read_text().strip()
     except OSError:
         return None
-    return f"model-{run_id}:{'best' if folder.name == rundir.BEST and folder != run_dir else 'final'}" if run_id else None
+    return (
+        f"model-{run_id}:{'best' if folder.name == rundir.BEST and folder != run_dir else 'final'}" if run_id else None
+    )
 
 
 def log_evaluation(cfg: config.Config, model_path: Path, meta: dict, result: dict, hub_repo: str | None) -> None:
@@ -376,38 +437,59 @@ def log_evaluation(cfg: config.Config, model_path: Path, meta: dict, result: dic
     if cfg.tracking.backend != "wandb" or wandb_mode() == "disabled" or importlib.util.find_spec("wandb") is None:
         return
     import wandb
+
     tc, ref = cfg.tracking, model_artifact_ref(model_path)
     run_dir = rundir.of_model(model_path)
     # beside the training run's own W&B folder; a model without a run folder: wandb's default, ./wandb
     where = run_dir if (run_dir / rundir.SUMMARY).is_file() and os.access(run_dir, os.W_OK) else Path.cwd()
     split = result["split"]
-    init = _init_kwargs(tc, {
-        "project": tc.project, "entity": tc.entity, "name": tc.run_name, "tags": list(tc.tags) or None,
-        "group": tc.group or default_group(), "job_type": "eval", "dir": str(where),
-        "config": {"model": {"artifact": ref, "hub_repo": hub_repo,
-                             "name": meta["name"], "dataset": meta["dataset"]},
-                   "split": split, "data": {"name": cfg.data.name}, "world_size": result.get("world_size")}})
-    if wandb_mode() != "offline" and init.get("mode") not in ("offline", "disabled") and \
-            (not _has_wandb_credentials() or _wandb_server_unreachable()):
+    init = _init_kwargs(
+        tc,
+        {
+            "project": tc.project,
+            "entity": tc.entity,
+            "name": tc.run_name,
+            "tags": list(tc.tags) or None,
+            "group": tc.group or default_group(),
+            "job_type": "eval",
+            "dir": str(where),
+            "config": {
+                "model": {"artifact": ref, "hub_repo": hub_repo, "name": meta["name"], "dataset": meta["dataset"]},
+                "split": split,
+                "data": {"name": cfg.data.name},
+                "world_size": result.get("world_size"),
+            },
+        },
+    )
+    if (
+        wandb_mode() != "offline"
+        and init.get("mode") not in ("offline", "disabled")
+        and (not _has_wandb_credentials() or _wandb_server_unreachable())
+    ):
         init["mode"] = "offline"
     (where / "wandb").mkdir(parents=True, exist_ok=True)
     try:
         run = wandb.init(**init)
     except Exception as e:
-        _warn(f"wandb failed during init ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-              f"the evaluation is not tracked")
+        _warn(
+            f"wandb failed during init ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+            f"the evaluation is not tracked"
+        )
         return
     tracker = types.SimpleNamespace(name="wandb", broken=False)  # for _guarded: the first error warns, once
     classes = meta["classes"]
     values = {f"{split}/{k}": result[k] for k in ("accuracy", "loss", "count")}
-    values.update({f"{split}/per_class_accuracy/{c.replace('/', '_')}": a
-                   for c, a in zip(classes, result["per_class_accuracy"])})
+    values.update(
+        {f"{split}/per_class_accuracy/{c.replace('/', '_')}": a for c, a in zip(classes, result["per_class_accuracy"])}
+    )
     if ref and run.settings.mode != "offline":
         _guarded(tracker, "use_artifact", run.use_artifact, ref if "/" in ref else f"{run.project}/{ref}")
     _guarded(tracker, "log", run.log, values)
     _guarded(tracker, "finish", run.finish)
     if run.settings.mode == "offline":
-        _say(f"W&B run {run.id} saved offline in {run.settings.sync_dir}; upload it with: wandb sync {run.settings.sync_dir}")
+        _say(
+            f"W&B run {run.id} saved offline in {run.settings.sync_dir}; upload it with: wandb sync {run.settings.sync_dir}"
+        )
 
 
 # ----------------------------------------------------------------------------- TensorBoard
@@ -445,18 +527,21 @@ class TensorBoardTracker:
     def _finish(self, summary: dict | None) -> None:
         import numpy as np
         from PIL import Image
+
         if summary is not None:
             for name in rundir.PICTURES:
                 if (self.run_dir / name).is_file():
                     with Image.open(self.run_dir / name) as img:
-                        self.writer.add_image(f"report/{name[:-4]}", np.asarray(img.convert("RGB")), self.last_step,
-                                              dataformats="HWC")
+                        self.writer.add_image(
+                            f"report/{name[:-4]}", np.asarray(img.convert("RGB")), self.last_step, dataformats="HWC"
+                        )
         self.writer.close()
 
 
 def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str | None) -> Tracker | TensorBoardTracker:
     try:
         from torch.utils.tensorboard import SummaryWriter
+
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.flatten(cfg).items()}
         writer.add_hparams(hparams, metric_dict={}, run_name=".")
@@ -488,8 +573,13 @@ def choose_run_id(run_dir: Path, is_main_process: bool) -> str:
     return run_id
 
 
-def start(cfg: config.Config, run_dir: Path, resume_run_id: str | None = None, launch: dict | None = None,
-          is_main_process: bool = True):
+def start(
+    cfg: config.Config,
+    run_dir: Path,
+    resume_run_id: str | None = None,
+    launch: dict | None = None,
+    is_main_process: bool = True,
+):
     """The tracker for this process: the real one on the main process, the null Tracker elsewhere.
 
     The run id: the one a checkpoint stored (a resume continues its W&B run), else the one a W&B sweep agent

@@ -4,6 +4,7 @@ The Accelerator (built by runtime.make_accelerator) does the distribution: prepa
 reductions; this module calls it and never talks to torch.distributed itself. Quantities are per-process unless
 named global_*.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ class NonFiniteLoss(UserError):
 
 class Stop(enum.Enum):
     """Why train_one_epoch returned before the end of its epoch."""
+
     PREEMPTED = "preempted"  # a preemption signal reached some rank: checkpoint, exit 75, requeue
     MAX_STEPS = "max_steps"  # train.max_steps reached: evaluate and finish
     NON_FINITE = "non_finite"  # some rank saw a NaN/inf loss; the step was not applied
@@ -77,11 +79,23 @@ def make_scheduler(cfg: config.TrainConfig, optimizer, steps_per_epoch: int):
 def make_loader(cfg: config.Config, split: data.Split, accelerator: Accelerator):
     train_cfg = cfg.train
     if cfg.data.loader == "device":
-        return data.DeviceLoader(split, train_cfg.per_device_batch_size, train_cfg.grad_accum_steps,
-                                 accelerator.process_index, accelerator.num_processes, train_cfg.seed,
-                                 accelerator.device)
-    return data.TorchLoader(split, train_cfg.per_device_batch_size, train_cfg.grad_accum_steps, train_cfg.seed,
-                            cfg.data.num_workers, accelerator.prepare_data_loader)
+        return data.DeviceLoader(
+            split,
+            train_cfg.per_device_batch_size,
+            train_cfg.grad_accum_steps,
+            accelerator.process_index,
+            accelerator.num_processes,
+            train_cfg.seed,
+            accelerator.device,
+        )
+    return data.TorchLoader(
+        split,
+        train_cfg.per_device_batch_size,
+        train_cfg.grad_accum_steps,
+        train_cfg.seed,
+        cfg.data.num_workers,
+        accelerator.prepare_data_loader,
+    )
 
 
 class LossWindow:
@@ -119,6 +133,7 @@ class LossWindow:
 @dataclasses.dataclass
 class Loop:
     """What train() builds once and every step uses."""
+
     cfg: config.Config
     accelerator: Accelerator
     model: torch.nn.Module  # prepared (DDP-wrapped when distributed), maybe compiled
@@ -134,7 +149,9 @@ class Loop:
     data_fingerprint: dict = dataclasses.field(default_factory=dict)  # data.fingerprint: saved in each checkpoint
 
 
-def build_loop(cfg: config.Config, accelerator: Accelerator, split: data.Split, flags: runtime.StopFlags) -> tuple[Loop, int, str]:
+def build_loop(
+    cfg: config.Config, accelerator: Accelerator, split: data.Split, flags: runtime.StopFlags
+) -> tuple[Loop, int, str]:
     """The loop's parts prepared by Accelerate, the parameter count and which all-reduce averages gradients."""
     loader = make_loader(cfg, split, accelerator)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
@@ -152,8 +169,9 @@ def build_loop(cfg: config.Config, accelerator: Accelerator, split: data.Split, 
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))  # an OptimizedModule: still a Module
     mean, std = data.STATS[cfg.data.name]
     aug_gen = torch.Generator(device=accelerator.device if accelerator.device.type != "mps" else "cpu")
-    loop = Loop(cfg, accelerator, model, optimizer, scheduler, loader, mean, std, flags,
-                LossWindow(accelerator.device), aug_gen)
+    loop = Loop(
+        cfg, accelerator, model, optimizer, scheduler, loader, mean, std, flags, LossWindow(accelerator.device), aug_gen
+    )
     return loop, n_params, allreduce
 
 
@@ -226,12 +244,19 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
     """The rest of the current epoch (from state.step_in_epoch); at its end the state moves to the next epoch.
     Returns why it stopped early, or None."""
     from tqdm.auto import tqdm
+
     cfg, accelerator = loop.cfg, loop.accelerator
     steps_per_epoch = len(loop.loader)
     t_log = time.perf_counter()
-    with tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
-              leave=False, disable=not (accelerator.is_main_process and cfg.train.progress), dynamic_ncols=True,
-              **progress_pacing()) as bar:
+    with tqdm(
+        total=steps_per_epoch,
+        initial=state.step_in_epoch,
+        desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
+        leave=False,
+        disable=not (accelerator.is_main_process and cfg.train.progress),
+        dynamic_ncols=True,
+        **progress_pacing(),
+    ) as bar:
         for micro_batches, scale in loop.loader.epoch(state.epoch, state.step_in_epoch):
             if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
                 return Stop.MAX_STEPS  # a resume at (or lowered below) max_steps trains no further step
@@ -244,10 +269,16 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
                 # Sync point: the global mean loss over every rank's samples since the last log.
                 train_loss, images = loop.window.drain(accelerator, state)
                 dt = time.perf_counter() - t_log
-                logger.log_train({"train_loss": train_loss, "train_accuracy": state.last_train_accuracy,
-                                  "lr": loop.scheduler.get_last_lr()[0],
-                                  "images_per_s": images / dt if dt > 0 else float("nan"),
-                                  "epoch": state.epoch + state.step_in_epoch / steps_per_epoch}, step=state.global_step)
+                logger.log_train(
+                    {
+                        "train_loss": train_loss,
+                        "train_accuracy": state.last_train_accuracy,
+                        "lr": loop.scheduler.get_last_lr()[0],
+                        "images_per_s": images / dt if dt > 0 else float("nan"),
+                        "epoch": state.epoch + state.step_in_epoch / steps_per_epoch,
+                    },
+                    step=state.global_step,
+                )
                 bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False)  # shown with the next paced update
                 t_log = time.perf_counter()
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
@@ -262,23 +293,34 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
     return None
 
 
-def evaluate(loop: Loop, state: TrainState, splits: dict[str, data.Split | None],
-             keep_probs: int) -> tuple[dict, Predictions | None]:
+def evaluate(
+    loop: Loop, state: TrainState, splits: dict[str, data.Split | None], keep_probs: int
+) -> tuple[dict, Predictions | None]:
     """One metrics.jsonl record: the training window's numbers and exact metrics on every split, plus the class
     probabilities of the first `keep_probs` test images (this rank's share) from the same forward pass."""
     steps_per_epoch = len(loop.loader)
-    record = {"epoch": state.epoch if state.step_in_epoch == 0 else state.epoch + state.step_in_epoch / steps_per_epoch,
-              "global_step": state.global_step, "train_loss": state.last_train_loss,
-              "train_accuracy": state.last_train_accuracy}
+    record = {
+        "epoch": state.epoch if state.step_in_epoch == 0 else state.epoch + state.step_in_epoch / steps_per_epoch,
+        "global_step": state.global_step,
+        "train_loss": state.last_train_loss,
+        "train_accuracy": state.last_train_accuracy,
+    }
     predictions = None
     for name, split in splits.items():
         if split is None:
             continue
-        result, probs = inference.evaluate(loop.accelerator, loop.model, split, loop.mean, loop.std,
-                                           loop.cfg.train.eval_batch_size, keep_probs if name == "test" else 0)
+        result, probs = inference.evaluate(
+            loop.accelerator,
+            loop.model,
+            split,
+            loop.mean,
+            loop.std,
+            loop.cfg.train.eval_batch_size,
+            keep_probs if name == "test" else 0,
+        )
         record.update({f"{name}_{k}": v for k, v in result.items()})
         if probs is not None:
-            predictions = Predictions(split.images[:len(probs)], split.labels[:len(probs)], probs)
+            predictions = Predictions(split.images[: len(probs)], split.labels[: len(probs)], probs)
     record["train_seconds"] = state.train_seconds
     return record, predictions
 
@@ -305,11 +347,19 @@ def keep_best_and_count_patience(loop: Loop, state: TrainState, record: dict) ->
     best_dir = Path(cfg.run.dir) / rundir.BEST
     if update_best(cfg, state, record) and accelerator.is_main_process:
         try:
-            checkpoint.save_model(best_dir, eager.unwrap_model(accelerator, loop.model), cfg.model.name, cfg.model.kwargs,
-                                  cfg.data.name, loop.mean, loop.std)
+            checkpoint.save_model(
+                best_dir,
+                eager.unwrap_model(accelerator, loop.model),
+                cfg.model.name,
+                cfg.model.kwargs,
+                cfg.data.name,
+                loop.mean,
+                loop.std,
+            )
         except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
-            print(f"mnist-dist: warning: could not save the best model to {best_dir} ({e})", file=sys.stderr,
-                  flush=True)
+            print(
+                f"mnist-dist: warning: could not save the best model to {best_dir} ({e})", file=sys.stderr, flush=True
+            )
     if cfg.train.early_stop_patience and state.evals_since_best >= cfg.train.early_stop_patience:
         state.stopped_early = True
         record["early_stop"] = 1
@@ -334,11 +384,13 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
     import copy
 
     from safetensors.torch import load_file
+
     best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))  # the final model is saved after this
     # Read on the CPU (safetensors refuses Accelerate's "cpu:0"); load_state_dict copies onto the model's device.
     best_model.load_state_dict(load_file(str(best_file)))
-    result, _ = inference.evaluate(loop.accelerator, best_model, test_split, loop.mean, loop.std,
-                                   loop.cfg.train.eval_batch_size)
+    result, _ = inference.evaluate(
+        loop.accelerator, best_model, test_split, loop.mean, loop.std, loop.cfg.train.eval_batch_size
+    )
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
 
 
@@ -350,13 +402,20 @@ def samples_seen_per_rank(accelerator: Accelerator, state: TrainState) -> list[i
 def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -> Path:
     """A collective: every rank calls it at the same step."""
     loop.window.fold(loop.accelerator, state)
-    meta = {**dataclasses.asdict(state), "samples_seen_per_rank": samples_seen_per_rank(loop.accelerator, state),
-            "world_size": loop.accelerator.num_processes, "tracker_run_id": tracker_run_id,
-            "config": config.to_dict(loop.cfg), "data": loop.data_fingerprint}
+    meta = {
+        **dataclasses.asdict(state),
+        "samples_seen_per_rank": samples_seen_per_rank(loop.accelerator, state),
+        "world_size": loop.accelerator.num_processes,
+        "tracker_run_id": tracker_run_id,
+        "config": config.to_dict(loop.cfg),
+        "data": loop.data_fingerprint,
+    }
     return checkpoint.save_checkpoint(loop.accelerator, Path(loop.cfg.run.dir), meta, keep=loop.cfg.checkpoint.keep)
 
 
-def resume(cfg: config.Config, accelerator: Accelerator, fingerprint: dict, source: str) -> tuple[TrainState, Path | None, dict]:
+def resume(
+    cfg: config.Config, accelerator: Accelerator, fingerprint: dict, source: str
+) -> tuple[TrainState, Path | None, dict]:
     """(state, checkpoint, its state.json) for checkpoint.resume; the prepared objects are loaded in place.
     A fresh run gets (TrainState(), None, {}). With resume=auto a damaged newest checkpoint (a file missing,
     truncated, rewritten, or refused by load_state) is set aside in one line and the next older one is tried.
@@ -374,51 +433,70 @@ def resume(cfg: config.Config, accelerator: Accelerator, fingerprint: dict, sour
             if why is None:
                 return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), ckpt, meta
         if cfg.checkpoint.resume != "auto":  # a folder the user named is not renamed
-            raise checkpoint.ModelFileError(f"checkpoint.resume={ckpt} is damaged: {why}. Point checkpoint.resume "
-                                            f"at another checkpoint, or use checkpoint.resume=auto or never")
+            raise checkpoint.ModelFileError(
+                f"checkpoint.resume={ckpt} is damaged: {why}. Point checkpoint.resume "
+                f"at another checkpoint, or use checkpoint.resume=auto or never"
+            )
         if accelerator.is_main_process:
             kept = checkpoint.set_aside(ckpt)
-            print(f"mnist-dist: checkpoint {ckpt.name} is damaged ({why}); set aside as {kept.name}, trying the "
-                  f"previous one", file=sys.stderr, flush=True)
+            print(
+                f"mnist-dist: checkpoint {ckpt.name} is damaged ({why}); set aside as {kept.name}, trying the "
+                f"previous one",
+                file=sys.stderr,
+                flush=True,
+            )
         accelerator.wait_for_everyone()
         set_aside.append(ckpt.name)
     if set_aside:
         raise checkpoint.ModelFileError(
             f"no checkpoint in {run_dir / checkpoint.CKPT_DIR} is whole: {', '.join(set_aside)} set aside as "
             f"{checkpoint.DAMAGED_PREFIX}step_*. Run the same command again to start over (the earlier run's files "
-            f"are then moved to {run_dir}/previous-*)")
+            f"are then moved to {run_dir}/previous-*)"
+        )
     return TrainState(), None, {}
 
 
-def check_resumable(cfg: config.Config, accelerator: Accelerator, ckpt: Path, meta: dict, fingerprint: dict, source: str) -> None:
+def check_resumable(
+    cfg: config.Config, accelerator: Accelerator, ckpt: Path, meta: dict, fingerprint: dict, source: str
+) -> None:
     """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
     another trajectory config, or other data (the data may move; the arrays may not change)."""
     saved_train = meta.get("config", {}).get("train", {})
-    saved_global = saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * \
-        meta["world_size"]
+    saved_global = (
+        saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * meta["world_size"]
+    )
     # Same world, per_device_batch_size given: resume_conflicts lists a change. Otherwise the batch is derived here.
     derived = meta["world_size"] != accelerator.num_processes or cfg.train.global_batch_size
     if derived and saved_global != cfg.train.global_batch(accelerator.num_processes):
-        raise UserError(f"{ckpt} was written by {meta['world_size']} processes with a global batch of "
-                        f"{saved_global}; with {accelerator.num_processes} this run's is "
-                        f"{cfg.train.global_batch(accelerator.num_processes)}: set train.global_batch_size="
-                        f"{saved_global} to resume on this number of processes, or start over with "
-                        f"checkpoint.resume=never")
+        raise UserError(
+            f"{ckpt} was written by {meta['world_size']} processes with a global batch of "
+            f"{saved_global}; with {accelerator.num_processes} this run's is "
+            f"{cfg.train.global_batch(accelerator.num_processes)}: set train.global_batch_size="
+            f"{saved_global} to resume on this number of processes, or start over with "
+            f"checkpoint.resume=never"
+        )
     conflicts = config.resume_conflicts(meta.get("config", {}), cfg)
     if conflicts:
-        hint = (f"; train.epochs can grow only with train.scheduler={'/'.join(config.LENGTH_FREE_SCHEDULERS)}, "
-                f"since the {cfg.train.scheduler} schedule is shaped by the run's length"
-                if any(c.startswith("train.epochs ") for c in conflicts) else "")
-        raise UserError(f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
-                        f"with the old values, or start over with checkpoint.resume=never or a new run.dir")
+        hint = (
+            f"; train.epochs can grow only with train.scheduler={'/'.join(config.LENGTH_FREE_SCHEDULERS)}, "
+            f"since the {cfg.train.scheduler} schedule is shaped by the run's length"
+            if any(c.startswith("train.epochs ") for c in conflicts)
+            else ""
+        )
+        raise UserError(
+            f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
+            f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
+        )
     saved = meta.get("data") or {}  # checkpoints from before fingerprints have none: not checked
     for name in ("train", "val", "test") if saved else ():
         old, new = saved.get(name) or {}, fingerprint.get(name) or {}
         if old != new:
-            raise UserError(f"{ckpt} was trained on other data: its {name} split had {old.get('size', 0)} images "
-                            f"(sha256 {old.get('sha256', '-')[:12]}), {source} gives {new.get('size', 0)} "
-                            f"(sha256 {new.get('sha256', '-')[:12]}). Resume with the data it was trained on "
-                            f"(data.dir may move), or start over with checkpoint.resume=never or a new run.dir")
+            raise UserError(
+                f"{ckpt} was trained on other data: its {name} split had {old.get('size', 0)} images "
+                f"(sha256 {old.get('sha256', '-')[:12]}), {source} gives {new.get('size', 0)} "
+                f"(sha256 {new.get('sha256', '-')[:12]}). Resume with the data it was trained on "
+                f"(data.dir may move), or start over with checkpoint.resume=never or a new run.dir"
+            )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -427,8 +505,10 @@ def check_resumable(cfg: config.Config, accelerator: Accelerator, ckpt: Path, me
 @dataclasses.dataclass
 class Ending:
     """What the one way out of train() needs to know about how the run ended."""
+
     tracker: tracking.Tracker | tracking.WandbTracker | tracking.TensorBoardTracker = dataclasses.field(
-        default_factory=tracking.Tracker)
+        default_factory=tracking.Tracker
+    )
     summary: dict | None = None  # set on the main process when the run finished
     preempted: bool = False  # a checkpoint was saved to resume from
     interrupted: bool = False  # ...because of Ctrl-C: no requeue
@@ -447,8 +527,10 @@ def train(cfg: config.Config) -> int:
         if (lost := runtime.as_peer_lost(e, accelerator.process_index)) is not None:
             raise lost from None  # one line: the dead rank's own log says why
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise UserError(f"no space left on device for {e.filename or cfg.run.dir}; the checkpoints written so far "
-                            f"are intact: free some space, then run the same command to resume") from None
+            raise UserError(
+                f"no space left on device for {e.filename or cfg.run.dir}; the checkpoints written so far "
+                f"are intact: free some space, then run the same command to resume"
+            ) from None
         raise
     finally:
         ending.tracker.finish(ending.summary, preempted=ending.preempted)
@@ -465,8 +547,9 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
     t_start = time.perf_counter()
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         # Under a W&B sweep agent each point trains into a folder of its own: RUN_DIR/<the agent's run id>.
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(Path(cfg.run.dir) /
-                                                                             os.environ["WANDB_RUN_ID"])))
+        cfg = dataclasses.replace(
+            cfg, run=dataclasses.replace(cfg.run, dir=str(Path(cfg.run.dir) / os.environ["WANDB_RUN_ID"]))
+        )
     run_dir = Path(cfg.run.dir)
     world = accelerator.num_processes
     cfg = dataclasses.replace(cfg, train=cfg.train.for_world(world))  # train.global_batch_size -> per-device
@@ -500,12 +583,17 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
         else:  # drop the records the checkpoint does not cover
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
-    launch = {"world_size": world, "mixed_precision": accelerator.mixed_precision,
-              "mixed_precision_why": runtime.mixed_precision_choice(cfg, accelerator.device.type == "cpu")[1],
-              "distributed_type": accelerator.distributed_type.value, "global_batch_size": global_batch_size,
-              "elastic_restart_count": runtime.elastic_restart_count()}  # None outside torchrun's elastic agent
-    ending.tracker = tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch,
-                                              accelerator.is_main_process)
+    launch = {
+        "world_size": world,
+        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision_why": runtime.mixed_precision_choice(cfg, accelerator.device.type == "cpu")[1],
+        "distributed_type": accelerator.distributed_type.value,
+        "global_batch_size": global_batch_size,
+        "elastic_restart_count": runtime.elastic_restart_count(),
+    }  # None outside torchrun's elastic agent
+    ending.tracker = tracker = tracking.start(
+        cfg, run_dir, resumed_meta.get("tracker_run_id"), launch, accelerator.is_main_process
+    )
     logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
     # The first test images' class probabilities, kept from each evaluation for the report and W&B media.
     keep_probs = max(plots.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
@@ -518,7 +606,9 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
         f"loader={cfg.data.loader} train/val/test={len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}\n"
         f"  per_device_batch_size={cfg.train.per_device_batch_size} grad_accum_steps={cfg.train.grad_accum_steps} "
         f"global_batch_size={global_batch_size} steps_per_epoch={len(loop.loader)} epochs={cfg.train.epochs}\n"
-        f"  run_dir={run_dir}" + (f"\n  resumed from {resume_from} at global_step={state.global_step}" if resume_from else ""))
+        f"  run_dir={run_dir}"
+        + (f"\n  resumed from {resume_from} at global_step={state.global_step}" if resume_from else "")
+    )
 
     # ------------------------------------------------------------------ the loop
     record = predictions = None
@@ -530,36 +620,47 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
         if stop is Stop.NON_FINITE:
             ending.ranks_agree = True
             complete = checkpoint.complete_checkpoints(run_dir)
-            raise NonFiniteLoss(f"non-finite training loss at global_step {state.global_step + 1}; stopped all ranks "
-                                f"before the optimizer step. "
-                                + (f"The last good checkpoint, {complete[-1]}, is kept" if complete else
-                                   "No checkpoint was written before it")
-                                + "; lower train.lr or set train.grad_clip")
+            raise NonFiniteLoss(
+                f"non-finite training loss at global_step {state.global_step + 1}; stopped all ranks "
+                f"before the optimizer step. "
+                + (
+                    f"The last good checkpoint, {complete[-1]}, is kept"
+                    if complete
+                    else "No checkpoint was written before it"
+                )
+                + "; lower train.lr or set train.grad_clip"
+            )
         if stop is Stop.PREEMPTED:
             save_checkpoint(loop, state, tracker.run_id)
             # Ctrl-C: the user stopped it (exit 130, no requeue); any other signal: the scheduler did (exit 75).
             ending.interrupted = flags.signal_received == "SIGINT"
-            accelerator.print(f"{'interrupted' if ending.interrupted else 'preempted'} by "
-                              f"{flags.signal_received or 'a signal on another rank'}: checkpoint saved at "
-                              f"global_step {state.global_step}")
+            accelerator.print(
+                f"{'interrupted' if ending.interrupted else 'preempted'} by "
+                f"{flags.signal_received or 'a signal on another rank'}: checkpoint saved at "
+                f"global_step {state.global_step}"
+            )
             ending.preempted = ending.ranks_agree = True
             return INTERRUPTED_EXIT_CODE if ending.interrupted else PREEMPTED_EXIT_CODE
         # Evaluate at every epoch end (and when stopped early by max_steps).
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
         keep_best_and_count_patience(loop, state, record)
         logger.log_eval(record, predictions)
-        accelerator.print(f"epoch {record['epoch']:.2f} step {state.global_step}: train_loss "
-                          f"{record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)} "
-                          + (f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else "")
-                          + f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f} "
-                          f"({record['test_count']} images)")
+        accelerator.print(
+            f"epoch {record['epoch']:.2f} step {state.global_step}: train_loss "
+            f"{record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)} "
+            + (f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else "")
+            + f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f} "
+            f"({record['test_count']} images)"
+        )
         save_checkpoint(loop, state, tracker.run_id)  # at max_steps too: a rerun of the ended run trains nothing
         if stop is Stop.MAX_STEPS:
             break
         if state.stopped_early:
-            accelerator.print(f"early stop: no {cfg.checkpoint.best_metric} improvement for "
-                              f"{state.evals_since_best} evaluations; best {state.best_value:.4f} at epoch "
-                              f"{state.best_epoch:g} (step {state.best_step}), kept in {run_dir / rundir.BEST}")
+            accelerator.print(
+                f"early stop: no {cfg.checkpoint.best_metric} improvement for "
+                f"{state.evals_since_best} evaluations; best {state.best_value:.4f} at epoch "
+                f"{state.best_epoch:g} (step {state.best_step}), kept in {run_dir / rundir.BEST}"
+            )
 
     # ------------------------------------------------------------------ the end
     if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
@@ -567,30 +668,60 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
     best_test = test_best_model(loop, state, record, datasets.test)  # collectives too
     samples_per_rank = samples_seen_per_rank(accelerator, state)  # collectives: before the main-process block
     from accelerate.utils import gather_object
+
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
     if accelerator.is_main_process:
-        checkpoint.save_model(run_dir, eager.unwrap_model(accelerator, loop.model), cfg.model.name, cfg.model.kwargs,
-                              cfg.data.name, loop.mean, loop.std)
+        checkpoint.save_model(
+            run_dir,
+            eager.unwrap_model(accelerator, loop.model),
+            cfg.model.name,
+            cfg.model.kwargs,
+            cfg.data.name,
+            loop.mean,
+            loop.std,
+        )
         ending.summary = {
-            "test_accuracy": record["test_accuracy"], "test_loss": record["test_loss"], "test_count": record["test_count"],
-            "val_accuracy": record.get("val_accuracy"), "epochs": record["epoch"], "global_step": state.global_step,
-            **launch, "per_device_batch_size": cfg.train.per_device_batch_size, "train_samples_per_rank": samples_per_rank,
+            "test_accuracy": record["test_accuracy"],
+            "test_loss": record["test_loss"],
+            "test_count": record["test_count"],
+            "val_accuracy": record.get("val_accuracy"),
+            "epochs": record["epoch"],
+            "global_step": state.global_step,
+            **launch,
+            "per_device_batch_size": cfg.train.per_device_batch_size,
+            "train_samples_per_rank": samples_per_rank,
             "hostnames": hostnames,  # per rank: which node each ran on
-            "train_seconds": state.train_seconds, "wall_seconds": time.perf_counter() - t_start,
-            "first_step_unix": loop.first_step_unix, "startup_seconds": runtime.since_exec(loop.first_step_unix),
-            "device": str(accelerator.device), "torch_threads": torch.get_num_threads(), "allreduce": allreduce,
-            "data_source": datasets.source, "model": cfg.model.name, "parameters": n_params,
-            "git_revision": runtime.git_revision(), "torch_version": torch.__version__,
-            "best": None if state.best_value is None else {
-                "metric": cfg.checkpoint.best_metric, "value": state.best_value, "epoch": state.best_epoch,
-                "global_step": state.best_step, "model": str(run_dir / rundir.BEST), **(best_test or {})},
+            "train_seconds": state.train_seconds,
+            "wall_seconds": time.perf_counter() - t_start,
+            "first_step_unix": loop.first_step_unix,
+            "startup_seconds": runtime.since_exec(loop.first_step_unix),
+            "device": str(accelerator.device),
+            "torch_threads": torch.get_num_threads(),
+            "allreduce": allreduce,
+            "data_source": datasets.source,
+            "model": cfg.model.name,
+            "parameters": n_params,
+            "git_revision": runtime.git_revision(),
+            "torch_version": torch.__version__,
+            "best": None
+            if state.best_value is None
+            else {
+                "metric": cfg.checkpoint.best_metric,
+                "value": state.best_value,
+                "epoch": state.best_epoch,
+                "global_step": state.best_step,
+                "model": str(run_dir / rundir.BEST),
+                **(best_test or {}),
+            },
             "early_stopped": state.stopped_early,
         }
         rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(ending.summary, indent=2))
         plots.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
     ending.ranks_agree = True
-    accelerator.print(f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
-                      f"train {state.train_seconds:.1f}s, run folder {run_dir}")
+    accelerator.print(
+        f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
+        f"train {state.train_seconds:.1f}s, run folder {run_dir}"
+    )
     return 0
 
 
@@ -607,12 +738,19 @@ class _KeysEpilog(argparse.RawDescriptionHelpFormatter):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = _KeysEpilog
     parser.epilog = config.help_text  # type: ignore[assignment]  # a callable: _KeysEpilog calls it at --help
-    parser.add_argument("--config", metavar="YAML_OR_RECIPE",
-                        help="a YAML file, or a recipe by name (`mnist-dist recipes`; defaults < YAML < overrides)")
+    parser.add_argument(
+        "--config",
+        metavar="YAML_OR_RECIPE",
+        help="a YAML file, or a recipe by name (`mnist-dist recipes`; defaults < YAML < overrides)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="smoke test: 1 epoch, 5 steps, no progress bars")
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.epochs=3 data.name=fashion_mnist run.dir=runs/x")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. train.epochs=3 data.name=fashion_mnist run.dir=runs/x",
+    )
 
 
 def run(args) -> int:
