@@ -1,6 +1,7 @@
 """Each config key carries its policy in its own field metadata (config.meta): whether a resume may change it,
 and its range. The resume check and the range checks read only that metadata; every key is tried here against
 the contract the README and docs/configuration.md state (which keys a resume honours, which it refuses)."""
+
 import dataclasses
 import re
 import typing
@@ -12,18 +13,37 @@ from mnist_dist.config import ConfigError
 
 # The keys a resume honours: where the data are read from, how the run is computed, watched, checkpointed,
 # launched and stopped. Every other key shapes the run's numbers and must match its checkpoint.
-MAY_CHANGE = {"data.dir", "data.source", "data.hf_path", "data.num_workers", "data.cache", "model.compile",
-              "model.channels_last", "train.global_batch_size", "train.device", "train.eval_batch_size",
-              "train.log_every_steps", "train.max_steps", "train.progress", "checkpoint.every_steps",
-              "checkpoint.keep", "checkpoint.resume", *(f"tracking.{f.name}" for f in
-                                                          dataclasses.fields(config.TrackingConfig)),
-              *(f"run.{f.name}" for f in dataclasses.fields(config.RunConfig))}
+MAY_CHANGE = {
+    "data.dir",
+    "data.source",
+    "data.hf_path",
+    "data.num_workers",
+    "data.cache",
+    "model.compile",
+    "model.channels_last",
+    "train.global_batch_size",
+    "train.device",
+    "train.eval_batch_size",
+    "train.log_every_steps",
+    "train.max_steps",
+    "train.progress",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+    "checkpoint.resume",
+    *(f"tracking.{f.name}" for f in dataclasses.fields(config.TrackingConfig)),
+    *(f"run.{f.name}" for f in dataclasses.fields(config.RunConfig)),
+}
 
 
 def another_value(row: dict):
     """A valid value for the key other than its default."""
-    special = {"model.kwargs": {"width": 8}, "tracking.init_kwargs": {"notes": "x"},
-               "run.preempt_signals": ["SIGUSR2"], "tracking.tags": ["x"], "model.name": "cnn_bn"}
+    special = {
+        "model.kwargs": {"width": 8},
+        "tracking.init_kwargs": {"notes": "x"},
+        "run.preempt_signals": ["SIGUSR2"],
+        "tracking.tags": ["x"],
+        "model.name": "cnn_bn",
+    }
     if row["key"] in special:
         return special[row["key"]]
     if row["choices"]:
@@ -56,16 +76,30 @@ def test_a_resume_refuses_exactly_the_keys_whose_metadata_says_must_match(row):
 def test_the_conditional_keys_may_change_only_under_their_condition():
     saved = config.to_dict(config.load(None, ["train.scheduler=step"]))
     assert config.resume_conflicts(saved, config.load(None, ["train.scheduler=step", "train.epochs=20"])) == []
-    onecycle = config.to_dict(config.load(None, ["train.scheduler=onecycle", "train.epochs=8",
-                                                 "train.per_device_batch_size=128"]))
-    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=20"])) \
-        == ["train.epochs 8 -> 20"]
-    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=8",
-                                                                "train.global_batch_size=512",
-                                                                "train.per_device_batch_size=64"])) == []
-    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=8",
-                                                                "train.per_device_batch_size=64"])) == \
-        ["train.per_device_batch_size 128 -> 64"]
+    onecycle = config.to_dict(
+        config.load(None, ["train.scheduler=onecycle", "train.epochs=8", "train.per_device_batch_size=128"])
+    )
+    assert config.resume_conflicts(onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=20"])) == [
+        "train.epochs 8 -> 20"
+    ]
+    assert (
+        config.resume_conflicts(
+            onecycle,
+            config.load(
+                None,
+                [
+                    "train.scheduler=onecycle",
+                    "train.epochs=8",
+                    "train.global_batch_size=512",
+                    "train.per_device_batch_size=64",
+                ],
+            ),
+        )
+        == []
+    )
+    assert config.resume_conflicts(
+        onecycle, config.load(None, ["train.scheduler=onecycle", "train.epochs=8", "train.per_device_batch_size=64"])
+    ) == ["train.per_device_batch_size 128 -> 64"]
 
 
 def test_a_dict_valued_key_is_one_key():
@@ -101,11 +135,13 @@ def test_every_range_in_the_metadata_is_enforced_at_its_bound(key, inside, outsi
 
 
 def test_range_messages_keep_their_words():
-    cases = {"data.num_workers=300": "data.num_workers must be at most 256 (processes per rank), got 300",
-             "data.num_workers=-1": "data.num_workers must be >= 0, got -1",
-             "train.label_smoothing=1": "train.label_smoothing must be in [0, 1), got 1.0",
-             "checkpoint.keep=1": "checkpoint.keep must be >= 2 (so a complete checkpoint always survives), got 1",
-             "train.lr=0": "train.lr must be > 0, got 0.0"}
+    cases = {
+        "data.num_workers=300": "data.num_workers must be at most 256 (processes per rank), got 300",
+        "data.num_workers=-1": "data.num_workers must be >= 0, got -1",
+        "train.label_smoothing=1": "train.label_smoothing must be in [0, 1), got 1.0",
+        "checkpoint.keep=1": "checkpoint.keep must be >= 2 (so a complete checkpoint always survives), got 1",
+        "train.lr=0": "train.lr must be > 0, got 0.0",
+    }
     for override, message in cases.items():
         with pytest.raises(ConfigError) as e:
             config.load(None, [override])
