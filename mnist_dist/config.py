@@ -5,6 +5,7 @@ while building (from_dict), ranges by each section's __post_init__. Each field's
 a resume may change it) stands in its own metadata (meta()); --help and docs/configuration.md are generated from it.
 The world size is not part of the config: it comes from the launcher.
 """
+
 from __future__ import annotations
 
 import ast
@@ -37,8 +38,17 @@ MAY_CHANGE, MUST_MATCH = "may change", "must match"
 LENGTH_FREE_SCHEDULERS = ("none", "step")
 
 
-def meta(*choices: str, resume: str = MUST_MATCH, why: str = "", may_change_if=None,
-         gt=None, ge=None, lt=None, le=None, range_why: str = "") -> dict:
+def meta(
+    *choices: str,
+    resume: str = MUST_MATCH,
+    why: str = "",
+    may_change_if=None,
+    gt=None,
+    ge=None,
+    lt=None,
+    le=None,
+    range_why: str = "",
+) -> dict:
     """A field's policy, written beside the field as its metadata (one source for the checks, --help and
     docs/configuration.md):
     - choices: the values it may take (from_dict refuses others);
@@ -48,12 +58,22 @@ def meta(*choices: str, resume: str = MUST_MATCH, why: str = "", may_change_if=N
       reason for it, said in the error."""
     assert resume in (MAY_CHANGE, MUST_MATCH), resume
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
-    return {"choices": choices, "resume": resume, "why": why, "may_change_if": may_change_if, "range": bounds,
-            "range_why": range_why}
+    return {
+        "choices": choices,
+        "resume": resume,
+        "why": why,
+        "may_change_if": may_change_if,
+        "range": bounds,
+        "range_why": range_why,
+    }
 
 
-BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "lt": ("<", lambda v, b: v < b),
-          "le": ("at most", lambda v, b: v <= b)}
+BOUNDS = {
+    "gt": (">", lambda v, b: v > b),
+    "ge": (">=", lambda v, b: v >= b),
+    "lt": ("<", lambda v, b: v < b),
+    "le": ("at most", lambda v, b: v <= b),
+}
 
 
 def range_text(bounds: dict) -> str:
@@ -87,13 +107,13 @@ LAUNCHED = "how the run is launched, guarded and stopped, not what it computes"
 BEST_TERMS = "the best score and the early-stop patience count a checkpoint holds are in its terms"
 
 
-
 @dataclass
 class DataConfig:
     name: str = field(default="mnist", metadata=meta("mnist", "fashion_mnist"))
     """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
-    source: str = field(default="auto", metadata=meta("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE,
-                                                      why=MOVED_DATA))
+    source: str = field(
+        default="auto", metadata=meta("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA)
+    )
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
     dir: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=MOVED_DATA))
     """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
@@ -103,8 +123,16 @@ class DataConfig:
     """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
     loader: str = field(default="device", metadata=meta("device", "dataloader"))
     """device: each split is one uint8 tensor on the accelerator, batched there. dataloader: torch DataLoader via Accelerate."""
-    num_workers: int = field(default=0, metadata=meta(ge=0, le=MAX_WORKERS, range_why="processes per rank",
-                                                      resume=MAY_CHANGE, why="how the data are read, not which"))
+    num_workers: int = field(
+        default=0,
+        metadata=meta(
+            ge=0,
+            le=MAX_WORKERS,
+            range_why="processes per rank",
+            resume=MAY_CHANGE,
+            why="how the data are read, not which",
+        ),
+    )
     """DataLoader workers per process (data.loader=dataloader only)."""
     augment: bool = True
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
@@ -133,37 +161,56 @@ class ModelConfig:
 
     def __post_init__(self):
         from mnist_dist.models import MODELS  # models imports torch: only a config that is built pays for it
+
         if self.name not in MODELS:
             raise ConfigError(f"model.name: unknown model {self.name!r}; choose one of {', '.join(sorted(MODELS))}")
         try:
             inspect.signature(MODELS[self.name]).bind(**self.kwargs)
         except TypeError as e:
             params = ", ".join(inspect.signature(MODELS[self.name]).parameters) or "none"
-            raise ConfigError(f"model.kwargs {self.kwargs} do not fit {self.name} ({e}); "
-                              f"its arguments: {params}") from None
+            raise ConfigError(
+                f"model.kwargs {self.kwargs} do not fit {self.name} ({e}); its arguments: {params}"
+            ) from None
         # Values the signature admits but the layers do not (width -1, dropout 2.0): build it once, on the meta
         # device (no memory, no init work) and without touching the global RNG the run seeds later.
         import torch
+
         try:
             with torch.random.fork_rng(devices=[]), torch.device("meta"):
                 MODELS[self.name](**self.kwargs)
         except Exception as e:
-            raise ConfigError(f"model.kwargs {self.kwargs} cannot build {self.name} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+            raise ConfigError(
+                f"model.kwargs {self.kwargs} cannot build {self.name} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+            ) from None
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=16, metadata=meta(
-        gt=0, may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
-        why="with train.scheduler=none or step, whose shape does not depend on the run's length"))
+    epochs: int = field(
+        default=16,
+        metadata=meta(
+            gt=0,
+            may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
+            why="with train.scheduler=none or step, whose shape does not depend on the run's length",
+        ),
+    )
     """Passes over the training split."""
-    per_device_batch_size: int = field(default=128, metadata=meta(
-        gt=0, may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
-        why="when train.global_batch_size is set: it is then derived from that and the world size"))
+    per_device_batch_size: int = field(
+        default=128,
+        metadata=meta(
+            gt=0,
+            may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
+            why="when train.global_batch_size is set: it is then derived from that and the world size",
+        ),
+    )
     """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
-    global_batch_size: int = field(default=0, metadata=meta(
-        ge=0, resume=MAY_CHANGE, why="0 or the same number: train() checks the effective global batch itself"))
+    global_batch_size: int = field(
+        default=0,
+        metadata=meta(
+            ge=0, resume=MAY_CHANGE, why="0 or the same number: train() checks the effective global batch itself"
+        ),
+    )
     """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
     the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
     lr: float = field(default=0.005, metadata=meta(gt=0))
@@ -188,19 +235,24 @@ class TrainConfig:
     """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
     a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
     which ran and why."""
-    device: str = field(default="auto", metadata=meta("auto", "cpu", "cuda", "mps", resume=MAY_CHANGE,
-                                                      why="where the run computes, not what"))
+    device: str = field(
+        default="auto",
+        metadata=meta("auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"),
+    )
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
     seed: int = field(default=0, metadata=meta(ge=0))
     """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
-    eval_batch_size: int = field(default=256, metadata=meta(
-        gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks"))
+    eval_batch_size: int = field(
+        default=256, metadata=meta(gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks")
+    )
     """Images per process per evaluation forward pass."""
-    log_every_steps: int = field(default=50, metadata=meta(
-        gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is"))
+    log_every_steps: int = field(
+        default=50, metadata=meta(gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is")
+    )
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
-    max_steps: int = field(default=0, metadata=meta(
-        ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there"))
+    max_steps: int = field(
+        default=0, metadata=meta(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there")
+    )
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
     early_stop_patience: int = field(default=0, metadata=meta(ge=0))
     """Stop after this many evaluations (epoch ends) in a row without an improvement of checkpoint.best_metric
@@ -221,8 +273,10 @@ class TrainConfig:
             return self
         per_step = world_size * self.grad_accum_steps
         if self.global_batch_size % per_step:
-            raise ConfigError(f"train.global_batch_size={self.global_batch_size} does not split over {world_size} "
-                              f"process(es) x {self.grad_accum_steps} accumulation step(s); use a multiple of {per_step}")
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} does not split over {world_size} "
+                f"process(es) x {self.grad_accum_steps} accumulation step(s); use a multiple of {per_step}"
+            )
         return dataclasses.replace(self, per_device_batch_size=self.global_batch_size // per_step)
 
     def __post_init__(self):
@@ -233,13 +287,14 @@ class TrainConfig:
 class CheckpointConfig:
     every_steps: int = field(default=0, metadata=meta(ge=0, resume=MAY_CHANGE, why=CHECKPOINTED))
     """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
-    keep: int = field(default=2, metadata=meta(ge=2, range_why="so a complete checkpoint always survives",
-                                               resume=MAY_CHANGE, why=CHECKPOINTED))
+    keep: int = field(
+        default=2,
+        metadata=meta(ge=2, range_why="so a complete checkpoint always survives", resume=MAY_CHANGE, why=CHECKPOINTED),
+    )
     """How many complete checkpoints to keep (at least 2)."""
     resume: str = field(default="auto", metadata=meta(resume=MAY_CHANGE, why="which checkpoint to continue from"))
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
-    best_metric: str = field(default="val_accuracy", metadata=meta("val_accuracy", "val_loss", "none",
-                                                                   why=BEST_TERMS))
+    best_metric: str = field(default="val_accuracy", metadata=meta("val_accuracy", "val_loss", "none", why=BEST_TERMS))
     """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
     chooses. Off without a validation split (data.val_size=0)."""
     best_mode: str = field(default="auto", metadata=meta("auto", "max", "min", why=BEST_TERMS))
@@ -256,8 +311,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: str = field(default="none", metadata=meta("wandb", "tensorboard", "none", resume=MAY_CHANGE,
-                                                       why=WATCHED))
+    backend: str = field(default="none", metadata=meta("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED))
     """Where metrics, pictures and models go: W&B, TensorBoard (run.dir/tensorboard/), or nowhere but the run folder."""
     project: str = field(default="mnist-dist", metadata=meta(resume=MAY_CHANGE, why=WATCHED))
     """W&B project."""
@@ -279,27 +333,32 @@ class TrackingConfig:
     def __post_init__(self):
         owned = sorted(set(self.init_kwargs) & {"id", "resume", "dir", "config"})
         if owned:
-            raise ConfigError(f"tracking.init_kwargs may not set {', '.join(owned)}: the run folder decides them "
-                              f"(a resume continues the run's own W&B id)")
+            raise ConfigError(
+                f"tracking.init_kwargs may not set {', '.join(owned)}: the run folder decides them "
+                f"(a resume continues the run's own W&B id)"
+            )
 
 
 @dataclass
 class RunConfig:
     dir: str = field(default="runs/default", metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
     """The run folder: config, metrics, checkpoints, model, pictures."""
-    preempt_signals: list = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"],
-                                  metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
+    preempt_signals: list = field(
+        default_factory=lambda: ["SIGUSR1", "SIGTERM"], metadata=meta(resume=MAY_CHANGE, why=LAUNCHED)
+    )
     """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
     requeue: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
     """After a preemption checkpoint under SLURM, requeue the job with scontrol."""
     guard_every_steps: int = field(default=1, metadata=meta(gt=0, resume=MAY_CHANGE, why=LAUNCHED))
     """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
     Raise it on GPUs for speed; a NaN is then caught only at these steps."""
-    dist_timeout_s: int = field(default=180, metadata=meta(gt=0, le=MAX_TIMEOUT_S, range_why="a year",
-                                                           resume=MAY_CHANGE, why=LAUNCHED))
+    dist_timeout_s: int = field(
+        default=180, metadata=meta(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED)
+    )
     """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
-    cpu_allreduce: str = field(default="auto", metadata=meta("auto", "shared_memory", "gloo", resume=MAY_CHANGE,
-                                                             why=LAUNCHED))
+    cpu_allreduce: str = field(
+        default="auto", metadata=meta("auto", "shared_memory", "gloo", resume=MAY_CHANGE, why=LAUNCHED)
+    )
     """How multi-process CPU DDP averages gradients. shared_memory: through a file in /dev/shm (or
     $MNIST_DIST_SHM_DIR) that all ranks map: one x86-64 host (mnist_dist/shm_allreduce.py). gloo: the process
     group's all-reduce over TCP. auto: shared_memory where it works, else gloo. Ignored on GPUs and in a single
@@ -313,8 +372,10 @@ class RunConfig:
             if not isinstance(name, str) or not hasattr(signal, name):
                 raise ConfigError(f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)")
             if name in ("SIGKILL", "SIGSTOP"):
-                raise ConfigError(f"run.preempt_signals: {name} cannot be caught, so it cannot trigger a checkpoint; "
-                                  f"use SIGUSR1 or SIGTERM")
+                raise ConfigError(
+                    f"run.preempt_signals: {name} cannot be caught, so it cannot trigger a checkpoint; "
+                    f"use SIGUSR1 or SIGTERM"
+                )
 
 
 @dataclass
@@ -328,8 +389,10 @@ class Config:
 
     def __post_init__(self):
         if self.train.early_stop_patience and (self.data.val_size == 0 or self.checkpoint.best_metric == "none"):
-            raise ConfigError("train.early_stop_patience needs a validation metric to watch: data.val_size > 0 and "
-                              "checkpoint.best_metric=val_accuracy or val_loss (the test set never decides)")
+            raise ConfigError(
+                "train.early_stop_patience needs a validation metric to watch: data.val_size > 0 and "
+                "checkpoint.best_metric=val_accuracy or val_loss (the test set never decides)"
+            )
 
 
 # ----------------------------------------------------------------------------- views
@@ -355,8 +418,11 @@ def to_dict(cfg) -> dict:
 def field_metadata() -> dict:
     """{"train.lr": that field's metadata (see meta()), ...} for every key."""
     sections = typing.get_type_hints(Config)
-    return {f"{s.name}.{f.name}": f.metadata for s in dataclasses.fields(Config)
-            for f in dataclasses.fields(sections[s.name])}
+    return {
+        f"{s.name}.{f.name}": f.metadata
+        for s in dataclasses.fields(Config)
+        for f in dataclasses.fields(sections[s.name])
+    }
 
 
 def may_change_on_resume(key: str, cfg: Config) -> bool:
@@ -371,9 +437,11 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
     """'key old -> new' for every key that differs between a checkpoint's config and this one although its
     metadata says it must match on resume (it shapes the run's numbers)."""
     old, new = flatten(saved), flatten(cfg)
-    return [f"{key} {old[key]!r} -> {value!r}" for key, value in new.items()
-            if key in old and old[key] != value and not may_change_on_resume(key, cfg)]
-
+    return [
+        f"{key} {old[key]!r} -> {value!r}"
+        for key, value in new.items()
+        if key in old and old[key] != value and not may_change_on_resume(key, cfg)
+    ]
 
 
 # ----------------------------------------------------------------------------- building from dicts
@@ -436,8 +504,10 @@ def from_dict(cls, data: dict, prefix: str = ""):
         if name not in fields:
             close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint} Valid keys here: {', '.join(fields)} "
-                              f"(all keys: mnist-dist train --help)")
+            raise ConfigError(
+                f"unknown config key {key!r}{hint} Valid keys here: {', '.join(fields)} "
+                f"(all keys: mnist-dist train --help)"
+            )
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = from_dict(tp, value or {}, key + ".")
@@ -462,8 +532,10 @@ def parse_override(text: str) -> dict:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
-                          f"quote it for the shell, e.g. '{key}={{width: 8}}'") from None
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+            f"quote it for the shell, e.g. '{key}={{width: 8}}'"
+        ) from None
     if isinstance(value, str) or value is None:
         value = raw if raw not in ("null", "~") else None
     parts = key.strip().split(".")
@@ -486,18 +558,22 @@ def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Confi
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         data = {} if data is None else data
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: must be a mapping of sections (data, model, train, checkpoint, tracking, "
-                              f"run), got {type(data).__name__} {str(data)[:60]!r}")
+            raise ConfigError(
+                f"{path}: must be a mapping of sections (data, model, train, checkpoint, tracking, "
+                f"run), got {type(data).__name__} {str(data)[:60]!r}"
+            )
     sections = typing.get_type_hints(Config)
     for text in overrides:
         override = parse_override(text)
-        (key, value), = override.items()
+        ((key, value),) = override.items()
         if key in sections and not (isinstance(value, dict) and value):
             # `train=`, `data={}`: merged, it would silently put a whole recipe section back to its defaults.
             example = dataclasses.fields(sections[key])[0].name
-            raise ConfigError(f"override {text!r}: {key} is a whole section, and this would put every {key} key back "
-                              f"to its default; set its keys one by one (e.g. {key}.{example}=...), or leave out "
-                              f"--config to start from the defaults")
+            raise ConfigError(
+                f"override {text!r}: {key} is a whole section, and this would put every {key} key back "
+                f"to its default; set its keys one by one (e.g. {key}.{example}=...), or leave out "
+                f"--config to start from the defaults"
+            )
         data = merge(data, override)
     return from_dict(Config, data)
 
@@ -549,9 +625,15 @@ def field_docs(cls) -> dict[str, str]:
     class_def = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
     assert isinstance(class_def, ast.ClassDef)
     body = class_def.body
-    return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(doc, ast.Expr)
-            and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+    return {
+        node.target.id: " ".join(doc.value.value.split())
+        for node, doc in zip(body, body[1:])
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(doc, ast.Expr)
+        and isinstance(doc.value, ast.Constant)
+        and isinstance(doc.value.value, str)
+    }
 
 
 def _type_name(tp) -> str:
@@ -581,14 +663,25 @@ def describe() -> list[dict]:
             choices = f.metadata.get("choices")
             if (section.name, f.name) == ("model", "name"):
                 from mnist_dist.models import MODELS
+
                 choices = tuple(sorted(MODELS))
-            rows.append({"key": f"{section.name}.{f.name}", "type": _type_name(hints[f.name]), "default": default,
-                         "default_text": yaml.safe_dump(default, default_flow_style=True).strip()
-                         .removesuffix("...").strip(), "choices": choices,
-                         "range": range_text(f.metadata.get("range") or {}),
-                         "resume": f.metadata.get("resume", MUST_MATCH),
-                         "resume_text": resume_text(f.metadata, why=False), "resume_why": resume_text(f.metadata),
-                         "doc": docs.get(f.name, "")})
+            rows.append(
+                {
+                    "key": f"{section.name}.{f.name}",
+                    "type": _type_name(hints[f.name]),
+                    "default": default,
+                    "default_text": yaml.safe_dump(default, default_flow_style=True)
+                    .strip()
+                    .removesuffix("...")
+                    .strip(),
+                    "choices": choices,
+                    "range": range_text(f.metadata.get("range") or {}),
+                    "resume": f.metadata.get("resume", MUST_MATCH),
+                    "resume_text": resume_text(f.metadata, why=False),
+                    "resume_why": resume_text(f.metadata),
+                    "doc": docs.get(f.name, ""),
+                }
+            )
     return rows
 
 
@@ -603,29 +696,47 @@ def help_text(width: int = 100) -> str:
         choices = f": {' | '.join(row['choices'])}" if row["choices"] else ""
         lines.append(f"  {row['key']} = {row['default_text']}   ({row['type']}{choices})")
         policy = "; ".join(([f"range {row['range']}"] if row["range"] else []) + [f"on resume: {row['resume_text']}"])
-        lines += textwrap.wrap(f"{row['doc']} [{policy}]", width, initial_indent="      ", subsequent_indent="      ",
-                               break_on_hyphens=False)
+        lines += textwrap.wrap(
+            f"{row['doc']} [{policy}]",
+            width,
+            initial_indent="      ",
+            subsequent_indent="      ",
+            break_on_hyphens=False,
+        )
     return "\n".join(lines)
 
 
 def reference() -> str:
     """docs/configuration.md: every key as `train --help` lists it (describe()), as a Markdown page."""
-    out = ["# Configuration reference", "",
-           "<!-- Generated from mnist_dist/config.py by `python -m mnist_dist.config --reference > "
-           "docs/configuration.md`: edit the field docstrings and meta() there, not this page "
-           "(tests/test_docs.py checks it). -->", "",
-           "Every config key, with its type, default, allowed values, range, what a resume may do with it, and the "
-           "docstring written under its field in `mnist_dist/config.py`; `mnist-dist train --help` prints the "
-           "same rows. Values merge as defaults < `--config` YAML or recipe < `key=value` overrides.", "",
-           "**On resume:** a key that *must match* shapes the run's numbers, so a resume that changes it is "
-           "refused in one line naming the old and new value; one that *may change* is honoured, and the run "
-           "folder's `config.yaml` records the new value (see [Resuming](resuming.md)).", ""]
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from mnist_dist/config.py by `python -m mnist_dist.config --reference > "
+        "docs/configuration.md`: edit the field docstrings and meta() there, not this page "
+        "(tests/test_docs.py checks it). -->",
+        "",
+        "Every config key, with its type, default, allowed values, range, what a resume may do with it, and the "
+        "docstring written under its field in `mnist_dist/config.py`; `mnist-dist train --help` prints the "
+        "same rows. Values merge as defaults < `--config` YAML or recipe < `key=value` overrides.",
+        "",
+        "**On resume:** a key that *must match* shapes the run's numbers, so a resume that changes it is "
+        "refused in one line naming the old and new value; one that *may change* is honoured, and the run "
+        "folder's `config.yaml` records the new value (see [Resuming](resuming.md)).",
+        "",
+    ]
     rows = describe()
-    out += ["## What a resume may change", "",
-            "May change: " + ", ".join(f"`{r['key']}`" for r in rows if r["resume"] == MAY_CHANGE) + ".", "",
-            "Must match, with a condition under which it may change: " + "; ".join(
-                f"`{r['key']}` ({r['resume_why'].split('; ', 1)[1]})" for r in rows if ";" in r["resume_text"]) + ".",
-            "", "Every other key must match.", ""]
+    out += [
+        "## What a resume may change",
+        "",
+        "May change: " + ", ".join(f"`{r['key']}`" for r in rows if r["resume"] == MAY_CHANGE) + ".",
+        "",
+        "Must match, with a condition under which it may change: "
+        + "; ".join(f"`{r['key']}` ({r['resume_why'].split('; ', 1)[1]})" for r in rows if ";" in r["resume_text"])
+        + ".",
+        "",
+        "Every other key must match.",
+        "",
+    ]
     section = None
     for row in rows:
         if row["key"].split(".")[0] != section:
@@ -645,6 +756,7 @@ if __name__ == "__main__":  # python -m mnist_dist.config --reference > docs/con
     import sys
 
     from mnist_dist.config import reference  # the package's module, not a second copy of this one as __main__
+
     if sys.argv[1:] != ["--reference"]:
         sys.exit("usage: python -m mnist_dist.config --reference > docs/configuration.md")
     sys.stdout.write(reference())
