@@ -159,18 +159,18 @@ def test_accumulation_sgd_step_schedule_and_bf16_run(tiny_idx, tmp_path):
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_optimizer_is_fused_where_torch_has_it_and_falls_back_where_not(monkeypatch, name):
-    from mnist_dist import config, train
+    from mnist_dist import config, eager, train
     cfg = config.load(None, [f"train.optimizer={name}"]).train
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert train.make_optimizer(cfg, params).defaults["fused"] is True  # torch 2.14 has CPU kernels for both
-    cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+    cls = {"sgd": eager.SGD, "adamw": eager.AdamW}[name]  # torch.optim's classes as the loop builds them
 
     class NoFused(cls):  # an older torch: no `fused` argument at all
         def __init__(self, *args, fused=None, **kwargs):
             if fused is not None:
                 raise TypeError("__init__() got an unexpected keyword argument 'fused'")
             super().__init__(*args, **kwargs)
-    monkeypatch.setattr(torch.optim, cls.__name__, NoFused)
+    monkeypatch.setattr(eager, cls.__name__, NoFused)
     opt = train.make_optimizer(cfg, params)
     assert type(opt) is NoFused and not opt.defaults.get("fused")
     assert opt.defaults["lr"] == cfg.lr
