@@ -7,7 +7,6 @@ Nothing here unpickles: weights are safetensors, metadata is JSON.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from mnist_dist import data, models
 from mnist_dist.errors import UserError
-from mnist_dist.rundir import MODEL_FILE, MODEL_META, atomic_write_text
+from mnist_dist.rundir import MODEL_FILE, MODEL_META, atomic_write_text, file_digest
 
 
 class ModelFileError(UserError):
@@ -243,18 +242,10 @@ def _fsync_dir(path: Path) -> None:
             pass
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """manifest.json: the size and SHA-256 of every other file in a checkpoint folder, checked by damage()."""
     files = {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p, "sha256")}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }
@@ -286,7 +277,7 @@ def damage(ckpt: Path) -> str | None:
             found = path.stat().st_size
             if found != size:
                 return f"{path}: {found} bytes, {size} when written (truncated or overwritten)"
-            if _sha256(path) != sha256:
+            if file_digest(path, "sha256") != sha256:
                 return f"{path}: its content changed since it was written (corrupt or overwritten)"
         except FileNotFoundError:
             return f"{path}: missing"

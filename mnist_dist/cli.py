@@ -10,7 +10,7 @@ import importlib
 import sys
 
 import mnist_dist
-from mnist_dist.errors import UserError
+from mnist_dist.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
 
 COMMANDS = {  # name: (module, one-line help)
     "train": ("mnist_dist.train", "train a model (same as `accelerate launch train_accel.py ...`)"),
@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return args._run(args) or 0
     except UserError as e:
         print(f"mnist-dist {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         print(f"mnist-dist {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

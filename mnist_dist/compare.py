@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mnist_dist import config, plots, rundir, sweeps
-from mnist_dist.errors import UserError
+from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:
         "done"
         if summary
         else "failed"
-        if code not in (None, 0, 75, 130)
+        if code not in (None, 0, PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE)
         else "incomplete"
         if records or code is not None
         else "not run"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import os
 import shlex
 import shutil
@@ -30,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_dist import data
+from mnist_dist import data, rundir
 from mnist_dist.errors import UserError
 
 # The official files, uncompressed (bytes, MD5). MNIST: the checksums of yann.lecun.com's files. Fashion-MNIST:
@@ -70,14 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- verification
 
 
-def md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def mismatches(name: str, folder: Path) -> list[str]:
     """What differs from the official files, one phrase per file; empty when the folder holds exactly them."""
     problems = []
@@ -87,8 +78,8 @@ def mismatches(name: str, folder: Path) -> list[str]:
             problems.append(f"{file} missing")
         elif path.stat().st_size != size:
             problems.append(f"{file} has {path.stat().st_size} bytes, expected {size}")
-        elif md5(path) != digest:
-            problems.append(f"{file} MD5 {md5(path)}, expected {digest}")
+        elif (got := rundir.file_digest(path, "md5")) != digest:
+            problems.append(f"{file} MD5 {got}, expected {digest}")
     return problems
 
 

@@ -1,6 +1,7 @@
 """How a run ends, for the shell: UserError is a mistake a user can cause (the CLI prints it as one line and
 exits 2); PREEMPTED_EXIT_CODE is a run that saved its state and wants to be started again."""
 
+USER_ERROR_EXIT_CODE = 2  # as argparse exits on a usage error
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL; shown by sacct for the job and in the W&B run record
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 

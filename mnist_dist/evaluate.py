@@ -19,12 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a run folder, a model.safetensors file, a training checkpoint (RUN_DIR/checkpoints/step_N) or a "
         "Hugging Face Hub repo id (owner/name; HF_HUB_OFFLINE=1: from the Hub cache)",
     )
-    parser.add_argument(
-        "--best",
-        action="store_true",
-        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
-        "the model summary.json's test numbers describe)",
-    )
+    rundir.add_best_argument(parser)
     parser.add_argument("--split", choices=["test", "val", "train"], default="test")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.add_argument("--png", metavar="PATH", help="also write the confusion matrix as a PNG")

@@ -26,12 +26,7 @@ class ExportError(UserError):
 
 def add_arguments(p):
     p.add_argument("model", help="run folder, or a model.safetensors with model.json beside it")
-    p.add_argument(
-        "--best",
-        action="store_true",
-        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
-        "the model summary.json's test numbers describe)",
-    )
+    rundir.add_best_argument(p)
     p.add_argument(
         "--format",
         choices=sorted([*SUFFIXES, "hub"]),

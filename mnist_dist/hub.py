@@ -173,10 +173,9 @@ def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
 def _recipe(run_dir: Path | None) -> str | None:
     """config.yaml without the machine's own places (data.dir, run.dir) and without tracking (names of people's
     W&B entities and projects are theirs to publish)."""
-    path = run_dir / rundir.CONFIG if run_dir else None
-    if not path or not path.is_file():
+    cfg = rundir.read_config(run_dir / rundir.CONFIG) if run_dir else None  # a damaged file: one line naming it
+    if cfg is None:
         return None
-    cfg = yaml.safe_load(path.read_text()) or {}
     cfg.pop("tracking", None)
     cfg.pop("run", None)
     for key in ("dir", "hf_path"):

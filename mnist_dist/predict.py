@@ -269,12 +269,7 @@ def add_arguments(p):
         help="run folder, a model.safetensors with model.json beside it, a training checkpoint "
         "(RUN_DIR/checkpoints/step_N) or a Hugging Face Hub repo id (owner/name)",
     )
-    p.add_argument(
-        "--best",
-        action="store_true",
-        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
-        "the model summary.json's test numbers describe)",
-    )
+    rundir.add_best_argument(p)
     p.add_argument(
         "inputs",
         nargs="+",

@@ -8,6 +8,7 @@ Every whole-file write goes to a temporary name first and is renamed: a reader n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -162,6 +163,25 @@ def _kind(value) -> str:
     return "a list" if isinstance(value, list) else f"the {type(value).__name__} {str(value)[:40]!r}"
 
 
+def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes, read in 1 MB chunks (checkpoint manifests, downloaded data)."""
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def add_best_argument(parser) -> None:
+    """--best for every command that reads a run's model (eval, predict, export)."""
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="use the best model by validation (RUN_DIR/best/) instead of the final one (the default: "
+        "the model summary.json's test numbers describe)",
+    )
+
+
 def read_config(path: Path) -> dict | None:
     """A run's config.yaml: a mapping (an empty file is an empty one)."""
     text = _text(path)
@@ -278,7 +298,8 @@ def truncate_jsonl(path: Path, max_global_step: int) -> None:
 # ----------------------------------------------------------------------------- the folder lock
 
 
-def _slurm_job() -> str | None:
+def slurm_job_id() -> str | None:
+    """This SLURM job's own id: an array task's is ARRAYJOB_TASK (what scontrol requeue takes), else SLURM_JOB_ID."""
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     return os.environ.get("SLURM_JOB_ID")
@@ -327,7 +348,7 @@ class RunLock:
             "pid": pid,
             "pid_start": pid_start,
             "host": socket.gethostname(),
-            "slurm_job": _slurm_job(),
+            "slurm_job": slurm_job_id(),
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         if (elastic := _elastic_job()) is not None:
@@ -436,7 +457,7 @@ class RunLock:
             if not procs.alive(holder["pid"], holder.get("pid_start")):
                 return f"pid {holder['pid']} on this host has ended"
             return None
-        if holder.get("slurm_job") and holder.get("slurm_job") == _slurm_job():
+        if holder.get("slurm_job") and holder.get("slurm_job") == slurm_job_id():
             return f"it belongs to this SLURM job ({holder['slurm_job']}), requeued"
         elastic = _elastic_job()
         if (

@@ -10,14 +10,13 @@ import platform
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
-from mnist_dist import config, shm_allreduce
+from mnist_dist import config, rundir, shm_allreduce
 from mnist_dist.errors import PeerLost, UserError
 
 # What gloo says when the other end of a collective has died (its TCP connection reset or closed).
@@ -257,9 +256,14 @@ class StopFlags:
 
     def __init__(self, signal_names):
         self.signal_received = None
+        self.previous = {}  # restored by restore(): a notebook or library caller gets its own handlers back
         for name in signal_names:
-            signal.signal(getattr(signal, name), self._handler)
-        signal.signal(signal.SIGINT, self._interrupt)
+            self.previous[getattr(signal, name)] = signal.signal(getattr(signal, name), self._handler)
+        self.previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, self._interrupt))
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _handler(self, signum, frame):
         self.signal_received = signal.Signals(signum).name
@@ -286,12 +290,9 @@ class StopFlags:
 
 
 def requeue_slurm_job(accelerator) -> None:
-    job = os.environ.get("SLURM_JOB_ID")
+    job = rundir.slurm_job_id()  # an array task is requeued by its own id (ARRAYJOB_TASK), not the array's
     if not job or not accelerator.is_main_process:
         return
-    # An array task is requeued by its own id (ARRAYJOB_TASK), not the array's.
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     try:
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -333,15 +334,3 @@ def git_revision() -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-def since_exec(unix_time: float | None) -> float | None:
-    """Seconds from this process's exec to `unix_time` (Linux: from /proc, 10 ms resolution); None elsewhere."""
-    try:
-        with open("/proc/self/stat") as f:
-            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # since boot
-        with open("/proc/uptime") as f:
-            age = float(f.read().split()[0]) - started
-    except (OSError, ValueError, IndexError):
-        return None
-    return None if unix_time is None else unix_time - (time.time() - age)

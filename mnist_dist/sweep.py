@@ -214,7 +214,7 @@ def watch() -> None:
     if not procs.alive(pid, None if started == "None" else started):
         return
     frozen: list[int] = []
-    while new := [p for p in [pid, *_descendants(pid)] if p not in frozen]:
+    while new := [p for p in [pid, *procs.descendants(pid)] if p not in frozen]:
         for p in new:
             _signal(p, signal.SIGSTOP)
         frozen += new
@@ -230,29 +230,10 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process, from /proc."""
-    out = {}
-    for p in Path("/proc").iterdir():
-        try:
-            out[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    parents, found, frontier = _parents(), [], [pid]
-    while frontier:
-        frontier = [child for child, parent in parents.items() if parent in frontier]
-        found += frontier
-    return found
-
-
 def _training_children(launcher_pid: int) -> list[int]:
     """The processes a launcher started that run mnist_dist (its workers), from /proc."""
     found = []
-    for pid, ppid in _parents().items():
+    for pid, ppid in procs.parents().items():
         try:
             if ppid == launcher_pid and b"mnist_dist" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.nn.functional as F
 
-from mnist_dist import checkpoint, config, data, eager, inference, models, plots, rundir, runtime, tracking
+from mnist_dist import checkpoint, config, data, eager, inference, models, plots, procs, rundir, runtime, tracking
 from mnist_dist.checkpoint import TrainState
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 from mnist_dist.inference import Predictions
@@ -347,15 +347,7 @@ def keep_best_and_count_patience(loop: Loop, state: TrainState, record: dict) ->
     best_dir = Path(cfg.run.dir) / rundir.BEST
     if update_best(cfg, state, record) and accelerator.is_main_process:
         try:
-            checkpoint.save_model(
-                best_dir,
-                eager.unwrap_model(accelerator, loop.model),
-                cfg.model.name,
-                cfg.model.kwargs,
-                cfg.data.name,
-                loop.mean,
-                loop.std,
-            )
+            save_run_model(loop, best_dir)
         except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
             print(
                 f"mnist-dist: warning: could not save the best model to {best_dir} ({e})", file=sys.stderr, flush=True
@@ -392,6 +384,13 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
         loop.accelerator, best_model, test_split, loop.mean, loop.std, loop.cfg.train.eval_batch_size
     )
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
+
+
+def save_run_model(loop: Loop, folder: Path) -> None:
+    """The model as a run folder holds it (model.safetensors + model.json): the final one and run.dir/best/."""
+    cfg = loop.cfg
+    model = eager.unwrap_model(loop.accelerator, loop.model)
+    checkpoint.save_model(folder, model, cfg.model.name, cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
 
 
 def samples_seen_per_rank(accelerator: Accelerator, state: TrainState) -> list[int]:
@@ -517,9 +516,14 @@ class Ending:
 
 
 def train(cfg: config.Config) -> int:
-    """A training run; whatever happens, the tracker is finished once and the process group torn down."""
+    """A training run; whatever happens, the tracker is finished once, the process group torn down and the
+    caller's signal handlers put back."""
     flags = runtime.StopFlags(cfg.run.preempt_signals)  # first: a signal during start-up is handled at the first step
-    accelerator = runtime.make_accelerator(cfg)
+    try:
+        accelerator = runtime.make_accelerator(cfg)
+    except BaseException:
+        flags.restore()
+        raise
     ending = Ending()
     try:
         return run_training(cfg, accelerator, flags, ending)
@@ -541,6 +545,7 @@ def train(cfg: config.Config) -> int:
         if ending.preempted and not ending.interrupted:
             runtime.end_elastic_agent()  # a restart by torchrun's agent would train on a machine being taken away
         runtime.end_distributed(accelerator, wait=ending.ranks_agree)
+        flags.restore()
 
 
 def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.StopFlags, ending: Ending) -> int:
@@ -671,15 +676,7 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
 
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
     if accelerator.is_main_process:
-        checkpoint.save_model(
-            run_dir,
-            eager.unwrap_model(accelerator, loop.model),
-            cfg.model.name,
-            cfg.model.kwargs,
-            cfg.data.name,
-            loop.mean,
-            loop.std,
-        )
+        save_run_model(loop, run_dir)
         ending.summary = {
             "test_accuracy": record["test_accuracy"],
             "test_loss": record["test_loss"],
@@ -694,7 +691,7 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
             "train_seconds": state.train_seconds,
             "wall_seconds": time.perf_counter() - t_start,
             "first_step_unix": loop.first_step_unix,
-            "startup_seconds": runtime.since_exec(loop.first_step_unix),
+            "startup_seconds": procs.since_exec(loop.first_step_unix),
             "device": str(accelerator.device),
             "torch_threads": torch.get_num_threads(),
             "allreduce": allreduce,

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +175,30 @@ def test_optimizer_is_fused_where_torch_has_it_and_falls_back_where_not(monkeypa
     opt = train.make_optimizer(cfg, params)
     assert type(opt) is NoFused and not opt.defaults.get("fused")
     assert opt.defaults["lr"] == cfg.lr
+
+
+def test_train_called_as_a_library_puts_the_callers_signal_handlers_back(tiny_idx, tmp_path):
+    """A notebook or script that calls mnist_dist.train.train() gets its own SIGINT/SIGTERM/SIGUSR1 handlers back,
+    whether the run finished or stopped with an error (here: a second run into a folder another run holds)."""
+    script = f"""
+import json, signal, sys
+from mnist_dist import config, train
+from mnist_dist.errors import UserError
+mine = lambda signum, frame: None
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    signal.signal(s, mine)
+cfg = config.load(None, {tiny_overrides(tiny_idx, tmp_path / "run", "train.epochs=1")!r})
+assert train.train(cfg) == 0
+after_run = [signal.getsignal(s) is mine for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+bad = config.load(None, {tiny_overrides(tiny_idx, tmp_path / "afile", "train.epochs=1")!r})
+try:
+    train.train(bad)
+except UserError:
+    pass
+after_error = [signal.getsignal(s) is mine for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+print(json.dumps([after_run, after_error]))
+"""
+    (tmp_path / "afile").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[True, True, True], [True, True, True]]
