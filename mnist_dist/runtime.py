@@ -162,6 +162,11 @@ def init_elastic_process_group(cpu: bool, timeout: timedelta) -> None:
     env = os.environ
     if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or int(env.get("WORLD_SIZE", "1")) < 2:
         return
+    if env.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0"):
+        # A first attempt's store holds no dead group's keys: Accelerate's own start-up, as every launch had before.
+        # (Two CI runs saw a rank abort at exit, 'terminate called without an active exception', in 2-process runs
+        # started through this function; restarts need it.)
+        return
     backend = "gloo" if cpu else "nccl" if torch.cuda.is_available() else None
     if backend is None or torch.distributed.is_initialized():
         return  # another accelerator: Accelerate's own start-up
