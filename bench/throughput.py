@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import config, data, runtime, train, tracking
+from mnist_dist import config, data, runtime, stopping, tracking, train
 from mnist_dist.checkpoint import TrainState
 
 
@@ -42,7 +42,7 @@ def main() -> int:
         accelerator = runtime.make_accelerator(cfg)
         cfg = dataclasses.replace(cfg, train=cfg.train.for_world(accelerator.num_processes))
         datasets = data.load_datasets(cfg.data)
-        loop, _, _ = train.build_loop(cfg, accelerator, datasets.train, runtime.StopFlags([]))
+        loop, _, _ = train.build_loop(cfg, accelerator, datasets.train, stopping.StopFlags([]))
         if cfg.model.compile:
             # Warm up past the first epoch end, so the last batch's (smaller) graph is compiled before timing.
             args.warmup = max(args.warmup, len(loop.loader) + 1)

@@ -23,9 +23,23 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 import torch.nn.functional as F
 
-from mnist_dist import checkpoint, config, data, eager, inference, models, plots, procs, rundir, runtime, tracking
+from mnist_dist import (
+    checkpoint,
+    config,
+    data,
+    eager,
+    inference,
+    models,
+    plots,
+    procs,
+    provenance,
+    rundir,
+    runtime,
+    stopping,
+    tracking,
+)
 from mnist_dist.checkpoint import TrainState
-from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
+from mnist_dist.errors import UserError
 from mnist_dist.inference import Predictions
 
 if TYPE_CHECKING:
@@ -142,7 +156,7 @@ class Loop:
     loader: data.DeviceLoader | data.TorchLoader
     mean: float  # the dataset's pixel statistics, for normalising on the device
     std: float
-    flags: runtime.StopFlags
+    flags: stopping.StopFlags
     window: LossWindow
     aug_gen: torch.Generator  # augmentation's own generator, seeded per step
     first_step_unix: float | None = None  # when this process's first optimizer step ended (start-up, bench/run.py)
@@ -150,7 +164,7 @@ class Loop:
 
 
 def build_loop(
-    cfg: config.Config, accelerator: Accelerator, split: data.Split, flags: runtime.StopFlags
+    cfg: config.Config, accelerator: Accelerator, split: data.Split, flags: stopping.StopFlags
 ) -> tuple[Loop, int, str]:
     """The loop's parts prepared by Accelerate, the parameter count and which all-reduce averages gradients."""
     loader = make_loader(cfg, split, accelerator)
@@ -500,55 +514,60 @@ def check_resumable(
 
 # ----------------------------------------------------------------------------- the run
 
-
-@dataclasses.dataclass
-class Ending:
-    """What the one way out of train() needs to know about how the run ended."""
-
-    tracker: tracking.Tracker | tracking.WandbTracker | tracking.TensorBoardTracker = dataclasses.field(
-        default_factory=tracking.Tracker
-    )
-    summary: dict | None = None  # set on the main process when the run finished
-    preempted: bool = False  # a checkpoint was saved to resume from
-    interrupted: bool = False  # ...because of Ctrl-C: no requeue
-    ranks_agree: bool = False  # every rank ends here on the same path: safe to wait for all of them
-    lock: rundir.RunLock | None = None  # the run folder's lock (main process)
+RANKS_AGREE = (stopping.Preempted, NonFiniteLoss)  # endings every rank reaches at the same step, together
 
 
 def train(cfg: config.Config) -> int:
-    """A training run; whatever happens, the tracker is finished once, the process group torn down and the
-    caller's signal handlers put back."""
-    flags = runtime.StopFlags(cfg.run.preempt_signals)  # first: a signal during start-up is handled at the first step
+    """A training run, and its one way out. What the run opens goes onto `teardown` where it is opened and is
+    closed in reverse order, however the run ended: the tracker, the run folder's lock, the requeue of a preempted
+    job, the process group, and last the caller's signal handlers (a notebook gets its own back)."""
     try:
-        accelerator = runtime.make_accelerator(cfg)
-    except BaseException:
-        flags.restore()
-        raise
-    ending = Ending()
-    try:
-        return run_training(cfg, accelerator, flags, ending)
-    except Exception as e:
-        if (lost := runtime.as_peer_lost(e, accelerator.process_index)) is not None:
-            raise lost from None  # one line: the dead rank's own log says why
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise UserError(
-                f"no space left on device for {e.filename or cfg.run.dir}; the checkpoints written so far "
-                f"are intact: free some space, then run the same command to resume"
-            ) from None
-        raise
-    finally:
-        ending.tracker.finish(ending.summary, preempted=ending.preempted)
-        if ending.lock is not None:
-            ending.lock.release()
-        if ending.preempted and not ending.interrupted and cfg.run.requeue:
-            runtime.requeue_slurm_job(accelerator)  # after the tracker has flushed: requeue ends this job
-        if ending.preempted and not ending.interrupted:
-            runtime.end_elastic_agent()  # a restart by torchrun's agent would train on a machine being taken away
-        runtime.end_distributed(accelerator, wait=ending.ranks_agree)
-        flags.restore()
+        with contextlib.ExitStack() as teardown:
+            # First: a signal during start-up is handled at the first step.
+            flags = teardown.enter_context(stopping.StopFlags(cfg.run.preempt_signals))
+            accelerator = runtime.make_accelerator(cfg)
+            teardown.push(end_processes(cfg, accelerator))
+            try:
+                run_training(cfg, accelerator, flags, teardown)
+            except Exception as e:
+                if (line := as_one_line(e, cfg, accelerator.process_index)) is None:
+                    raise
+                raise line from None
+            return 0
+    except stopping.Preempted as stop:
+        return stop.exit_code
 
 
-def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.StopFlags, ending: Ending) -> int:
+def as_one_line(e: Exception, cfg: config.Config, rank: int) -> UserError | None:
+    """Another rank's death or a full disk as the one-line error to end with; None for anything else."""
+    if (lost := runtime.as_peer_lost(e, rank)) is not None:
+        return lost  # the dead rank's own log says why
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return UserError(
+            f"no space left on device for {e.filename or cfg.run.dir}; the checkpoints written so far "
+            f"are intact: free some space, then run the same command to resume"
+        )
+    return None
+
+
+def end_processes(cfg: config.Config, accelerator: Accelerator):
+    """The last steps out, after the tracker has flushed and the lock is released: a preempted run asks SLURM to
+    requeue it (the requeue ends this job) and keeps torchrun's agent from restarting it on a machine being taken
+    away; then the process group is torn down, waiting for the other ranks when all of them end here together."""
+
+    def close(exc_type, exc, tb) -> None:
+        if isinstance(exc, stopping.Preempted) and not exc.interrupted:
+            if cfg.run.requeue:
+                stopping.requeue_slurm_job(accelerator)
+            stopping.end_elastic_agent()
+        runtime.end_distributed(accelerator, wait=exc is None or isinstance(exc, RANKS_AGREE))
+
+    return close
+
+
+def run_training(
+    cfg: config.Config, accelerator: Accelerator, flags: stopping.StopFlags, teardown: contextlib.ExitStack
+) -> None:
     t_start = time.perf_counter()
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         # Under a W&B sweep agent each point trains into a folder of its own: RUN_DIR/<the agent's run id>.
@@ -563,7 +582,7 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
     rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
     if accelerator.is_main_process:  # one writer per folder: a second run into it stops here, having written nothing
         run_dir.mkdir(parents=True, exist_ok=True)
-        ending.lock = rundir.RunLock.acquire(run_dir)
+        teardown.callback(rundir.RunLock.acquire(run_dir).release)
         checkpoint.clean_partial(run_dir)  # what a crash or a full disk left: it holds space a resume needs
 
     # ------------------------------------------------------------------ data (downloads once per node)
@@ -596,9 +615,13 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
         "global_batch_size": global_batch_size,
         "elastic_restart_count": runtime.elastic_restart_count(),
     }  # None outside torchrun's elastic agent
-    ending.tracker = tracker = tracking.start(
-        cfg, run_dir, resumed_meta.get("tracker_run_id"), launch, accelerator.is_main_process
-    )
+    tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch, accelerator.is_main_process)
+
+    def close_tracker(exc_type, exc, tb) -> None:  # a finished run's tracker is finished with the summary, below
+        if exc is not None:
+            tracker.finish(None, preempted=isinstance(exc, stopping.Preempted))
+
+    teardown.push(close_tracker)
     logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
     # The first test images' class probabilities, kept from each evaluation for the report and W&B media.
     keep_probs = max(plots.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
@@ -623,7 +646,6 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
         stop = train_one_epoch(loop, state, logger)
         state.train_seconds = time.perf_counter() - t_train
         if stop is Stop.NON_FINITE:
-            ending.ranks_agree = True
             complete = checkpoint.complete_checkpoints(run_dir)
             raise NonFiniteLoss(
                 f"non-finite training loss at global_step {state.global_step + 1}; stopped all ranks "
@@ -637,15 +659,9 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
             )
         if stop is Stop.PREEMPTED:
             save_checkpoint(loop, state, tracker.run_id)
-            # Ctrl-C: the user stopped it (exit 130, no requeue); any other signal: the scheduler did (exit 75).
-            ending.interrupted = flags.signal_received == "SIGINT"
-            accelerator.print(
-                f"{'interrupted' if ending.interrupted else 'preempted'} by "
-                f"{flags.signal_received or 'a signal on another rank'}: checkpoint saved at "
-                f"global_step {state.global_step}"
-            )
-            ending.preempted = ending.ranks_agree = True
-            return INTERRUPTED_EXIT_CODE if ending.interrupted else PREEMPTED_EXIT_CODE
+            preempted = stopping.Preempted(flags.signal_received, state.global_step)
+            accelerator.print(preempted)
+            raise preempted
         # Evaluate at every epoch end (and when stopped early by max_steps).
         record, predictions = evaluate(loop, state, eval_splits, keep_probs)
         keep_best_and_count_patience(loop, state, record)
@@ -677,49 +693,67 @@ def run_training(cfg: config.Config, accelerator: Accelerator, flags: runtime.St
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
     if accelerator.is_main_process:
         save_run_model(loop, run_dir)
-        ending.summary = {
-            "test_accuracy": record["test_accuracy"],
-            "test_loss": record["test_loss"],
-            "test_count": record["test_count"],
-            "val_accuracy": record.get("val_accuracy"),
-            "epochs": record["epoch"],
-            "global_step": state.global_step,
+        facts = {
             **launch,
-            "per_device_batch_size": cfg.train.per_device_batch_size,
-            "train_samples_per_rank": samples_per_rank,
-            "hostnames": hostnames,  # per rank: which node each ran on
-            "train_seconds": state.train_seconds,
-            "wall_seconds": time.perf_counter() - t_start,
-            "first_step_unix": loop.first_step_unix,
-            "startup_seconds": procs.since_exec(loop.first_step_unix),
-            "device": str(accelerator.device),
-            "torch_threads": torch.get_num_threads(),
             "allreduce": allreduce,
             "data_source": datasets.source,
-            "model": cfg.model.name,
             "parameters": n_params,
-            "git_revision": runtime.git_revision(),
-            "torch_version": torch.__version__,
-            "best": None
-            if state.best_value is None
-            else {
-                "metric": cfg.checkpoint.best_metric,
-                "value": state.best_value,
-                "epoch": state.best_epoch,
-                "global_step": state.best_step,
-                "model": str(run_dir / rundir.BEST),
-                **(best_test or {}),
-            },
-            "early_stopped": state.stopped_early,
+            "wall_seconds": time.perf_counter() - t_start,
         }
-        rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(ending.summary, indent=2))
+        summary = build_summary(loop, state, record, best_test, facts, samples_per_rank, hostnames)
+        rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
         plots.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
-    ending.ranks_agree = True
+        tracker.finish(summary)
     accelerator.print(
         f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
         f"train {state.train_seconds:.1f}s, run folder {run_dir}"
     )
-    return 0
+
+
+def build_summary(
+    loop: Loop,
+    state: TrainState,
+    record: dict,
+    best_test: dict | None,
+    facts: dict,
+    samples_per_rank: list[int],
+    hostnames: list[str],
+) -> dict:
+    """summary.json: the final evaluation, what the loop knows beyond the state (`facts`: the launch record, the
+    all-reduce, the data source, the parameter count, the wall time), where the time went, the best model's numbers."""
+    cfg, accelerator, run_dir = loop.cfg, loop.accelerator, Path(loop.cfg.run.dir)
+    best = None
+    if state.best_value is not None:
+        best = {
+            "metric": cfg.checkpoint.best_metric,
+            "value": state.best_value,
+            "epoch": state.best_epoch,
+            "global_step": state.best_step,
+            "model": str(run_dir / rundir.BEST),
+            **(best_test or {}),
+        }
+    return {
+        "test_accuracy": record["test_accuracy"],
+        "test_loss": record["test_loss"],
+        "test_count": record["test_count"],
+        "val_accuracy": record.get("val_accuracy"),
+        "epochs": record["epoch"],
+        "global_step": state.global_step,
+        **facts,
+        "per_device_batch_size": cfg.train.per_device_batch_size,
+        "train_samples_per_rank": samples_per_rank,
+        "hostnames": hostnames,  # per rank: which node each ran on
+        "train_seconds": state.train_seconds,
+        "first_step_unix": loop.first_step_unix,
+        "startup_seconds": procs.since_exec(loop.first_step_unix),
+        "device": str(accelerator.device),
+        "torch_threads": torch.get_num_threads(),
+        "model": cfg.model.name,
+        "git_revision": provenance.git_revision(),
+        "torch_version": torch.__version__,
+        "best": best,
+        "early_stopped": state.stopped_early,
+    }
 
 
 # ----------------------------------------------------------------------------- CLI

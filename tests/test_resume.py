@@ -251,10 +251,10 @@ def test_ctrl_c_saves_at_the_next_step_and_resumes_identically(tiny_idx, tmp_pat
 
 def test_a_second_ctrl_c_stops_at_once(capsys):
     """(In process: two SIGINTs sent to a training process back to back reach Python as one.)"""
-    from mnist_dist import cli, runtime
+    from mnist_dist import cli, stopping
     default = signal.getsignal(signal.SIGINT)
     try:
-        flags = runtime.StopFlags([])
+        flags = stopping.StopFlags([])
         signal.raise_signal(signal.SIGINT)  # the first: a flag the ranks agree on at the next step
         assert flags.signal_received == "SIGINT"
         assert "Ctrl-C again to stop at once" in capsys.readouterr().err
