@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mnist_dist import data, models
+from mnist_dist import atomic, data, models
 from mnist_dist.errors import UserError
-from mnist_dist.rundir import MODEL_FILE, MODEL_META, atomic_write_text, file_digest
+from mnist_dist.rundir import MODEL_FILE, MODEL_META, file_digest
 
 
 class ModelFileError(UserError):
@@ -41,13 +41,8 @@ def save_model(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # run.dir/best/ the first time
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / (MODEL_FILE + ".tmp")
-    try:
+    with atomic.replacing(run_dir / MODEL_FILE) as tmp:
         save_file(state, str(tmp))
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
-        raise
-    os.replace(tmp, run_dir / MODEL_FILE)
     meta = {
         "name": model_name,
         "kwargs": model_kwargs,
@@ -57,7 +52,7 @@ def save_model(
         "classes": data.CLASSES[dataset],
         "input": "uint8 28x28 grey, light ink on dark background, then (x/255 - mean)/std, shape [B, 1, 28, 28]",
     }
-    atomic_write_text(run_dir / MODEL_META, json.dumps(meta, indent=2))
+    atomic.write_text(run_dir / MODEL_META, json.dumps(meta, indent=2))
     return run_dir / MODEL_FILE
 
 
@@ -150,7 +145,7 @@ def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
     try:
         accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
         if accelerator.is_main_process:  # inside the uncommitted folder: nothing loads it before the rename
-            atomic_write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
+            atomic.write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
     except Exception as e:  # a full disk: torch and safetensors each word it their own way
         failure = e
     # A collective: every rank learns whether all wrote their part, so a full disk stops them together.
@@ -249,7 +244,7 @@ def write_manifest(folder: Path) -> None:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }
-    atomic_write_text(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+    atomic.write_text(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
 
 
 def damage(ckpt: Path) -> str | None:

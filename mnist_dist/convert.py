@@ -10,14 +10,11 @@ existing IDX folder is never overwritten.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from mnist_dist import data, rundir
+from mnist_dist import atomic, data, rundir
 from mnist_dist.errors import UserError
 
 
@@ -49,17 +46,9 @@ def run(args) -> int:
     if not args.test_size:
         test_idx = train_idx
     # Written in a temporary folder beside OUT and renamed into place: an interrupted convert leaves no half folder.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a data folder is shared like any other
+    with atomic.replacing_folder(out) as tmp:  # an empty OUT (checked above) is replaced
         for split, idx in (("train", train_idx), ("test", test_idx)):
             data.write_idx(tmp, split, digits.images[idx], digits.labels[idx], gz=True)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     counts = torch.bincount(digits.labels[train_idx], minlength=10).tolist()
     print(
         f"wrote {out}: train {len(train_idx)} images (per class {counts}), test {len(test_idx)} images"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from mnist_dist import rundir
+from mnist_dist import atomic
 from mnist_dist.errors import UserError
 
 # Per-dataset pixel statistics of the training sets (after scaling to [0, 1]).
@@ -154,7 +154,7 @@ def _gunzip(path: Path, cache: bool) -> bytearray | memoryview:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             head = CACHE_MAGIC + zlib.crc32(content).to_bytes(4, "big") + len(content).to_bytes(8, "big")
-            rundir.atomic_write_bytes(entry, head + content)
+            atomic.write_bytes(entry, head + content)
         except OSError:
             pass
     return content

@@ -20,16 +20,16 @@ complete verified DIR is left as it is (exit 0), and a DIR holding anything else
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from mnist_dist import data, rundir
+from mnist_dist import atomic, data, rundir
 from mnist_dist.errors import UserError
 
 # The official files, uncompressed (bytes, MD5). MNIST: the checksums of yann.lecun.com's files. Fashion-MNIST:
@@ -183,14 +183,12 @@ def run(args) -> int:
     order = SOURCES[args.name] if args.source == "auto" else [args.source]
     if args.source not in ("auto", *SOURCES[args.name]):
         raise UserError(f"--source {args.source} has no {args.name}; its sources are {', '.join(SOURCES[args.name])}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot create {out} ({e.strerror}: {e.filename})") from None
     errors = []
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a data folder is shared like any other
+    with contextlib.ExitStack() as staging:
+        try:
+            tmp = staging.enter_context(atomic.replacing_folder(out))  # an empty DIR (checked above) is replaced
+        except OSError as e:
+            raise UserError(f"cannot create {out} ({e.strerror}: {e.filename})") from None
         for source in order:
             try:
                 FETCH[source](args.name, tmp)
@@ -204,16 +202,13 @@ def run(args) -> int:
             if problems := mismatches(args.name, tmp):
                 errors.append(f"{source}: checksum mismatch ({'; '.join(problems)})")
                 continue
-            if out.exists():
-                out.rmdir()  # empty (checked above)
-            os.rename(tmp, out)
-            counts = data.load_idx(out, "train").labels.bincount(minlength=10).tolist()
-            print(
-                f"wrote {out} from {source}: the four official {args.name} files, sizes and MD5 checked; "
-                f"train labels per class {counts}\n  train with: mnist-dist train data.name={args.name} "
-                f"data.dir={out}"
-            )
-            return 0
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    raise UserError(f"could not download {args.name}; tried " + "; ".join(errors))
+            break  # verified: renamed into place as the block ends
+        else:
+            raise UserError(f"could not download {args.name}; tried " + "; ".join(errors))
+    counts = data.load_idx(out, "train").labels.bincount(minlength=10).tolist()
+    print(
+        f"wrote {out} from {source}: the four official {args.name} files, sizes and MD5 checked; "
+        f"train labels per class {counts}\n  train with: mnist-dist train data.name={args.name} "
+        f"data.dir={out}"
+    )
+    return 0

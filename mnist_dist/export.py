@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import checkpoint, rundir
+from mnist_dist import atomic, checkpoint, rundir
 from mnist_dist.errors import UserError
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -102,27 +102,26 @@ def export_onnx(model: torch.nn.Module, meta: dict, out: Path) -> float | None:
         import onnx
     except ModuleNotFoundError:
         raise ExportError("ONNX export needs the optional extra: pip install 'mnist-dist[onnx]'") from None
-    tmp = out.with_name(out.name + ".tmp")
-    with warnings.catch_warnings():
-        # The TorchScript-based exporter needs only `onnx`; the newer dynamo one would also need onnxscript.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (sample_input(2),),
-            str(tmp),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    proto = onnx.load(str(tmp))
-    onnx.checker.check_model(proto)
-    for key, value in metadata(meta).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(tmp))
-    tmp.replace(out)
+    with atomic.replacing(out) as tmp:
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter needs only `onnx`; the newer dynamo one would also need onnxscript.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (sample_input(2),),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        for key, value in metadata(meta).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
     try:
         import onnxruntime
     except ModuleNotFoundError:
@@ -135,12 +134,11 @@ def export_onnx(model: torch.nn.Module, meta: dict, out: Path) -> float | None:
 def export_torchscript(model: torch.nn.Module, meta: dict, out: Path) -> float:
     """Write a traced TorchScript module (the models have no data-dependent control flow); return the max
     |logit| difference of the reloaded file to the original."""
-    tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(model, sample_input(2))
-        torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(meta)})
-        tmp.replace(out)
+        with atomic.replacing(out) as tmp:
+            torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(meta)})
         reloaded = torch.jit.load(str(out))
     x = sample_input(5)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_dist import checkpoint, data, rundir
+from mnist_dist import atomic, checkpoint, data, rundir
 from mnist_dist.errors import UserError
 
 CARD, HUB_CONFIG, ONNX = rundir.HUB_CARD, rundir.HUB_CONFIG, rundir.HUB_ONNX
@@ -196,13 +196,13 @@ def export(source: Path, run_dir: Path | None, out: Path, best: bool) -> list[Pa
         if (out / name).resolve() != (source / name).resolve():
             shutil.copyfile(source / name, out / name)
         written.append(out / name)
-    rundir.atomic_write_text(out / HUB_CONFIG, json.dumps(meta, indent=2))
+    atomic.write_text(out / HUB_CONFIG, json.dumps(meta, indent=2))
     for name in rundir.PICTURES:
         if run_dir and (run_dir / name).is_file():
             if (out / name).resolve() != (run_dir / name).resolve():
                 shutil.copyfile(run_dir / name, out / name)
             written.append(out / name)
-    rundir.atomic_write_text(out / CARD, card_text(meta, run_dir, best))
+    atomic.write_text(out / CARD, card_text(meta, run_dir, best))
     return [*written, out / HUB_CONFIG, out / CARD]
 
 
@@ -240,7 +240,7 @@ def resolve(model: str | Path) -> Path:
     shutil.copyfile(meta_file, folder / rundir.MODEL_META)
     # eval's data defaults: the dataset the model was trained on (overrides still win)
     if meta.get("dataset"):
-        rundir.atomic_write_text(folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": meta["dataset"]}}))
+        atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": meta["dataset"]}}))
     return folder
 
 
@@ -285,8 +285,8 @@ def _stage_checkpoint(ckpt: Path) -> Path:
         "classes": data.CLASSES[dataset],
         "checkpoint": {"global_step": state.get("global_step"), "epoch": state.get("epoch")},
     }
-    rundir.atomic_write_text(folder / rundir.MODEL_META, json.dumps(meta, indent=2))
-    rundir.atomic_write_text(folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg}))
+    atomic.write_text(folder / rundir.MODEL_META, json.dumps(meta, indent=2))
+    atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg}))
     return folder
 
 

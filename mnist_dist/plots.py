@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_dist import checkpoint, data, inference, rundir
+from mnist_dist import atomic, checkpoint, data, inference, rundir
 from mnist_dist.errors import UserError
 from mnist_dist.inference import Predictions
 from mnist_dist.rundir import CONFIG, CONFUSION, CURVES, METRICS, MODEL_META, REPORT, SAMPLES, SUMMARY
@@ -31,9 +31,8 @@ def _figure(width_in: float, height_in: float):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, format="png")  # a Figure without a canvas saves through Agg
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, format="png")  # a Figure without a canvas saves through Agg
     return path
 
 
@@ -292,7 +291,7 @@ def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: l
             "",
         ]
     path = run_dir / REPORT
-    rundir.atomic_write_text(path, "\n".join(lines))
+    atomic.write_text(path, "\n".join(lines))
     return path
 
 

@@ -3,7 +3,8 @@
 RUN_DIR/config.yaml      the merged config            RUN_DIR/metrics.jsonl   one record per evaluation
 RUN_DIR/summary.json     final numbers                RUN_DIR/model.safetensors + model.json   the model
 RUN_DIR/checkpoints/     full training state          RUN_DIR/curves.png ... report.md          pictures
-Every whole-file write goes to a temporary name first and is renamed: a reader never sees half a file.
+Every whole-file write goes through mnist_dist.atomic (a temporary name, then a rename): a reader never sees
+half a file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import NamedTuple
 
 import yaml
 
-from mnist_dist import config, procs
+from mnist_dist import atomic, config, procs
 from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
@@ -33,24 +34,6 @@ SWEEP_FILE, SWEEP_POINT = "sweep.yaml", "sweep_point.json"  # a sweep folder's f
 CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
 PICTURES = (CURVES, CONFUSION, SAMPLES)
 HUB_CARD, HUB_CONFIG, HUB_ONNX = "README.md", "config.json", "model.onnx"  # hub.export's, beside a model
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, content: bytes) -> None:
-    """Write to a temporary file of its own (two writers of one file never share it), then rename."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
-        raise
 
 
 def check_usable(run_dir: Path, name: str | None = None) -> None:
@@ -292,7 +275,7 @@ def truncate_jsonl(path: Path, max_global_step: int) -> None:
     if not path.exists():
         return
     keep = [line for line, record in _records(path) if record.get("global_step", 0) <= max_global_step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    atomic.write_text(path, "".join(line + "\n" for line in keep))
 
 
 # ----------------------------------------------------------------------------- the folder lock

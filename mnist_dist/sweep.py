@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from mnist_dist import procs, rundir, sweeps
+from mnist_dist import atomic, procs, rundir, sweeps
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 
 POINT_DIR = "point_{:03d}"
@@ -73,7 +73,7 @@ def run(args) -> int:
     if saved.is_file() and saved.read_text(encoding="utf-8") != text:
         raise UserError(f"{folder} holds another sweep ({saved} differs from {args.file}); use another --dir")
     if not saved.is_file():
-        rundir.atomic_write_text(saved, text)  # array tasks starting together write the same text
+        atomic.write_text(saved, text)  # array tasks starting together write the same text
     launcher = shlex.split(args.launcher) or [sys.executable]
     failed = []
     for i in [args.index] if args.index is not None else range(len(points)):
@@ -91,7 +91,7 @@ def run(args) -> int:
                     flush=True,
                 )
                 continue
-            rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**previous, "status": "killed"}))
+            atomic.write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**previous, "status": "killed"}))
             print(
                 f"sweep {sweep.name}: point {i} was killed with its sweep (process {previous.get('pid')} is gone); "
                 f"running it again",
@@ -101,12 +101,12 @@ def run(args) -> int:
         print(f"sweep {sweep.name}: point {i + 1}/{len(points)} ({' '.join(words)}) -> {run_dir}", flush=True)
         run_dir.mkdir(exist_ok=True)
         record = {"index": i, "overrides": words, "exit_code": None, "status": "starting"}
-        rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
+        atomic.write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
 
         # record and run_dir bound now: the callback belongs to this point, not to the loop's last one.
         def started(pid: int, record: dict = record, run_dir: Path = run_dir) -> None:
             record.update(status="running", host=socket.gethostname(), pid=pid, started=procs.start_time(pid))
-            rundir.atomic_write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
+            atomic.write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
 
         code = run_point(
             [
@@ -122,7 +122,7 @@ def run(args) -> int:
             launched=bool(args.launcher),
             on_start=started,
         )
-        rundir.atomic_write_text(
+        atomic.write_text(
             run_dir / rundir.SWEEP_POINT, json.dumps({**record, "exit_code": code, "status": ending(code)})
         )
         if code in (PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE):

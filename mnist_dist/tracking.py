@@ -33,7 +33,7 @@ import types
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mnist_dist import config, data, rundir
+from mnist_dist import atomic, config, data, rundir
 from mnist_dist.errors import PREEMPTED_EXIT_CODE
 from mnist_dist.inference import Predictions
 
@@ -569,7 +569,7 @@ def choose_run_id(run_dir: Path, is_main_process: bool) -> str:
         return saved
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if is_main_process:
-        rundir.atomic_write_text(path, run_id + "\n")
+        atomic.write_text(path, run_id + "\n")
     return run_id
 
 

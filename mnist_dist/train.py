@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_dist import (
+    atomic,
     checkpoint,
     config,
     data,
@@ -606,7 +607,7 @@ def run_training(
                 print(f"mnist-dist: an earlier run's files in {run_dir} moved to {kept}", flush=True)
         else:  # drop the records the checkpoint does not cover
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
-        rundir.atomic_write_text(run_dir / rundir.CONFIG, config.dump(cfg))
+        atomic.write_text(run_dir / rundir.CONFIG, config.dump(cfg))
     launch = {
         "world_size": world,
         "mixed_precision": accelerator.mixed_precision,
@@ -701,7 +702,7 @@ def run_training(
             "wall_seconds": time.perf_counter() - t_start,
         }
         summary = build_summary(loop, state, record, best_test, facts, samples_per_rank, hostnames)
-        rundir.atomic_write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
+        atomic.write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
         plots.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
         tracker.finish(summary)
     accelerator.print(

@@ -1,6 +1,7 @@
 """The run folder is a contract: one run writes it at a time (a lock that a killed run does not leave blocking
 forever, and that works across hosts), and a resume honours keys that do not change the trajectory but refuses,
-in one line listing each old and new value, the keys that do, before anything in the folder is rewritten."""
+in one line listing each old and new value, the keys that do, before anything in the folder is rewritten. Every
+file and folder is written whole or not at all: a writer that fails leaves the old content and no temporary."""
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from mnist_dist import checkpoint, config, rundir
+from mnist_dist import atomic, checkpoint, config, rundir
 from mnist_dist.errors import UserError
 
 from conftest import run_cli, tiny_overrides
@@ -256,3 +257,52 @@ def test_a_resume_at_max_steps_trains_no_further_step(tiny_idx, tmp_path):
     assert "resumed from" in out and "global_step=10" in out
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 10
     assert (run_dir / "model.safetensors").read_bytes() == first
+
+
+# ----------------------------------------------------------------------------- whole-file writes
+
+
+def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    atomic.write_text(target, "new")
+    assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_a_writer_that_fails_halfway_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, existed):
+    target = tmp_path / "model.safetensors"
+    if existed:
+        target.write_bytes(b"the old model")
+
+    def half_then_full_disk(path, content):
+        with path.open("wb") as f:
+            f.write(content[:3])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(target), "write_bytes", half_then_full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic.write_bytes(target, b"the new model")
+    monkeypatch.undo()
+    with pytest.raises(KeyboardInterrupt):  # a writer that needs a file name, stopped by Ctrl-C
+        with atomic.replacing(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == (["model.safetensors"] if existed else [])
+    if existed:
+        assert target.read_bytes() == b"the old model"
+
+
+def test_an_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "digits"
+    with pytest.raises(RuntimeError):
+        with atomic.replacing_folder(out) as tmp:
+            (tmp / "train-images-idx3-ubyte").write_bytes(b"half")
+            raise RuntimeError("a bad CSV row")
+    assert list(tmp_path.iterdir()) == []
+    out.mkdir()  # an empty folder is replaced
+    with atomic.replacing_folder(out) as tmp:
+        (tmp / "train-images-idx3-ubyte").write_bytes(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["digits"] and (out.stat().st_mode & 0o777) == 0o755
+    assert [p.name for p in out.iterdir()] == ["train-images-idx3-ubyte"]
