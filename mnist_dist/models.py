@@ -86,7 +86,7 @@ def stage(cin: int, cout: int, pool_first: bool) -> list[nn.Module]:
 
 @register("cnn_bn")
 def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidden: int = 0):
-    """The default: three conv-BN-ReLU-pool stages (28 -> 14 -> 7 -> 3) doubling the channels, linear head.
+    """Three conv-BN-ReLU-pool stages (28 -> 14 -> 7 -> 3) doubling the channels, linear head.
 
     `width` is the first stage's channel count. One conv per stage keeps it cheap on CPUs; the full-resolution
     stage has a single input channel. `pool_first` pools before BN and ReLU (+30% images/s on a 2-core CPU,
