@@ -30,6 +30,7 @@ from mnist_dist import (
     data,
     eager,
     inference,
+    lock,
     models,
     plots,
     procs,
@@ -583,7 +584,7 @@ def run_training(
     rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
     if accelerator.is_main_process:  # one writer per folder: a second run into it stops here, having written nothing
         run_dir.mkdir(parents=True, exist_ok=True)
-        teardown.callback(rundir.RunLock.acquire(run_dir).release)
+        teardown.callback(lock.RunLock.acquire(run_dir).release)
         checkpoint.clean_partial(run_dir)  # what a crash or a full disk left: it holds space a resume needs
 
     # ------------------------------------------------------------------ data (downloads once per node)

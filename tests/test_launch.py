@@ -161,6 +161,7 @@ def test_a_restart_of_the_same_elastic_job_takes_over_its_lock(tmp_path, monkeyp
     wait 120 s, and every refusal meanwhile used up a restart); another job, or the same attempt, is refused."""
     import time
     from mnist_dist import rundir
+    from mnist_dist.lock import RunLock
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
 
@@ -175,9 +176,9 @@ def test_a_restart_of_the_same_elastic_job_takes_over_its_lock(tmp_path, monkeyp
     for job, attempt in (("job-8", 0), ("job-7", 1)):
         holder(job, attempt)
         with pytest.raises(UserError, match="in use by pid 1 on node-b"):
-            rundir.RunLock.acquire(tmp_path)
+            RunLock.acquire(tmp_path)
     holder("job-7", 0)
-    lock = rundir.RunLock.acquire(tmp_path)
+    lock = RunLock.acquire(tmp_path)
     taken = json.loads((tmp_path / rundir.LOCK).read_text())
     assert (taken["pid"], taken["elastic_job"], taken["elastic_attempt"]) == (os.getpid(), "job-7", 1)
     lock.release()

@@ -14,6 +14,7 @@ import yaml
 
 from mnist_dist import atomic, checkpoint, config, rundir
 from mnist_dist.errors import UserError
+from mnist_dist.lock import RunLock
 
 from conftest import run_cli, tiny_overrides
 from test_resume import popen_train, slow_overrides, wait_for_checkpoint
@@ -54,20 +55,20 @@ def test_a_lock_from_another_host_blocks_while_it_is_fresh_and_is_taken_over_whe
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     write_lock(tmp_path, age_s=5, slurm_job="77")
     with pytest.raises(UserError, match=r"in use by pid 1 on node-b \(since then, SLURM job 77\)"):
-        rundir.RunLock.acquire(tmp_path)
-    write_lock(tmp_path, age_s=rundir.RunLock.STALE_S + 10)  # its node died: nobody refreshes it
-    rundir.RunLock.acquire(tmp_path).release()
+        RunLock.acquire(tmp_path)
+    write_lock(tmp_path, age_s=RunLock.STALE_S + 10)  # its node died: nobody refreshes it
+    RunLock.acquire(tmp_path).release()
     monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued onto another node
     write_lock(tmp_path, age_s=5, slurm_job="77")
-    lock = rundir.RunLock.acquire(tmp_path)
+    lock = RunLock.acquire(tmp_path)
     assert json.loads((tmp_path / rundir.LOCK).read_text())["pid"] == os.getpid()
     lock.release()
     assert not (tmp_path / rundir.LOCK).exists()
 
 
 def test_the_lock_is_refreshed_while_held(tmp_path, monkeypatch):
-    monkeypatch.setattr(rundir.RunLock, "HEARTBEAT_S", 0.05)
-    lock = rundir.RunLock.acquire(tmp_path)
+    monkeypatch.setattr(RunLock, "HEARTBEAT_S", 0.05)
+    lock = RunLock.acquire(tmp_path)
     os.utime(tmp_path / rundir.LOCK, (0, 0))
     time.sleep(0.3)
     assert time.time() - (tmp_path / rundir.LOCK).stat().st_mtime < 5
@@ -104,7 +105,7 @@ def acquire_within(run_dir, seconds: float = 10):
 
     def attempt():
         try:
-            result.append(rundir.RunLock.acquire(run_dir))
+            result.append(RunLock.acquire(run_dir))
         except Exception as e:  # handed back to the test
             result.append(e)
 
@@ -126,15 +127,15 @@ def test_a_damaged_lock_is_reported_as_damaged_never_as_a_holder(tmp_path, kind,
     assert "in use by" not in message and "None" not in message and "\n" not in message
     path = tmp_path / rundir.LOCK  # the advice, followed: delete it
     shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    rundir.RunLock.acquire(tmp_path).release()
+    RunLock.acquire(tmp_path).release()
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGED))
 def test_an_old_damaged_lock_of_any_file_type_is_taken_over(tmp_path, kind, monkeypatch, capsys):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    make_damaged_lock(tmp_path, kind, age_s=rundir.RunLock.STALE_S + 10)  # as old as a stale lock of a dead host
+    make_damaged_lock(tmp_path, kind, age_s=RunLock.STALE_S + 10)  # as old as a stale lock of a dead host
     lock = acquire_within(tmp_path)
-    assert isinstance(lock, rundir.RunLock), lock
+    assert isinstance(lock, RunLock), lock
     out = capsys.readouterr().out
     assert f"taking over {tmp_path / rundir.LOCK}: damaged ({DAMAGED[kind]}" in out
     assert json.loads((tmp_path / rundir.LOCK).read_text())["pid"] == os.getpid()
@@ -147,12 +148,12 @@ def test_an_old_damaged_lock_of_any_file_type_is_taken_over(tmp_path, kind, monk
 
 def test_a_damaged_lock_is_taken_over_once_three_refreshes_are_missed(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert rundir.RunLock.DAMAGED_S == 3 * rundir.RunLock.HEARTBEAT_S
-    make_damaged_lock(tmp_path, "empty", age_s=rundir.RunLock.DAMAGED_S - 5)
+    assert RunLock.DAMAGED_S == 3 * RunLock.HEARTBEAT_S
+    make_damaged_lock(tmp_path, "empty", age_s=RunLock.DAMAGED_S - 5)
     with pytest.raises(UserError, match="is damaged"):
-        rundir.RunLock.acquire(tmp_path)
-    os.utime(tmp_path / rundir.LOCK, (time.time() - rundir.RunLock.DAMAGED_S - 5,) * 2)
-    rundir.RunLock.acquire(tmp_path).release()
+        RunLock.acquire(tmp_path)
+    os.utime(tmp_path / rundir.LOCK, (time.time() - RunLock.DAMAGED_S - 5,) * 2)
+    RunLock.acquire(tmp_path).release()
 
 
 def test_a_fifo_lock_is_one_line_from_the_real_cli_and_does_not_hang(tiny_idx, tmp_path):
@@ -224,12 +225,12 @@ def test_resume_conflicts_lists_only_trajectory_keys():
 
 def test_a_takeover_in_progress_is_left_alone_and_release_keeps_a_lock_that_is_not_ours(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    write_lock(tmp_path, age_s=rundir.RunLock.STALE_S + 10)
+    write_lock(tmp_path, age_s=RunLock.STALE_S + 10)
     (tmp_path / (rundir.LOCK + ".takeover")).write_text("")  # another run is taking it over right now
     with pytest.raises(UserError, match="in use"):
-        rundir.RunLock.acquire(tmp_path)
+        RunLock.acquire(tmp_path)
     (tmp_path / (rundir.LOCK + ".takeover")).unlink()
-    lock = rundir.RunLock.acquire(tmp_path)
+    lock = RunLock.acquire(tmp_path)
     write_lock(tmp_path, age_s=0)  # taken from us meanwhile
     lock.release()
     assert json.loads((tmp_path / rundir.LOCK).read_text())["host"] == "node-b"
