@@ -70,3 +70,33 @@ def test_the_check_catches_what_it_should():
             "evaluate imports command train"} <= set(found)
     assert any(v.startswith("cycle: ") for v in found)
     assert violations({"plots": {"data"}, "data": {"plots"}}) == ["cycle: plots -> data -> plots"]
+
+
+# ----------------------------------------------------------------------------- tests as a codebase
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imported_test_modules(source: str) -> set[str]:
+    """The test_* modules a test file's source imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return {name for name in found if name.startswith("test_")}
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in helpers.py (or a conftest fixture), not in another test file."""
+    found = {p.name: sorted(imported_test_modules(p.read_text())) for p in sorted(TESTS.glob("test_*.py"))}
+    assert {name: imported for name, imported in found.items() if imported} == {}
+
+
+def test_the_test_import_check_catches_what_it_should():
+    """The import this suite had (test_multinode from test_slurm, test_sweep's inside a function) is found; helpers,
+    conftest and slurm_cluster are not test modules."""
+    before = "from test_slurm import ENDED\ndef f():\n    from test_resume import popen_train\n    import test_x.y\n"
+    assert imported_test_modules(before) == {"test_slurm", "test_resume", "test_x"}
+    assert imported_test_modules("from helpers import run_cli\nimport conftest\nfrom slurm_cluster import X\n") == set()

@@ -12,7 +12,7 @@ import torch
 from mnist_dist import checkpoint, cli, config, data, models, rundir
 from mnist_dist.data import DataError
 
-from conftest import make_digits, run_cli, tiny_overrides, tmpfs
+from helpers import make_digits, read_jsonl, run_cli, tiny_overrides, tmpfs
 
 
 def one_line_error(capsys, argv: list[str], *words: str) -> str:
@@ -140,13 +140,24 @@ def test_a_half_written_last_line_is_dropped_not_fatal(tmp_path):
 
 
 def test_resume_after_a_kill_while_appending_metrics(tiny_idx, tmp_path):
+    """The half-written last line is dropped, the lines before it are kept byte for byte, and the resumed run
+    appends its own records (steps 21-30: one evaluation, at max_steps) with no global_step twice."""
     run_dir = tmp_path / "r"
     run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.max_steps=20", "checkpoint.every_steps=10")])
-    with (run_dir / "metrics.jsonl").open("a") as f:
+    metrics = run_dir / "metrics.jsonl"
+    before = metrics.read_text()
+    assert [r["global_step"] for r in read_jsonl(metrics)] == [20]  # the end of epoch 1 (20 steps)
+    with metrics.open("a") as f:
         f.write('{"epoch": 1.0, "global_st')  # killed mid-append
     proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.max_steps=30")], check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert all(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000020'}" in proc.stdout
+    after = metrics.read_text()
+    assert after.startswith(before)  # the records before the cut, unchanged
+    appended = [json.loads(line) for line in after[len(before):].splitlines()]  # the cut line is gone: all parse
+    assert [(r["epoch"], r["global_step"]) for r in appended] == [(1.5, 30)]
+    steps = [r["global_step"] for r in read_jsonl(metrics)]
+    assert steps == [20, 30] and len(set(steps)) == len(steps)
 
 
 # ----------------------------------------------------------------------------- other commands
@@ -198,7 +209,7 @@ def test_export_out_on_a_folder_is_one_line_and_leaves_nothing(capsys, model_dir
 
 @pytest.mark.slow
 def test_launcher_fp16_on_a_cpu_is_refused_like_the_config_key(tiny_idx, tmp_path):
-    from conftest import VENV_BIN
+    from helpers import VENV_BIN
     run_dir = tmp_path / "fp16"
     proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.mixed_precision=auto")], check=False,
                    launcher=[str(VENV_BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1",

@@ -1,22 +1,19 @@
 """bench/run.py runs end to end in --quick mode (tiny synthetic data, a few steps, every suite but DDP) and
 leaves a valid JSON with each suite's numbers and a PNG plot. No timing assertions: this checks the harness."""
 import json
-import subprocess
 import sys
 
 import pytest
 
 from mnist_dist import shm_allreduce
 
-from conftest import ROOT
+from helpers import run
 
 
 @pytest.mark.slow
 def test_bench_quick_runs_end_to_end(tmp_path, tiny_idx):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--data-dir", str(tiny_idx), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run([sys.executable, "bench/run.py", "--quick", "--data-dir", str(tiny_idx), "--out", str(out)])
     result = json.loads((out / "quick.json").read_text())
     assert result["quick"] and result["targets"]
     tta = result["tta"]["debug"]
@@ -35,10 +32,8 @@ def test_bench_ddp_suite_pairs_one_and_two_processes(tmp_path, tiny_idx):
     """The DDP suite really starts 1 process, then 2 with the default all-reduce, then 2 with gloo's, per seed
     (world_size and all-reduce read back from each run's summary) and reports a ratio per seed."""
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "bench/run.py", "--quick", "--suites", "ddp", "--ddp-seeds", "1",
-                           "--data-dir", str(tiny_idx), "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run([sys.executable, "bench/run.py", "--quick", "--suites", "ddp", "--ddp-seeds", "1",
+                "--data-dir", str(tiny_idx), "--out", str(out)])
     ddp = json.loads((out / "quick.json").read_text())["ddp"]
     assert ddp["1"]["world_size"] == [1] and ddp["2"]["world_size"] == ddp["2-gloo"]["world_size"] == [2]
     assert ddp["1"]["allreduce"] == ["none"] and ddp["2-gloo"]["allreduce"] == ["gloo"]

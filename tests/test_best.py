@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from mnist_dist import config
 from mnist_dist.config import ConfigError
 
-from conftest import run_cli, tiny_overrides
+from helpers import run_cli, tiny_overrides
 
 
 def args(idx, run_dir, *extra):

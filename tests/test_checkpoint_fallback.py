@@ -4,7 +4,6 @@ damaged newest checkpoint (a file missing, truncated, rewritten) is reported in 
 aside as damaged-step_N, and the run resumes from the previous one; when none is whole, the advice given works."""
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from mnist_dist import checkpoint
 from mnist_dist.checkpoint import CheckpointError
 
-from conftest import ROOT, ddp2_launcher, run_cli, tiny_overrides
+from helpers import ddp2_launcher, run, run_cli, tiny_overrides
 
 
 class OneProcess:
@@ -101,8 +100,7 @@ def test_a_kill_during_a_save_never_leaves_a_partial_step_folder(tmp_path, when,
     with torch.no_grad():
         model.weight.fill_(1.0)
     checkpoint.save_checkpoint(accelerator, tmp_path, {"global_step": 7, "try": 1}, keep=5)
-    proc = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path), when, str(step)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = run([sys.executable, "-c", KILLER, str(tmp_path), when, str(step)], timeout=120, check=False)
     assert proc.returncode == -9, proc.stdout + proc.stderr[-3000:]
     root = tmp_path / "checkpoints"
     assert not (root / "step_00000008").exists()

@@ -6,7 +6,7 @@ import pytest
 from mnist_dist import config
 from mnist_dist.config import ConfigError
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 
 
 def test_precedence_defaults_yaml_overrides(tmp_path):

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import real_digits_csv, run_cli
 from mnist_dist import data
 from mnist_dist.data import DataError
+
+from helpers import real_digits_csv, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mnist_dist import checkpoint, cli, config, models, rundir
 
-from conftest import ROOT, run_cli, tiny_overrides
+from helpers import ROOT, run_cli, tiny_overrides
 
 
 def record(epoch: int, step: int) -> dict:

@@ -13,7 +13,7 @@ from mnist_dist import data
 from mnist_dist.config import DataConfig
 from mnist_dist.data import DataError
 
-from conftest import make_digits, real_digits_csv, run_cli
+from helpers import make_digits, real_digits_csv, run_cli
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_device_loader_shards_exactly(n, batch, accum, world):
             batches = list(loader.epoch(epoch))
             steps = steps or len(batches)
             assert len(batches) == steps == len(loader)  # every rank takes the same number of steps
-            for micro, scale in batches:
+            for micro, _scale in batches:
                 assert len(micro) <= accum and all(len(y) <= batch for _, y in micro)
                 seen += [int(v) for _, y in micro for v in y]
         tail = n % (batch * accum * world)
@@ -172,7 +172,7 @@ def test_step_scale_gives_the_global_mean():
     split = data.Split(torch.zeros(1003, 28, 28, dtype=torch.uint8), torch.arange(1003))
     world = 2
     loaders = [data.DeviceLoader(split, 16, 2, r, world, seed=0, device="cpu") for r in range(world)]
-    for steps in zip(*(l.epoch(0) for l in loaders)):
+    for steps in zip(*(loader.epoch(0) for loader in loaders)):
         total = sum(scale * sum(len(y) for _, y in micro) for micro, scale in steps)
         assert total == pytest.approx(world)
 
@@ -286,8 +286,9 @@ def test_a_source_rewritten_in_place_with_its_mtime_put_back_misses_the_cache(tm
     monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "idx" / "train-images-idx3-ubyte.gz"
     old, new = make_digits(40, seed=7)[0], make_digits(40, seed=8)[0]
-    stored = lambda images: gzip.compress(struct.pack(">IIII", 0x803, 40, 28, 28) + images.numpy().tobytes(),
-                                          compresslevel=0, mtime=0)  # noqa: E731 - stored blocks: the size is fixed
+    def stored(images):  # stored blocks: the size is fixed
+        return gzip.compress(struct.pack(">IIII", 0x803, 40, 28, 28) + images.numpy().tobytes(), compresslevel=0,
+                             mtime=0)
     source.parent.mkdir()
     source.write_bytes(stored(old))
     assert torch.equal(data.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), old)

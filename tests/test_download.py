@@ -8,8 +8,9 @@ import tarfile
 
 import pytest
 
-from conftest import run_cli, tmpfs
 from mnist_dist import data, download
+
+from helpers import run_cli, tmpfs
 
 OFFICIAL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

@@ -1,7 +1,6 @@
 """mnist_dist.eager's optimizers are torch.optim's without the torch._dynamo import: after the same steps they hold
 the same weights bit for bit, their state_dicts are the same and load into each other, and building, stepping and
 checkpointing one imports neither torch._dynamo nor sympy."""
-import subprocess
 import sys
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from mnist_dist import config, eager, train
 
-from conftest import ROOT
+from helpers import run
 
 CASES = [  # (eager class, torch.optim class, kwargs): every optimizer make_optimizer builds, fused or not
     (eager.SGD, torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
@@ -103,6 +102,5 @@ print(sorted(m for m in ("torch._dynamo", "sympy", "triton") if m in sys.modules
 
 
 def test_building_stepping_and_checkpointing_import_no_dynamo():
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([sys.executable, "-c", PROBE], timeout=120)
     assert proc.stdout.strip() == "[]"

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FASHION_DIR, needs_fashion, train_in_process
 from mnist_dist import checkpoint, cli, data
+
+from helpers import FASHION_DIR, needs_fashion, train_in_process
 
 FASHION = FASHION_DIR
 pytestmark = needs_fashion

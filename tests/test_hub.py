@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,11 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fashion_slice
 from mnist_dist import checkpoint, hub
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers import fashion_slice, run_cli
+
 TOKEN = "hf_" + "fakeTokenForTheTest" * 2  # shaped like a real user access token
 pytestmark = pytest.mark.slow  # one real training run, then a CLI process per check
 HUB_LAYOUT = sorted(["README.md", "config.json", "model.json", "model.safetensors", "curves.png",
@@ -40,11 +38,8 @@ def env_without_hub(tmp: Path, **extra) -> dict:
 
 
 def cli(args: list[str], env: dict, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / "mnist-dist"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, timeout=300)
-    if ok:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
+    """run_cli in the environment `env` (env_without_hub's), with no other: ok=True fails on a non-zero exit."""
+    return run_cli(args, base_env=env, timeout=300, check=ok)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +124,7 @@ def test_eval_and_predict_load_a_repo_id_from_the_hub_cache_offline(trained):
 
     image = tmp / "shoe.png"
     import numpy as np
+
     from mnist_dist import data
     Image.fromarray(data.load_idx(idx, "test").images[0].numpy().astype(np.uint8)).save(image)
     pred_id = cli(["predict", "someone/fashion-cnn", str(image), "--json"], env).stdout
@@ -253,6 +249,7 @@ def test_a_fresh_run_in_a_pushed_folder_sets_the_earlier_card_aside(trained, tmp
     """push and export write README.md and config.json into the run folder: a fresh run there must not keep the
     earlier run's card."""
     import shutil
+
     from mnist_dist import rundir
     tmp, _, run_dir = trained
     folder = tmp_path / "run"

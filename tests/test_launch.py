@@ -5,7 +5,6 @@ the shares straddle a batch boundary, and its metrics stay exact (equal to one p
 import json
 import os
 import socket
-import subprocess
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import torch.multiprocessing as mp
 from mnist_dist import data, inference, models, runtime
 from mnist_dist.errors import UserError
 
-from conftest import ROOT, VENV_BIN, make_digits, run_cli, tiny_overrides
+from helpers import ROOT, VENV_BIN, make_digits, popen, run, run_cli, tiny_overrides, worker_pids
 
 REFUSED = "mnist-dist train: error: the launch asked for "
 
@@ -47,8 +46,7 @@ def test_accelerate_launch_use_fsdp_refused_in_one_line(tiny_idx, tmp_path):
     cmd = [str(VENV_BIN / "accelerate"), "launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29631",
            "-m", "mnist_dist", "train", *tiny_overrides(tiny_idx, run_dir)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run(cmd, timeout=300, check=False)
     assert proc.returncode != 0  # torchrun's own exit status for failed workers
     ours = [line for line in proc.stderr.splitlines() if line.startswith("mnist-dist")]
     assert len(ours) == 1 and ours[0].startswith(REFUSED + "FSDP"), proc.stderr  # rank 0 only, one line
@@ -112,7 +110,8 @@ def test_eval_forwards_equal_on_every_rank(n, batch_size):
                        start_method="spawn")
     batches = [out[r][0] for r in range(world)]
     assert batches[0] == batches[1], batches  # same number of forwards, same shapes
-    assert len(batches[0]) == -(-(-(-n // world)) // batch_size)
+    per_rank = -(-n // world)  # ceil division, twice
+    assert len(batches[0]) == -(-per_rank // batch_size)
     # The metrics are exact: what one process computes over the whole split.
     torch.manual_seed(0)
     model = models.build("cnn_bn", width=4)
@@ -138,17 +137,13 @@ class SingleAccelerator(GlooAccelerator):
 FAULTS = str(ROOT / "tests" / "fault_injection")
 
 
-def torchrun(port: int, run_dir, tiny_idx, *extra, env=None, popen=False):
+def torchrun(port: int, run_dir, tiny_idx, *extra, env=None, background=False):
     """The issue's command: 2 workers, one restart allowed, torchrun's fault-tolerant c10d rendezvous."""
     cmd = [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"127.0.0.1:{port}", "--monitor-interval", "0.2", str(ROOT / "train_accel.py"),
            *tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=10", "checkpoint.every_steps=20",
                            "tracking.backend=none", *extra)]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    if popen:
-        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=400)
+    return popen(cmd, env) if background else run(cmd, env, timeout=400, check=False)
 
 
 def read_weights(run_dir):
@@ -160,6 +155,7 @@ def test_a_restart_of_the_same_elastic_job_takes_over_its_lock(tmp_path, monkeyp
     """Rank 0 of attempt 0 died on another host: attempt 1 of the same job takes the lock at once (it used to
     wait 120 s, and every refusal meanwhile used up a restart); another job, or the same attempt, is refused."""
     import time
+
     from mnist_dist import rundir
     from mnist_dist.lock import RunLock
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
@@ -227,15 +223,15 @@ def test_preemption_under_torchrun_ends_the_agent(tiny_idx, tmp_path):
     (it would otherwise spend its restart training on a machine being taken away)."""
     import time
     run_dir = tmp_path / "run"
-    proc = torchrun(29635, run_dir, tiny_idx, "train.epochs=20", "checkpoint.every_steps=5", popen=True)
+    proc = torchrun(29635, run_dir, tiny_idx, "train.epochs=20", "checkpoint.every_steps=5", background=True)
     try:
         deadline = time.time() + 180
         while not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("step_*")):
             assert proc.poll() is None and time.time() < deadline, "no checkpoint"
             time.sleep(0.1)
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(workers) == 2, workers
-        os.kill(int(workers[1]), 10)  # SIGUSR1
+        workers = worker_pids(proc.pid)
+        assert sorted(workers) == [0, 1], workers
+        os.kill(workers[1], 10)  # SIGUSR1
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
@@ -254,8 +250,7 @@ def test_the_elastic_yaml_restarts_under_accelerate_launch(tiny_idx, tmp_path):
            "--max_restarts", "1", "--main_process_port", "29636", str(ROOT / "train_accel.py"),
            *tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=10", "checkpoint.every_steps=20",
                            "tracking.backend=none")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": FAULTS, "MNIST_DIST_INJECT_FAULT": "1:30:0"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    proc = run(cmd, {"PYTHONPATH": FAULTS, "MNIST_DIST_INJECT_FAULT": "1:30:0"}, timeout=400, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     assert out.count("elastic_restart=1") == 1 and "at global_step=20" in out, out[-5000:]

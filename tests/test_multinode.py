@@ -17,17 +17,25 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from conftest import needs_fashion, run_cli
+from helpers import (
+    ENDED,
+    JOB_TIMEOUT_S,
+    assert_same_run,
+    needs_fashion,
+    pids_mentioning,
+    run_cli,
+    submit,
+    training_pids,
+    usr1_and_wait_for_requeue,
+    wait_until,
+)
 from slurm_cluster import LocalSlurm, missing_programs
-from test_slurm import ENDED, JOB_ENV, REPO, usr1_and_wait_for_requeue, wait_until
 
 NODES = ["node1", "node2"]
 STEPS = 200
 TRAIN = ["--config", "configs/train/debug.yaml", f"train.max_steps={STEPS}", "checkpoint.every_steps=10",
          "train.progress=false", "train.global_batch_size=64"]
-JOB_TIMEOUT_S = 300
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, needs_fashion]
 
 
@@ -46,35 +54,14 @@ def cluster(tmp_path_factory):
         slurm.stop()
     assert not training_pids(), "a training process outlived the cluster"
     time.sleep(2)  # slurmstepd of the last job may take a moment
-    left = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _reads(p / "cmdline", str(slurm.conf))]
+    left = pids_mentioning(str(slurm.conf))
     assert not left, f"processes of the 2-node cluster left: {left}"
 
 
-def _reads(path: Path, text: str) -> bool:
-    try:
-        return text.encode() in path.read_bytes()
-    except OSError:
-        return False
-
-
-def submit(cluster: LocalSlurm, tmp_path: Path, *args: str) -> str:
-    return cluster.sbatch("slurm/multi_node.sbatch", *TRAIN, *args, cwd=REPO, env=JOB_ENV,
-                          options=[f"--output={tmp_path}/%x-%j.out", "--nodes=2", "--gpus-per-node=0",
-                                   "--cpus-per-task=1"])
-
-
-def training_pids(node: str | None = None) -> list[int]:
-    """Training processes (train_accel.py under a launcher, with a RANK), on one node or any."""
-    found = []
-    for p in Path("/proc").iterdir():
-        try:
-            env = dict(kv.split("=", 1) for kv in (p / "environ").read_text().split("\0") if "=" in kv)
-            cmd = (p / "cmdline").read_text()
-        except (OSError, ValueError):
-            continue
-        if "train_accel.py" in cmd and "RANK" in env and (node is None or env.get("SLURMD_NODENAME") == node):
-            found.append(int(p.name))
-    return found
+def submit_two_nodes(cluster: LocalSlurm, tmp_path: Path, *args: str) -> str:
+    """slurm/multi_node.sbatch of TRAIN (then `args`) on both nodes, one CPU rank each; returns the job id."""
+    return submit(cluster, tmp_path, *TRAIN, *args, script="slurm/multi_node.sbatch",
+                  options=["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"])
 
 
 def shm_files(cluster: LocalSlurm) -> dict[str, list[str]]:
@@ -86,18 +73,10 @@ def shm_files(cluster: LocalSlurm) -> dict[str, list[str]]:
     return out
 
 
-def same_run(a: Path, b: Path):
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert all((wa[k] == wb[k]).all() for k in wa), "weights differ"
-    ra, rb = ((d / "metrics.jsonl").read_text().splitlines() for d in (a, b))
-    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "train_seconds"}  # noqa: E731
-    assert [strip(x) for x in ra] == [strip(x) for x in rb]
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two_nodes")
-    job_id = submit(cluster, tmp, f"run.dir={tmp}/run")
+    job_id = submit_two_nodes(cluster, tmp, f"run.dir={tmp}/run")
     info = cluster.wait_for(job_id, ENDED, JOB_TIMEOUT_S)
     assert info["JobState"] == "COMPLETED", Path(info["StdOut"]).read_text()[-5000:]
     return tmp / "run"
@@ -122,7 +101,7 @@ def test_cross_node_ddp_matches_one_node_with_the_same_global_batch(uninterrupte
 
 def test_preemption_across_nodes_requeues_and_ends_bit_identical(cluster, uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    job_id = submit(cluster, tmp_path, f"run.dir={run_dir}")
+    job_id = submit_two_nodes(cluster, tmp_path, f"run.dir={run_dir}")
     step, _ = usr1_and_wait_for_requeue(cluster, job_id, run_dir)
     meta = json.loads((run_dir / f"checkpoints/step_{step:08d}/state.json").read_text())
     assert meta["world_size"] == 2 and 10 <= step < STEPS
@@ -131,12 +110,12 @@ def test_preemption_across_nodes_requeues_and_ends_bit_identical(cluster, uninte
     log = Path(info["StdOut"]).read_text()
     assert info["JobState"] == "COMPLETED", log[-5000:]
     assert f"resumed from {run_dir}/checkpoints/step_{step:08d}" in log
-    same_run(uninterrupted, run_dir)
+    assert_same_run(uninterrupted, run_dir)
 
 
 def test_losing_a_node_ends_the_job_cleanly_and_a_resubmission_resumes(cluster, uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    job_id = submit(cluster, tmp_path, f"run.dir={run_dir}")
+    job_id = submit_two_nodes(cluster, tmp_path, f"run.dir={run_dir}")
     wait_until(lambda: (run_dir / "checkpoints/step_00000020/state.json").is_file(), JOB_TIMEOUT_S, "checkpoints")
     victims = training_pids("node2")
     assert victims, "no training process on node2"
@@ -153,10 +132,10 @@ def test_losing_a_node_ends_the_job_cleanly_and_a_resubmission_resumes(cluster, 
     assert shm_files(cluster) == {n: [] for n in NODES}
     assert not (run_dir / "summary.json").exists()
     last = sorted((run_dir / "checkpoints").glob("step_*"))[-1].name
-    job_id = submit(cluster, tmp_path, f"run.dir={run_dir}")  # the same command again
+    job_id = submit_two_nodes(cluster, tmp_path, f"run.dir={run_dir}")  # the same command again
     info = cluster.wait_for(job_id, ENDED, JOB_TIMEOUT_S)
     log = Path(info["StdOut"]).read_text()
     assert info["JobState"] == "COMPLETED" and f"resumed from {run_dir}/checkpoints/{last}" in log, log[-5000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert sum(summary["train_samples_per_rank"]) == STEPS * 64  # no sample repeated or skipped
-    same_run(uninterrupted, run_dir)
+    assert_same_run(uninterrupted, run_dir)

@@ -11,7 +11,7 @@ import pytest
 
 import mnist_dist
 
-from conftest import ROOT, VENV_BIN, run_cli, tiny_overrides
+from helpers import ROOT, VENV_BIN, run_cli, tiny_overrides
 
 PYPROJECT = (ROOT / "pyproject.toml").read_text()
 VERSION = re.search(r'^version = "([^"]+)"', PYPROJECT, re.M).group(1)

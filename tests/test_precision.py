@@ -7,7 +7,7 @@ import pytest
 
 from mnist_dist import runtime
 
-from conftest import run_cli, tiny_overrides
+from helpers import run_cli, tiny_overrides
 
 
 @pytest.mark.parametrize("asked, on_cpu, launcher, cpu_bf16, expected", [

@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FASHION_DIR, needs_fashion, train_in_process
 from mnist_dist import checkpoint, cli, data, images, models
+
+from helpers import FASHION_DIR, needs_fashion, train_in_process
 
 FASHION = FASHION_DIR
 pytestmark = needs_fashion

@@ -9,7 +9,7 @@ import subprocess
 import termios
 import threading
 
-from conftest import ROOT, VENV_BIN
+from helpers import ROOT, VENV_BIN
 
 EPOCHS = 2
 

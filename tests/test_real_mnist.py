@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
 from mnist_dist import data
+
+from helpers import run_cli
 
 
 def write_hf_parquet(folder, split: str, s: data.Split):

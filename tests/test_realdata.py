@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import ddp2_launcher, run_cli
+from helpers import ddp2_launcher, run_cli
 
 
 @pytest.mark.slow

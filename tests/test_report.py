@@ -6,25 +6,14 @@ the final test accuracy and git revision; `mnist-dist report RUN_DIR` rebuilds a
 deleted, from metrics.jsonl, the saved model and the run's config; a missing folder is one error line.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import fashion_slice
+from helpers import fashion_slice, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PICTURES = {"curves.png": (600, 300), "confusion_matrix.png": (500, 500), "samples.png": (600, 600)}
-
-
-def run(args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([str(BIN / "mnist-dist"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +21,9 @@ def trained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     idx = fashion_slice(tmp / "idx")
     run_dir = tmp / "run"
-    result = run(["train", "--config", "configs/train/debug.yaml", f"run.dir={run_dir}", "train.progress=false",
-                  "tracking.backend=none", f"data.dir={idx}", "data.source=idx", "data.val_size=200",
-                  "train.max_steps=12", "train.log_every_steps=4"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli(["train", "--config", "configs/train/debug.yaml", f"run.dir={run_dir}", "train.progress=false",
+             "tracking.backend=none", f"data.dir={idx}", "data.source=idx", "data.val_size=200",
+             "train.max_steps=12", "train.log_every_steps=4"], timeout=300)
     return run_dir
 
 
@@ -65,8 +53,7 @@ def test_training_leaves_pictures_and_report(trained_run):
 def test_report_command_rebuilds_them(trained_run):
     for name in [*PICTURES, "report.md"]:
         (trained_run / name).unlink()
-    result = run(["report", str(trained_run)])
-    assert result.returncode == 0, result.stderr
+    run_cli(["report", str(trained_run)], timeout=300)
     check_pictures(trained_run)
 
 

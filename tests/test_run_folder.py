@@ -16,9 +16,7 @@ from mnist_dist import atomic, checkpoint, config, rundir
 from mnist_dist.errors import UserError
 from mnist_dist.lock import RunLock
 
-from conftest import run_cli, tiny_overrides
-from test_resume import popen_train, slow_overrides, wait_for_checkpoint
-
+from helpers import popen_train, run_cli, slow_overrides, tiny_overrides, wait_for_checkpoint
 
 # ----------------------------------------------------------------------------- the lock
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from mnist_dist import shm_allreduce
 
-from conftest import ddp2_launcher, run_cli, tiny_overrides
+from helpers import ddp2_launcher, run_cli, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not (shm_allreduce.supported() and Path(shm_allreduce.SHM_DIR).is_dir()),
                                 reason="needs an x86-64 CPU and /dev/shm")

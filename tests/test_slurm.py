@@ -10,55 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import ENDED, JOB_TIMEOUT_S, REPO, run, submit, usr1_and_wait_for_requeue
 from slurm_cluster import LocalSlurm
 
-REPO = Path(__file__).resolve().parents[1]
-# The jobs find `accelerate` the way a user's do: on the PATH of the environment they were submitted from.
-JOB_ENV = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 # Long enough that the job is still training when signalled after its first checkpoint (step 10).
 MAX_STEPS = 200
 TRAIN_ARGS = ["--config", "configs/train/debug.yaml", f"train.max_steps={MAX_STEPS}", "checkpoint.every_steps=10",
               "train.progress=false"]
-JOB_TIMEOUT_S = 300
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
-
-
-def submit(slurm: LocalSlurm, tmp_path: Path, *args: str, script="slurm/cpu.sbatch", options=(), env=None) -> str:
-    return slurm.sbatch(script, *args, cwd=REPO, env={**JOB_ENV, **(env or {})},
-                        options=[f"--output={tmp_path}/%x-%j.out", *options])
-
-
-def wait_until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def usr1_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path) -> tuple[int, str]:
-    """USR1 to the batch shell once the job (or array task, JOBID_TASK) has saved its first checkpoint, as
-    `--signal=B:USR1@120` does before a time limit; returns (the step of the checkpoint the training saved before
-    requeueing the job, the job's log)."""
-    wait_until(lambda: (run_dir / "checkpoints/step_00000010/state.json").is_file(), JOB_TIMEOUT_S,
-               f"job {job_id}'s first checkpoint")
-    slurm.run("scancel", "--signal=USR1", "--batch", job_id)
-    # The training saves a checkpoint and requeues the job itself; SLURM holds it back for a while (BeginTime).
-    info = slurm.wait_for(job_id, {"PENDING"} | ENDED, JOB_TIMEOUT_S, "after USR1 (expected a requeue)")
-    log = Path(info["StdOut"]).read_text()
-    assert info["JobState"] == "PENDING" and int(info["Restarts"]) >= 1, f"{info}\n{log[-5000:]}"
-    saved = re.search(r"preempted by SIGUSR1: checkpoint saved at global_step (\d+)", log)
-    assert saved, log[-5000:]
-    return int(saved.group(1)), log
 
 
 def signal_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path, log_path: Path) -> int:
@@ -167,8 +130,8 @@ def test_multi_node_script_builds_each_nodes_launch_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
     env.update(PATH=f"{fake_bin}{os.pathsep}{env['PATH']}", RECORD=str(tmp_path), SLURM_SUBMIT_DIR=str(REPO),
                SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="gpu-[07-08]", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4")
-    subprocess.run(["bash", "slurm/multi_node.sbatch", "--config", "configs/train/debug.yaml", "train.epochs=3"],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=60)
+    run(["bash", "slurm/multi_node.sbatch", "--config", "configs/train/debug.yaml", "train.epochs=3"], base_env=env,
+        timeout=60)
 
     srun_args = (tmp_path / "srun.args").read_text()
     assert "--nodes=2" in srun_args and "--ntasks-per-node=1" in srun_args
@@ -193,8 +156,7 @@ def test_single_node_script_starts_one_process_per_gpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
     env.update(PATH=f"{fake_bin}{os.pathsep}{env['PATH']}", RECORD=str(tmp_path), SLURM_SUBMIT_DIR=str(REPO),
                SLURM_JOB_ID="77", SLURM_NODEID="0", SLURM_GPUS_ON_NODE="4")
-    subprocess.run(["bash", "slurm/single_node.sbatch", "train.epochs=3", "run.dir=runs/mine"],
-                   cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=60)
+    run(["bash", "slurm/single_node.sbatch", "train.epochs=3", "run.dir=runs/mine"], base_env=env, timeout=60)
     args = (tmp_path / "accelerate.node0").read_text().splitlines()
     assert args == ["launch", "--config_file", "configs/accelerate/multi_gpu.yaml", "--num_processes", "4",
                     "--main_process_port", "20077", "train_accel.py", "train.epochs=3", "run.dir=runs/mine"]
@@ -202,8 +164,7 @@ def test_single_node_script_starts_one_process_per_gpu(tmp_path):
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "slurm").glob("*.s*")))
 def test_scripts_pass_bash_n_and_shellcheck(script):
-    subprocess.run(["bash", "-n", f"slurm/{script}"], cwd=REPO, check=True)
+    run(["bash", "-n", f"slurm/{script}"])
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    result = subprocess.run(["shellcheck", "-x", f"slurm/{script}"], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
+    run(["shellcheck", "-x", f"slurm/{script}"])

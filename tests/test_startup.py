@@ -1,9 +1,8 @@
 """Start-up: a training run imports what it uses when it uses it (the speed figures are in bench/, not here)."""
 import json
-import subprocess
 import sys
 
-from conftest import ROOT, tiny_overrides
+from helpers import run, tiny_overrides
 
 HEAVY = ("datasets", "wandb", "matplotlib", "onnx", "onnxscript", "pandas", "PIL",
          "torch._dynamo", "triton", "sympy")  # dynamo (and Triton, sympy) only for a run that compiles
@@ -28,10 +27,8 @@ def test_the_first_optimizer_step_comes_before_any_import_the_run_does_not_need(
     training), no onnx, no PIL, no torch._dynamo, Triton or sympy (nothing is compiled; torch.optim and
     Accelerate's DTensor check would import them, mnist_dist/eager.py and runtime.prepare) by the first step:
     each costs start-up for every run that does not use it."""
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY),
-                           *tiny_overrides(tiny_idx, tmp_path / "run", "train.max_steps=2", "tracking.backend=none")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([sys.executable, "-c", PROBE.format(heavy=HEAVY),
+                *tiny_overrides(tiny_idx, tmp_path / "run", "train.max_steps=2", "tracking.backend=none")], timeout=300)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("IMPORTED_AT_FIRST_STEP "))
     assert json.loads(line.split(" ", 1)[1]) == []
     # Nor by the end: saving the model (Accelerate's unwrap_model) would import dynamo, ~1 s of every run's wall time.

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,18 @@ import yaml
 from mnist_dist import cli, config, sweep, sweeps, tracking
 from mnist_dist.config import ConfigError
 
-from conftest import ROOT, VENV_BIN, run_cli
+from helpers import (
+    ENDED,
+    JOB_TIMEOUT_S,
+    ROOT,
+    VENV_BIN,
+    gone,
+    popen,
+    read_wandb_run,
+    run_cli,
+    submit,
+    usr1_and_wait_for_requeue,
+)
 
 GRID = ROOT / "configs" / "sweeps" / "debug_grid.yaml"
 
@@ -33,13 +43,6 @@ def tiny_sweep(tmp_path: Path, idx: Path, models: list[str]) -> Path:
     path = tmp_path / "tiny_grid.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def wandb_run_group(group: str) -> bytes:
-    """The bytes a W&B run record holds for its group (protobuf field run_group, as wandb encodes it): a check of
-    the group itself, not of a path or config value that happens to contain the name."""
-    from wandb.proto import wandb_internal_pb2
-    return wandb_internal_pb2.RunRecord(run_group=group).SerializeToString()
 
 
 def best_val(run_dir: Path) -> float:
@@ -138,8 +141,7 @@ def test_a_local_sweep_runs_every_point_and_a_failed_one_does_not_stop_the_other
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_grid_sweep_runs_as_a_slurm_job_array(slurm, tmp_path):
-    from test_slurm import ENDED, JOB_TIMEOUT_S, submit
-    sweep_dir = tmp_path / "grid_k7q"  # the group; also in every path of the run, hence the run record's field below
+    sweep_dir = tmp_path / "grid_k7q"  # the group: also in every path of the run, so only the run's field tells
     job_id = submit(slurm, tmp_path, str(GRID), "--dir", str(sweep_dir), script="slurm/sweep.sbatch",
                     options=["--array=0-3"])
     for task in range(4):
@@ -151,7 +153,9 @@ def test_a_grid_sweep_runs_as_a_slurm_job_array(slurm, tmp_path):
         assert summary["global_step"] == 40 and summary["test_count"] == 10000
         run_files = list((sweep_dir / f"point_{task:03d}" / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(run_files) == 1  # one W&B run per point, offline without credentials
-        assert wandb_run_group(sweep_dir.name) in run_files[0].read_bytes()  # the group: the sweep folder's name
+        wandb_run = read_wandb_run(run_files[0])
+        assert wandb_run["group"] == sweep_dir.name  # the run's group field: the sweep folder's name, exactly
+        assert wandb_run["config"]["tracking"]["group"] == sweep_dir.name
     out = run_cli(["compare", str(sweep_dir)]).stdout
     print(out)
     assert out.splitlines()[0].split()[:4] == ["rank", "run", "train.lr", "train.per_device_batch_size"]
@@ -188,7 +192,6 @@ def test_a_sweep_folder_holds_one_sweep(tmp_path, capsys):
 def test_a_preempted_array_task_requeues_itself_and_resumes_its_point(slurm, tmp_path):
     """USR1 to an array task's batch shell: the sweep passes it to the training, which checkpoints and requeues
     the task by its own id; released, the task runs the sweep again, which resumes that point."""
-    from test_slurm import ENDED, JOB_TIMEOUT_S, submit, usr1_and_wait_for_requeue
     raw = yaml.safe_load(GRID.read_text())
     raw["parameters"] = {"train.lr": {"values": [0.003]}}
     raw["command"] = ["${program}", "--config", "debug", "train.max_steps=200", "checkpoint.every_steps=10",
@@ -242,14 +245,6 @@ def test_count_takes_the_first_points_of_a_grid(tmp_path, capsys):
     assert "a grid runs its first COUNT" in capsys.readouterr().out
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or only its zombie (a container's init may never reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
-    except OSError:
-        return True
-
-
 def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_reruns(tiny_idx, tmp_path):
     """The point runs under a launcher whose worker sits in a session of its own (as torchrun's do); `kill -9` of
     the sweep alone used to leave both running and the point's record stale. Now both die, the record says
@@ -267,9 +262,8 @@ def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_rerun
                         "os.rename(os.environ['PIDS'] + '.tmp', os.environ['PIDS'])\n"
                         "time.sleep(300)\n")
     sweep_dir, pids_file = tmp_path / "sweep", tmp_path / "pids"
-    sweep_proc = subprocess.Popen([str(VENV_BIN / "mnist-dist"), "sweep", str(tmp_path / "one.yaml"), "--dir",
-                                   str(sweep_dir), "--launcher", f"{sys.executable} {launcher}"],
-                                  env={**os.environ, "PIDS": str(pids_file)}, stdout=subprocess.PIPE, text=True)
+    sweep_proc = popen([str(VENV_BIN / "mnist-dist"), "sweep", str(tmp_path / "one.yaml"), "--dir", str(sweep_dir),
+                        "--launcher", f"{sys.executable} {launcher}"], env={"PIDS": str(pids_file)})
     point_record = sweep_dir / "point_000" / "sweep_point.json"
     pids = []
     try:
@@ -282,9 +276,9 @@ def test_kill_9_of_a_sweep_kills_its_point_and_the_next_run_records_it_and_rerun
         os.kill(sweep_proc.pid, signal.SIGKILL)
         sweep_proc.wait()
         deadline = time.monotonic() + 20
-        while not all(map(_gone, pids)) and time.monotonic() < deadline:
+        while not all(map(gone, pids)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert all(map(_gone, pids)), f"orphans left running: {[p for p in pids if not _gone(p)]}"
+        assert all(map(gone, pids)), f"orphans left running: {[p for p in pids if not gone(p)]}"
     finally:
         for pid in pids:
             try:

@@ -12,19 +12,15 @@
 """
 import json
 import os
-import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import fashion_slice
 from mnist_dist import config, rundir, tracking
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from helpers import VENV_BIN, fashion_slice, read_wandb_run, run_cli
+
 SENTINEL = "sentinelXYZ" + "q" * 29  # 40 characters, shaped like a real W&B key (no host prefix)
 
 
@@ -40,90 +36,6 @@ def clean_env(home: Path, **extra) -> dict:
     return {**env, "HOME": str(home), "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_ok(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
-    """A real training process that must succeed, with no stdin (a W&B prompt would fail, not hang)."""
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
-def wandb_records(path: Path):
-    """Records of a .wandb file: a 7-byte header, then a LevelDB-style log of 32 KiB blocks whose chunks
-    (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) carry serialised wandb Record protobufs."""
-    from wandb.proto import wandb_internal_pb2 as pb
-    raw, block, pos, chunks = path.read_bytes(), 32768, 7, []
-    assert raw[:4] == b":W&B"
-    while pos + 7 <= len(raw):
-        if block - pos % block < 7:  # a block tail too short for a chunk header is padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        if kind == 0:
-            pos += block - pos % block
-            continue
-        chunks.append(raw[pos + 7:pos + 7 + length])
-        pos += 7 + length
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(b"".join(chunks))
-            chunks = []
-            yield record
-
-
-def _update(target: dict, items) -> dict:
-    """Apply W&B items (key or nested_key path, JSON value) to a nested dict."""
-    for item in items:
-        *parents, leaf = list(item.nested_key) or [item.key]
-        node = target
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = json.loads(item.value_json)
-    return target
-
-
-def read_run(run_file: Path, timeout_s: float = 10.0) -> dict:
-    """run id, config, history rows and final summary, as W&B would show them. run.finish() can return before
-    wandb's writer has flushed the last records of a second run in one process: wait for the exit record."""
-    deadline = time.time() + timeout_s
-    while (run := _read_run(run_file))["exit_code"] is None and time.time() < deadline:
-        time.sleep(0.1)
-    return run
-
-
-def _read_run(run_file: Path) -> dict:
-    out = {"id": None, "config": {}, "history": [], "summary": {}, "artifacts": {}, "preempting": False,
-           "exit_code": None, "logged_artifacts": [], "metrics": {}}
-    for r in wandb_records(run_file):
-        kind = r.WhichOneof("record_type")
-        if kind == "artifact":
-            out["artifacts"][r.artifact.type] = sorted(e.path for e in r.artifact.manifest.contents)
-            out["logged_artifacts"].append({"name": r.artifact.name, "type": r.artifact.type,
-                                            "aliases": list(r.artifact.aliases),
-                                            "digest": r.artifact.digest,
-                                            "files": sorted(e.path for e in r.artifact.manifest.contents),
-                                            "metadata": json.loads(r.artifact.metadata or "{}")})
-        elif kind == "metric":
-            m = r.metric
-            out["metrics"][m.name or m.glob_name] = {"step_metric": m.step_metric, "hidden": m.options.hidden,
-                                                     "summary": [f.name for f, v in m.summary.ListFields() if v]}
-        if kind == "run":
-            out["id"] = r.run.run_id
-            out.update(job_type=r.run.job_type, group=r.run.run_group, notes=r.run.notes)
-            _update(out["config"], r.run.config.update)
-        elif kind == "config":
-            _update(out["config"], r.config.update)
-        elif kind == "history":
-            out["history"].append(_update({}, r.history.item))
-        elif kind == "summary":
-            _update(out["summary"], r.summary.update)
-        elif kind == "preempting":
-            out["preempting"] = True
-        elif kind == "exit":
-            out["exit_code"] = r.exit.exit_code
-    return out
-
-
 def assert_no_secret(run_dir: Path, *outputs: str):
     for text in outputs:
         assert SENTINEL not in text
@@ -137,15 +49,15 @@ def assert_no_secret(run_dir: Path, *outputs: str):
 def test_two_processes_leave_one_offline_wandb_run(tmp_path):
     idx = fashion_slice(tmp_path / "idx")
     run_dir = tmp_path / "run"
-    cmd = [str(BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_ddp2.yaml", "train_accel.py",
-           *train_args(idx, run_dir, "train.max_steps=8", "tracking.tags=[ci]", "tracking.log_model=true")]
+    launcher = [str(VENV_BIN / "accelerate"), "launch", "--config_file", "configs/accelerate/cpu_ddp2.yaml"]
+    args = train_args(idx, run_dir, "train.max_steps=8", "tracking.tags=[ci]", "tracking.log_model=true")
     env = clean_env(tmp_path / "home", WANDB_MODE="offline", WANDB_API_KEY=SENTINEL)
-    result = run_ok(cmd, env)
+    result = run_cli(["train", *args], launcher=launcher, base_env=env, timeout=300)
 
     run_files = list((run_dir / "wandb").glob("*run-*/run-*.wandb"))
     assert len(run_files) == 1, run_files  # one W&B run for two processes
     assert "wandb sync" in result.stdout
-    run = read_run(run_files[0])
+    run = read_wandb_run(run_files[0])
     state = json.loads(sorted((run_dir / "checkpoints").glob("step_*"))[-1].joinpath("state.json").read_text())
     assert run["id"] == state["tracker_run_id"]
 
@@ -194,9 +106,9 @@ def test_a_key_but_no_route_to_the_server_logs_offline(tmp_path):
     idx = fashion_slice(tmp_path / "idx", n_train=600, n_test=200)
     run_dir = tmp_path / "run"
     env = clean_env(tmp_path / "home", WANDB_API_KEY=SENTINEL, WANDB_BASE_URL="http://127.0.0.1:9")  # port 9: closed
-    result = run_ok([str(BIN / "mnist-dist"), "train", *train_args(idx, run_dir, "train.max_steps=4")], env)
+    result = run_cli(["train", *train_args(idx, run_dir, "train.max_steps=4")], base_env=env, timeout=300)
     assert "W&B server http://127.0.0.1:9 unreachable" in result.stdout and "wandb sync" in result.stdout
-    run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    run = read_wandb_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
     assert [h["_step"] for h in run["history"] if "train/loss" in h] == [4] and run["exit_code"] == 0
     assert_no_secret(run_dir, result.stdout, result.stderr)
 
@@ -215,7 +127,7 @@ def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path, monk
         assert "no W&B credentials" in out and "wandb sync " in out
         time.sleep(1.1)  # W&B names the folder offline-run-<second>-<id>: the resume must get its own
     assert run_ids[0] == run_ids[1]
-    first, second = (read_run(p) for p in sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
+    first, second = (read_wandb_run(p) for p in sorted((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
     assert first["id"] == second["id"] == run_ids[0]
     assert [h["_step"] for h in second["history"] if "train/loss" in h] == [8]
     assert first["exit_code"] == second["exit_code"] == 0 and not first["preempting"]
@@ -229,7 +141,7 @@ def test_an_early_stop_is_marked_preempting_only_when_it_will_resume(tmp_path, m
     tracker = tracking.start(wandb_config(tmp_path / "run"), tmp_path / "run", None)
     tracker.log({"train_loss": 1.0, "lr": 0.1}, step=4)
     tracker.finish(None, preempted=preempted)
-    run = read_run(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
+    run = read_wandb_run(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
     assert run["preempting"] is preempted and run["exit_code"] == exit_code
 
 
@@ -294,10 +206,10 @@ def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
     idx = fashion_slice(tmp_path / "idx", n_train=800, n_test=300)
     run_dir = tmp_path / "run"
     env = no_job_ids(clean_env(tmp_path / "home", WANDB_MODE="offline", WANDB_API_KEY=SENTINEL))
-    result = run_ok([str(BIN / "mnist-dist"), "train", *train_args(
+    result = run_cli(["train", *train_args(
         idx, run_dir, "train.max_steps=0", "train.epochs=3", "tracking.log_model=true",
-        "tracking.init_kwargs={notes: from the test}")], env)
-    run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+        "tracking.init_kwargs={notes: from the test}")], base_env=env, timeout=300)
+    run = read_wandb_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
 
     assert run["metrics"]["val/accuracy"] == {"step_metric": "global_step", "hidden": False, "summary": ["max"]}
     assert run["metrics"]["val/loss"]["summary"] == ["min"] and run["metrics"]["global_step"]["hidden"]
@@ -329,10 +241,10 @@ def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
 
     # An evaluation of the best model is a W&B run of its own (job_type eval) that names the model's artifact
     # (offline wandb cannot use_artifact: online, the same reference becomes the lineage link).
-    evaluated = run_ok([str(BIN / "mnist-dist"), "eval", str(run_dir), "--best", "--json", f"data.dir={idx}",
-                        "data.source=idx", "tracking.backend=wandb"], env)
+    evaluated = run_cli(["eval", str(run_dir), "--best", "--json", f"data.dir={idx}",
+                        "data.source=idx", "tracking.backend=wandb"], base_env=env, timeout=300)
     (eval_file,) = [p for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb") if run["id"] not in p.name]
-    eval_run = read_run(eval_file)
+    eval_run = read_wandb_run(eval_file)
     assert eval_run["job_type"] == "eval" and eval_run["config"]["model"]["artifact"] == f"model-{run['id']}:best"
     (line,) = [x for x in evaluated.stdout.splitlines() if x.startswith("{")]
     assert eval_run["summary"]["test/accuracy"] == json.loads(line)["accuracy"] and eval_run["exit_code"] == 0
@@ -349,7 +261,7 @@ def test_a_sweep_point_gets_job_type_sweep_and_a_torchrun_job_its_group(tmp_path
     (run_dir / rundir.SWEEP_POINT).write_text("{}")  # what `mnist-dist sweep` writes before it trains a point
     tracker = tracking.start(wandb_config(run_dir), run_dir, None)
     tracker.finish({"test_accuracy": 0.5})
-    run = read_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    run = read_wandb_run(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
     assert (run["job_type"], run["group"]) == ("sweep", "job42")
 
 
@@ -363,4 +275,4 @@ def test_init_kwargs_may_not_take_the_run_folders_own_arguments_and_unknown_ones
     tracker = tracking.start(cfg, tmp_path, None)
     tracker.finish({"test_accuracy": 0.5})
     assert "tracking.init_kwargs: wandb.init takes no no_such_argument; left out" in capsys.readouterr().err
-    assert read_run(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))["job_type"] == "ablation"
+    assert read_wandb_run(next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb")))["job_type"] == "ablation"

@@ -1,22 +1,18 @@
 """The real entry points train: dry run, run folder contents, eval reproduces, and 2-process CPU DDP is real
 DDP that agrees with a 1-process run on the same global batch."""
 import json
-import os
+import math
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from mnist_dist import checkpoint
 
-from conftest import ddp2_launcher, run_cli, tiny_overrides
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from helpers import ddp2_launcher, read_jsonl, run, run_cli, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +63,8 @@ def test_eval_of_the_test_split_needs_only_the_test_files(one_proc_run, tiny_idx
 @pytest.mark.slow
 def test_eval_on_two_processes_counts_exactly(one_proc_run, tmp_path):
     one = json.loads(run_cli(["eval", str(one_proc_run), "--json"]).stdout.strip().splitlines()[-1])
-    proc = subprocess.run([*ddp2_launcher(29618), "-m", "mnist_dist.cli", "eval", str(one_proc_run), "--json",
-                           "--png", str(tmp_path / "cm.png")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([*ddp2_launcher(29618), "-m", "mnist_dist.cli", "eval", str(one_proc_run), "--json",
+                "--png", str(tmp_path / "cm.png")], timeout=300)
     two = json.loads(proc.stdout.strip().splitlines()[-1])
     assert two["world_size"] == 2
     assert two["count"] == one["count"] == 300 and two["confusion"] == one["confusion"]
@@ -86,9 +80,19 @@ def test_saved_model_loads_without_training_code_pickles(one_proc_run):
 
 
 def test_dry_run_of_the_real_script(tiny_idx, tmp_path):
-    proc = run_cli(["train", "--dry-run", *tiny_overrides(tiny_idx, tmp_path / "dry")])
-    assert "global_step" not in proc.stderr
-    assert json.loads((tmp_path / "dry" / "summary.json").read_text())["global_step"] == 5
+    """--dry-run is what its help promises, over the command line's own settings: 1 epoch, 5 steps, no progress
+    bars; and a complete run folder (config, one evaluation at step 5, a model that loads)."""
+    run_dir = tmp_path / "dry"
+    asked = ("train.epochs=3", "train.max_steps=0", "train.progress=true")  # what --dry-run must override
+    proc = run_cli(["train", "--dry-run", *tiny_overrides(tiny_idx, run_dir, *asked)])
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]
+    assert (saved["epochs"], saved["max_steps"], saved["progress"]) == (1, 5, False)
+    assert [(r["epoch"], r["global_step"]) for r in read_jsonl(run_dir / "metrics.jsonl")] == [(0.25, 5)]  # 20/epoch
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 5
+    model, meta = checkpoint.load_model(run_dir / "model.safetensors")
+    assert meta["name"] == "cnn_bn" and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert "\r" not in proc.stderr and "\r" not in proc.stdout  # a bar redraws its line with \r, even to a file
+    assert proc.stderr == "", proc.stderr
 
 
 def test_missing_gpu_is_a_clear_error(tiny_idx, tmp_path):
@@ -137,7 +141,7 @@ def test_two_process_ddp_agrees_with_one_process(tiny_idx, tmp_path, model, tol)
 
 def test_accumulation_sgd_step_schedule_and_bf16_run(tiny_idx, tmp_path):
     """Gradient accumulation (2 x 25) computes the same steps as one batch of 50 (no BatchNorm: exact to
-    rounding); the other optimizers, schedules and bf16 autocast on CPU run and learn."""
+    rounding); the other optimizers, schedules, label smoothing and bf16 autocast on CPU take effect and learn."""
     one, acc = tmp_path / "one", tmp_path / "acc"
     run_cli(["train", *tiny_overrides(tiny_idx, one, model="mlp_128")])
     run_cli(["train", *tiny_overrides(tiny_idx, acc, "train.per_device_batch_size=25", "train.grad_accum_steps=2",
@@ -147,15 +151,50 @@ def test_accumulation_sgd_step_schedule_and_bf16_run(tiny_idx, tmp_path):
     for a, b in zip(r1, r2):
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
         assert 0 <= a["train_accuracy"] <= 1
-    for extra in (["train.optimizer=sgd", "train.scheduler=step", "train.lr=0.05"],
-                  ["train.optimizer=adam", "train.scheduler=cosine", "train.mixed_precision=bf16", "data.augment=true"],
-                  ["train.scheduler=none", "data.loader=dataloader", "train.label_smoothing=0.1"]):
-        run_dir = tmp_path / extra[1].split("=")[1]
-        run_cli(["train", *tiny_overrides(tiny_idx, run_dir, *extra)])
+    # Each option shows where it acts: in the saved config, the lr curve (tracked every 5 steps), the summary's
+    # precision, the training loss (label smoothing); and each run still learns.
+    runs = {
+        "step": ["train.optimizer=sgd", "train.scheduler=step", "train.lr=0.05"],
+        "cosine": ["train.optimizer=adam", "train.scheduler=cosine", "train.mixed_precision=bf16", "data.augment=true"],
+        "none": ["train.scheduler=none", "data.loader=dataloader", "train.label_smoothing=0.1"],
+        "unsmoothed": ["train.scheduler=none", "data.loader=dataloader", "train.label_smoothing=0"],
+    }
+    logged = list(range(5, 41, 5))  # 20 steps an epoch, 2 epochs
+    lr_curve = {  # the lr after each logged step: StepLR(step_size=one epoch, gamma=0.7), CosineAnnealingLR(T_max=40)
+        "step": [0.05 * 0.7 ** (s // 20) for s in logged],
+        "cosine": [0.01 * (1 + math.cos(math.pi * s / 40)) / 2 for s in logged],
+        "none": [0.01] * len(logged),
+        "unsmoothed": [0.01] * len(logged),
+    }
+    for name, extra in runs.items():
+        run_dir = tmp_path / name
+        run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "tracking.backend=tensorboard", *extra)])
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["test_accuracy"] > 0.5, (extra, summary)
         assert summary["train_samples_per_rank"] == [2000]
         assert summary["mixed_precision"] == ("bf16" if "train.mixed_precision=bf16" in extra else "no")
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        for option in extra:
+            key, value = option.split("=")
+            section, leaf = key.split(".")
+            assert saved[section][leaf] == yaml.safe_load(value), option
+        lr = tensorboard_scalars(run_dir, "train/lr")
+        assert [step for step, _ in lr] == logged
+        assert [value for _, value in lr] == pytest.approx(lr_curve[name], rel=1e-6), name
+    # Smoothing 0.1 over 10 classes targets 0.91 / 0.01: no model's loss goes below that target's entropy.
+    floor = -(0.91 * math.log(0.91) + 9 * 0.01 * math.log(0.01))
+    smoothed, plain = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("none", "unsmoothed"))
+    assert all(r["train_loss"] > floor for r in smoothed), (floor, smoothed)
+    assert plain[-1]["train_loss"] < floor, (floor, plain)
+
+
+def tensorboard_scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar a run wrote to RUN_DIR/tensorboard/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -199,6 +238,5 @@ after_error = [signal.getsignal(s) is mine for s in (signal.SIGINT, signal.SIGTE
 print(json.dumps([after_run, after_error]))
 """
     (tmp_path / "afile").write_text("not a folder")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run([sys.executable, "-c", script], timeout=300, cwd=tmp_path)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[True, True, True], [True, True, True]]
