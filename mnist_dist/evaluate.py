@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mnist_dist import checkpoint, config, data, hub, inference, rundir, runtime, tracking
+from mnist_dist import artifact, config, data, hub, inference, rundir, runtime, tracking
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def format_result(result: dict, classes: list[str], split: str) -> str:
 
 def run(args) -> int:
     model_path = rundir.pick_model(hub.resolve(args.model), args.best)  # a folder, checkpoint or Hub repo id
-    model, meta = checkpoint.load_model(model_path)
+    model, meta = artifact.load_model(model_path)
     cfg = rundir.load_run_config(model_path, args.overrides)
     if cfg.data.name != meta["dataset"]:
         print(f"note: model was trained on {meta['dataset']}, evaluating on {cfg.data.name}")

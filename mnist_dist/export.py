@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import atomic, checkpoint, rundir
+from mnist_dist import artifact, atomic, rundir
 from mnist_dist.errors import UserError
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -48,7 +48,7 @@ def run(args) -> int:
     if args.format == "hub":
         return export_hub(args)
     source = rundir.pick_model(args.model, args.best)
-    model, meta = checkpoint.load_model(source)
+    model, meta = artifact.load_model(source)
     weights = source / rundir.MODEL_FILE if source.is_dir() else source
     out = Path(args.out) if args.out else weights.with_name("model" + SUFFIXES[args.format])
     if out.is_dir():
@@ -83,7 +83,7 @@ def export_hub(args) -> int:
         raise ExportError(f"--out {out} is a file; --format hub writes a folder")
     written = hub.export(source, rundir.of_model(source), out, args.best)
     if args.onnx:
-        model, meta = checkpoint.load_model(source)
+        model, meta = artifact.load_model(source)
         export_onnx(model, meta, out / hub.ONNX)
         written.append(out / hub.ONNX)
     print(f"wrote the Hub model folder {out}: {', '.join(sorted(p.name for p in written))}")

@@ -1,7 +1,7 @@
 """A run's model in the Hugging Face Hub layout, uploaded with an allow-list, and loaded back by repo id.
 
 The layout: model.safetensors, config.json (what PyTorchModelHubMixin would write: how to rebuild and feed the
-model; the same as our model.json, which is kept beside it so that checkpoint.load_model reads the folder as
+model; the same as our model.json, which is kept beside it so that artifact.load_model reads the folder as
 it is), README.md (a model card whose metadata huggingface_hub writes from ModelCardData, with a model-index
 built from summary.json), the run's pictures and, when asked, model.onnx. Nothing else of a run folder is ever
 uploaded: checkpoints/ holds pickled optimizer and RNG state, wandb/, previous-*/ and .lock are local.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_dist import atomic, checkpoint, data, rundir
+from mnist_dist import artifact, atomic, checkpoint, data, rundir
 from mnist_dist.errors import UserError
 
 CARD, HUB_CONFIG, ONNX = rundir.HUB_CARD, rundir.HUB_CONFIG, rundir.HUB_ONNX
@@ -112,7 +112,7 @@ def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
         "",
         "```python",
         "from mnist_dist import checkpoint, hub",
-        "model, meta = checkpoint.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
+        "model, meta = artifact.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
         "# input: float32 [B, 1, 28, 28] = (uint8 pixels/255 - meta['mean'])/meta['std']; output: logits [B, 10]",
         "```",
         "",
@@ -189,7 +189,7 @@ def _recipe(run_dir: Path | None) -> str | None:
 def export(source: Path, run_dir: Path | None, out: Path, best: bool) -> list[Path]:
     """Write the Hub layout of the model folder `source` (a run folder or its best/) into `out` (which may be
     `source` itself); returns the files written."""
-    _, meta = checkpoint.load_model(source)  # refuses a damaged model before anything is written
+    _, meta = artifact.load_model(source)  # refuses a damaged model before anything is written
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in (rundir.MODEL_FILE, rundir.MODEL_META):
@@ -212,7 +212,7 @@ def is_repo_id(text: str) -> bool:
 
 
 def resolve(model: str | Path) -> Path:
-    """What eval, predict and export load, as a folder that checkpoint.load_model and rundir.load_run_config
+    """What eval, predict and export load, as a folder that artifact.load_model and rundir.load_run_config
     read: a run folder, best/ or model file as given; a training checkpoint (checkpoints/step_N) or a Hub repo
     id staged into a temporary folder with the model.json and config.yaml they lack (a Hub repo is downloaded
     once into the Hub cache; with HF_HUB_OFFLINE=1 only the cache is read)."""

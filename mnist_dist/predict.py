@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_dist import checkpoint, hub, images, inference, rundir
+from mnist_dist import artifact, hub, images, inference, rundir
 from mnist_dist.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}  # what a folder is scanned for
@@ -69,7 +69,7 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    model, meta = checkpoint.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
+    model, meta = artifact.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
     layout = images.LAYOUTS.get(meta.get("dataset", "mnist"), images.LAYOUTS["mnist"])
     classes = meta["classes"]
     top_k = min(args.top_k, len(classes))

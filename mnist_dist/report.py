@@ -1,6 +1,6 @@
 """`mnist-dist report RUN_DIR`: the pictures and report.md of a run folder, with or without W&B.
 
-Everything is rebuilt from files the run left (plots.build_report): metrics.jsonl (curves, confusion matrix), the
+Everything is rebuilt from files the run left (run_report.build_report): metrics.jsonl (curves, confusion matrix), the
 saved model (model.safetensors + model.json) and the run's config.yaml data section (test images for
 samples.png), summary.json (final numbers, git revision). Training writes the same files at its end.
 """
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnist_dist import plots
+from mnist_dist import run_report
 from mnist_dist.errors import UserError
 from mnist_dist.rundir import CONFUSION, CURVES, METRICS, MODEL_FILE, REPORT, SAMPLES, SUMMARY
 
@@ -30,7 +30,7 @@ def run(args) -> int:
         raise UserError(f"{run_dir}: no such run folder")
     if not any((run_dir / name).is_file() for name in (METRICS, SUMMARY, MODEL_FILE)):
         raise UserError(f"{run_dir}: not a run folder (no {METRICS}, {SUMMARY} or {MODEL_FILE})")
-    problems = plots.build_report(run_dir)
+    problems = run_report.build_report(run_dir)
     for name in (CURVES, CONFUSION, SAMPLES, REPORT):
         if (run_dir / name).is_file():
             print(run_dir / name)

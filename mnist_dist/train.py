@@ -32,9 +32,9 @@ from mnist_dist import (
     inference,
     lock,
     models,
-    plots,
     procs,
     provenance,
+    run_report,
     rundir,
     runtime,
     stopping,
@@ -626,7 +626,7 @@ def run_training(
     teardown.push(close_tracker)
     logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
     # The first test images' class probabilities, kept from each evaluation for the report and W&B media.
-    keep_probs = max(plots.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
+    keep_probs = max(run_report.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
     accelerator.print(
         f"mnist-dist: device={accelerator.device} distributed={accelerator.distributed_type.value} "
         f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision} ({launch['mixed_precision_why']})"
@@ -704,7 +704,7 @@ def run_training(
         }
         summary = build_summary(loop, state, record, best_test, facts, samples_per_rank, hostnames)
         atomic.write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
-        plots.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
+        run_report.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
         tracker.finish(summary)
     accelerator.print(
         f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_dist import checkpoint, data, models, procs
+from mnist_dist import artifact, checkpoint, data, models, procs
 
 if TYPE_CHECKING:
     from slurm_cluster import LocalSlurm
@@ -86,7 +86,7 @@ def train_in_process(run_dir: Path, name: str, kwargs: dict, split: data.Split, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    checkpoint.save_model(run_dir, model.eval(), name, kwargs, "fashion_mnist", mean, std)
+    artifact.save_model(run_dir, model.eval(), name, kwargs, "fashion_mnist", mean, std)
     return run_dir
 
 

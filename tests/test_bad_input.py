@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dist import checkpoint, cli, config, data, models, rundir
+from mnist_dist import artifact, cli, config, data, models, rundir
 from mnist_dist.data import DataError
 
 from helpers import make_digits, read_jsonl, run_cli, tiny_overrides, tmpfs
@@ -166,7 +166,7 @@ def test_resume_after_a_kill_while_appending_metrics(tiny_idx, tmp_path):
 @pytest.fixture
 def model_dir(tmp_path):
     model = models.build("mlp_128")
-    checkpoint.save_model(tmp_path, model, "mlp_128", {}, "mnist", 0.1307, 0.3081)
+    artifact.save_model(tmp_path, model, "mlp_128", {}, "mnist", 0.1307, 0.3081)
     return tmp_path
 
 

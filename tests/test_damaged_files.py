@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dist import checkpoint, cli, config, models, rundir
+from mnist_dist import artifact, cli, config, models, rundir
 
 from helpers import ROOT, run_cli, tiny_overrides
 
@@ -35,7 +35,7 @@ def good_run(tiny_idx, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("damaged") / "run"
     run_dir.mkdir()
     torch.manual_seed(0)
-    checkpoint.save_model(run_dir, models.build("mlp_128").eval(), "mlp_128", {}, "mnist", 0.1307, 0.3081)
+    artifact.save_model(run_dir, models.build("mlp_128").eval(), "mlp_128", {}, "mnist", 0.1307, 0.3081)
     cfg = config.load(None, tiny_overrides(tiny_idx, run_dir, "model.name=mlp_128", "model.kwargs={}"))
     (run_dir / rundir.CONFIG).write_text(config.dump(cfg))
     (run_dir / rundir.METRICS).write_text("".join(json.dumps(record(e, 10 * e)) + "\n" for e in (1, 2)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_dist import checkpoint, cli, data
+from mnist_dist import artifact, cli, data
 
 from helpers import FASHION_DIR, needs_fashion, train_in_process
 
@@ -34,7 +34,7 @@ def model_dir(tmp_path_factory, test_split):
 
 
 def pytorch_logits(model_dir, x: torch.Tensor) -> np.ndarray:
-    model, _ = checkpoint.load_model(model_dir)
+    model, _ = artifact.load_model(model_dir)
     with torch.no_grad():
         return model(x).numpy()
 
@@ -44,7 +44,7 @@ def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
     onnx = pytest.importorskip("onnx")
     assert cli.main(["export", str(model_dir), "--format", "onnx"]) == 0
     path = model_dir / "model.onnx"
-    _, meta = checkpoint.load_model(model_dir)
+    _, meta = artifact.load_model(model_dir)
     x = data.normalize(test_split.images, meta["mean"], meta["std"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     bounds = [0, 1, 1000, 5000, 9990, 10_000]  # batches of 1, 999, 4000, 4990 and 10: the batch axis is dynamic
@@ -66,7 +66,7 @@ def test_torchscript_matches_pytorch(model_dir, test_split, tmp_path):
     assert cli.main(["export", str(model_dir / "model.safetensors"), "--format", "torchscript", "--out", str(out)]) == 0
     extra = {"model.json": ""}
     scripted = torch.jit.load(str(out), _extra_files=extra)
-    _, meta = checkpoint.load_model(model_dir)
+    _, meta = artifact.load_model(model_dir)
     assert json.loads(extra["model.json"]) == meta
     x = data.normalize(test_split.images[:3000], meta["mean"], meta["std"])
     with torch.no_grad():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dist import checkpoint, hub
+from mnist_dist import artifact, hub
 
 from helpers import fashion_slice, run_cli
 
@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
 
 
 def logits(folder: Path) -> torch.Tensor:
-    model, _ = checkpoint.load_model(folder)
+    model, _ = artifact.load_model(folder)
     with torch.no_grad():
         return model(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dist import checkpoint, cli, data, images, models
+from mnist_dist import artifact, cli, data, images, models
 
 from helpers import FASHION_DIR, needs_fashion, train_in_process
 
@@ -43,7 +43,7 @@ def model_dir(tmp_path_factory, test_split):
 
 
 def classify(model_dir, images_u8: np.ndarray) -> np.ndarray:
-    model, meta = checkpoint.load_model(model_dir)
+    model, meta = artifact.load_model(model_dir)
     with torch.no_grad():
         return model(data.normalize(torch.from_numpy(images_u8), meta["mean"], meta["std"])).argmax(1).numpy()
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mnist_dist import checkpoint
+from mnist_dist import artifact
 
 from helpers import ddp2_launcher, read_jsonl, run, run_cli, tiny_overrides
 
@@ -74,7 +74,7 @@ def test_eval_on_two_processes_counts_exactly(one_proc_run, tmp_path):
 
 
 def test_saved_model_loads_without_training_code_pickles(one_proc_run):
-    model, meta = checkpoint.load_model(one_proc_run / "model.safetensors")
+    model, meta = artifact.load_model(one_proc_run / "model.safetensors")
     assert meta["name"] == "cnn_bn" and meta["kwargs"] == {"width": 4} and len(meta["classes"]) == 10
     assert set(load_file(str(one_proc_run / "model.safetensors"))) == set(model.state_dict())
 
@@ -89,7 +89,7 @@ def test_dry_run_of_the_real_script(tiny_idx, tmp_path):
     assert (saved["epochs"], saved["max_steps"], saved["progress"]) == (1, 5, False)
     assert [(r["epoch"], r["global_step"]) for r in read_jsonl(run_dir / "metrics.jsonl")] == [(0.25, 5)]  # 20/epoch
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 5
-    model, meta = checkpoint.load_model(run_dir / "model.safetensors")
+    model, meta = artifact.load_model(run_dir / "model.safetensors")
     assert meta["name"] == "cnn_bn" and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert "\r" not in proc.stderr and "\r" not in proc.stdout  # a bar redraws its line with \r, even to a file
     assert proc.stderr == "", proc.stderr
