@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mnist_dist import atomic, checkpoint, data, inference, plots, rundir
+from mnist_dist import artifact, atomic, data, inference, plots, rundir
 from mnist_dist.errors import UserError
 from mnist_dist.inference import Predictions
 from mnist_dist.rundir import CONFIG, CONFUSION, CURVES, METRICS, MODEL_META, REPORT, SAMPLES, SUMMARY
@@ -20,7 +20,7 @@ NUM_SAMPLES = 48  # the first test images, always the same ones, so runs can be 
 
 def _predictions(run_dir: Path, run_cfg) -> Predictions:
     """The saved model's predictions for the first test images of the run's own config.yaml's data."""
-    model, meta = checkpoint.load_model(run_dir)
+    model, meta = artifact.load_model(run_dir)
     if run_cfg is None:
         raise UserError(f"{run_dir / CONFIG}: missing; it says which data the run used")
     test = data.load_test(run_cfg.data)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_dist import (
+    artifact,
     atomic,
     checkpoint,
     config,
@@ -406,7 +407,7 @@ def save_run_model(loop: Loop, folder: Path) -> None:
     """The model as a run folder holds it (model.safetensors + model.json): the final one and run.dir/best/."""
     cfg = loop.cfg
     model = eager.unwrap_model(loop.accelerator, loop.model)
-    checkpoint.save_model(folder, model, cfg.model.name, cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
+    artifact.save_model(folder, model, cfg.model.name, cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
 
 
 def samples_seen_per_rank(accelerator: Accelerator, state: TrainState) -> list[int]:
@@ -448,7 +449,7 @@ def resume(
             if why is None:
                 return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), ckpt, meta
         if cfg.checkpoint.resume != "auto":  # a folder the user named is not renamed
-            raise checkpoint.ModelFileError(
+            raise checkpoint.CheckpointError(
                 f"checkpoint.resume={ckpt} is damaged: {why}. Point checkpoint.resume "
                 f"at another checkpoint, or use checkpoint.resume=auto or never"
             )
@@ -463,7 +464,7 @@ def resume(
         accelerator.wait_for_everyone()
         set_aside.append(ckpt.name)
     if set_aside:
-        raise checkpoint.ModelFileError(
+        raise checkpoint.CheckpointError(
             f"no checkpoint in {run_dir / checkpoint.CKPT_DIR} is whole: {', '.join(set_aside)} set aside as "
             f"{checkpoint.DAMAGED_PREFIX}step_*. Run the same command again to start over (the earlier run's files "
             f"are then moved to {run_dir}/previous-*)"
