@@ -25,7 +25,7 @@ T_START = time.perf_counter()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_dist import data, models  # noqa: E402
+from mnist_dist import data, idx, models  # noqa: E402
 
 TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
@@ -39,9 +39,9 @@ def torchvision_datasets(name: str, idx_dir: str, root: Path):
     raw.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         s = data.load_idx(idx_dir, split)
-        img_stem, lbl_stem = data.IDX_NAMES[split]
+        img_stem, lbl_stem = idx.IDX_NAMES[split]
         if not (raw / img_stem).exists():
-            data.write_idx(raw, split, s.images, s.labels)
+            idx.write_idx(raw, split, s.images, s.labels)
     train = cls(str(root), train=True, download=False, transform=transforms.ToTensor())
     test = cls(str(root), train=False, download=False, transform=transforms.ToTensor())
     return train, test

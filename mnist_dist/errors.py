@@ -10,6 +10,10 @@ class UserError(Exception):
     pass
 
 
+class DataError(UserError):
+    """A data problem the user can fix (missing or corrupt file, no network); printed as one line."""
+
+
 class PeerLost(UserError):
     """Another rank of the job died: printed as one line like a user error (its own log says why), so that the
     survivors leave at once instead of waiting for the launcher or a timeout."""

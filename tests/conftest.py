@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dist import data
+from mnist_dist import idx
 
 from helpers import FASHION_AVAILABLE, FASHION_DIR, MNIST_AVAILABLE, MNIST_DIR, make_digits, real_digits_csv
 
@@ -36,8 +36,8 @@ def mnist_dir() -> Path:
 def tiny_idx(tmp_path_factory) -> Path:
     """A folder with the four IDX files: 1200 training and 300 test images of the toy set (gzipped)."""
     folder = tmp_path_factory.mktemp("tiny_idx")
-    data.write_idx(folder, "train", *make_digits(1200, seed=1), gz=True)
-    data.write_idx(folder, "test", *make_digits(300, seed=2), gz=True)
+    idx.write_idx(folder, "train", *make_digits(1200, seed=1), gz=True)
+    idx.write_idx(folder, "test", *make_digits(300, seed=2), gz=True)
     return folder
 
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_dist import artifact, checkpoint, data, models, procs
+from mnist_dist import artifact, checkpoint, data, idx, models, procs
 
 if TYPE_CHECKING:
     from slurm_cluster import LocalSlurm
@@ -69,7 +69,7 @@ def fashion_slice(folder: Path, n_train: int = 2000, n_test: int = 1000) -> Path
         pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
     for split, n in (("train", n_train), ("test", n_test)):
         s = data.load_idx(FASHION_DIR, split)
-        data.write_idx(folder, split, s.images[:n], s.labels[:n])
+        idx.write_idx(folder, split, s.images[:n], s.labels[:n])
     return folder
 
 

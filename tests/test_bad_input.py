@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dist import artifact, cli, config, data, models, rundir
-from mnist_dist.data import DataError
+from mnist_dist import artifact, cli, config, data, idx, models, rundir
+from mnist_dist.errors import DataError
 
 from helpers import make_digits, read_jsonl, run_cli, tiny_overrides, tmpfs
 
@@ -112,7 +112,7 @@ def test_empty_run_dir_does_not_touch_the_current_folder(tmp_path, monkeypatch, 
 
 def test_a_gzip_with_flipped_bytes_inside_is_one_line(tmp_path):
     images, labels = make_digits(50, seed=3)
-    data.write_idx(tmp_path, "train", images, labels, gz=True)
+    idx.write_idx(tmp_path, "train", images, labels, gz=True)
     path = tmp_path / "train-images-idx3-ubyte.gz"
     blob = bytearray(path.read_bytes())
     for i in range(200, 260):  # inside the deflate stream, not its header or trailer
@@ -123,7 +123,7 @@ def test_a_gzip_with_flipped_bytes_inside_is_one_line(tmp_path):
 
 
 def test_an_idx_file_with_no_images_is_one_line(tmp_path):
-    data.write_idx(tmp_path, "train", torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+    idx.write_idx(tmp_path, "train", torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
     with pytest.raises(DataError, match="no images"):
         data.load_idx(tmp_path, "train")
 

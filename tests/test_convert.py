@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist_dist import data
-from mnist_dist.data import DataError
+from mnist_dist.errors import DataError
 
 from helpers import real_digits_csv, run_cli
 

