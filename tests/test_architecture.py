@@ -1,6 +1,6 @@
-"""The dependency direction holds: library modules (config, data, models, metrics, checkpoint, tracking,
-inference, rundir, runtime, plots, ...) never import a command module (train, evaluate, predict, export, report),
-commands never import each other, only cli dispatches to them, and the package's imports have no cycle. Read
+"""The dependency direction holds: the package's modules stand in layers (LAYERS, bottom first) and import only
+from their own layer or below; library modules never import a command module (train, evaluate, predict, export,
+report, ...), commands never import each other, only cli dispatches to them, and the imports have no cycle. Read
 from the source, so an import hidden inside a function counts like any other."""
 import ast
 from pathlib import Path
@@ -49,6 +49,51 @@ def violations(imports: dict[str, set[str]]) -> list[str]:
     for m in imports:
         visit(m)
     return bad
+
+
+# Bottom first. A module imports from its own layer or a lower one; a new module must be given a layer here.
+LAYERS = {
+    "foundations": {"errors", "atomic", "procs", "provenance", "metrics", "models", "eager", "images"},
+    "config": {"config"},
+    "files and formats": {"rundir", "lock", "idx_cache", "idx", "data", "checkpoint", "artifact", "sweeps"},
+    "processes": {"runtime", "shm_allreduce", "stopping", "inference"},
+    "outputs": {"plots", "run_report", "tracking", "hub"},
+    "commands": COMMANDS,
+    "entry points": {"cli", "__main__"},
+}
+
+
+def layer_violations(imports: dict[str, set[str]], layers: dict[str, set[str]]) -> list[str]:
+    """Every module without a layer, and every import of a module from a higher layer, as one line each."""
+    rank = {m: i for i, members in enumerate(layers.values()) for m in members}
+    names = list(layers)
+    bad = [f"{m} has no layer in LAYERS" for m in imports if m not in rank]
+    for m, deps in imports.items():
+        for dep in sorted(deps):
+            if m in rank and dep in rank and rank[dep] > rank[m]:
+                bad.append(f"{m} ({names[rank[m]]}) imports {dep} ({names[rank[dep]]}), a higher layer")
+    return bad
+
+
+def test_every_module_imports_only_its_own_layer_or_below():
+    assert layer_violations(graph(PACKAGE), LAYERS) == []
+
+
+def test_the_layer_check_catches_what_it_should():
+    layers = {"low": {"atomic"}, "high": {"plots"}}
+    assert layer_violations({"atomic": {"plots"}, "plots": {"atomic"}, "new": set()}, layers) == [
+        "new has no layer in LAYERS",
+        "atomic (low) imports plots (high), a higher layer",
+    ]
+
+
+def test_models_are_plain_modules():
+    """STYLE habit 1: models.py imports no accelerate and no torch.distributed."""
+    source = (PACKAGE / "models.py").read_text()
+    tree = ast.parse(source)
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {n for n in names if n.startswith(("accelerate", "torch.distributed", "mnist_dist"))}
 
 
 def test_commands_are_the_modules_cli_dispatches_to():
