@@ -59,7 +59,7 @@ def run(args) -> int:
     if split is None:
         raise config.ConfigError("--split val needs data.val_size > 0")
     model = accelerator.prepare_model(model, evaluation_mode=True)
-    result, _ = inference.evaluate(accelerator, model, split, meta["mean"], meta["std"], cfg.train.eval_batch_size)
+    result, _ = inference.exact_metrics(accelerator, model, split, meta["mean"], meta["std"], cfg.train.eval_batch_size)
     if accelerator.is_main_process:
         result = {"split": args.split, "world_size": accelerator.num_processes, **result}
         print(json.dumps(result) if args.json else format_result(result, meta["classes"], args.split))

@@ -42,7 +42,7 @@ def predict(
 
 
 @torch.no_grad()
-def evaluate(
+def exact_metrics(
     accelerator, model, split: data.Split, mean: float, std: float, batch_size: int, keep_probs: int = 0
 ) -> tuple[dict, torch.Tensor | None]:
     """Exact loss/accuracy/confusion over `split`: each rank takes a contiguous share, then sums are reduced.

@@ -141,7 +141,7 @@ def make_accelerator(cfg: config.Config):
         kwargs_handlers=[
             InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.run.dist_timeout_s)),
             # No per-step broadcast of BN running stats (a collective per forward, ~6% of a CPU DDP
-            # step): only evaluation reads them, and evaluate() gives every rank rank 0's first.
+            # step): only evaluation reads them, and inference.exact_metrics() gives every rank rank 0's first.
             # Gradients that are views into DDP's buckets: no copy in and out of them per step.
             DistributedDataParallelKwargs(broadcast_buffers=False, gradient_as_bucket_view=True),
         ],

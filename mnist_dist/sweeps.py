@@ -32,7 +32,7 @@ MACROS = (
     "${args_json_file}",
 )
 DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
-# The scalars of a metrics.jsonl record (train.evaluate: where the run was, the training window, each split's
+# The scalars of a metrics.jsonl record (train.eval_record: where the run was, the training window, each split's
 # metrics.summarize, the time): what a sweep and `compare` can rank by.
 RECORDED_METRICS = (
     "val_accuracy",

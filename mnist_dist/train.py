@@ -310,7 +310,7 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
     return None
 
 
-def evaluate(
+def eval_record(
     loop: Loop, state: TrainState, splits: dict[str, data.Split | None], keep_probs: int
 ) -> tuple[dict, Predictions | None]:
     """One metrics.jsonl record: the training window's numbers and exact metrics on every split, plus the class
@@ -326,7 +326,7 @@ def evaluate(
     for name, split in splits.items():
         if split is None:
             continue
-        result, probs = inference.evaluate(
+        result, probs = inference.exact_metrics(
             loop.accelerator,
             loop.model,
             split,
@@ -397,7 +397,7 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
     best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))  # the final model is saved after this
     # Read on the CPU (safetensors refuses Accelerate's "cpu:0"); load_state_dict copies onto the model's device.
     best_model.load_state_dict(load_file(str(best_file)))
-    result, _ = inference.evaluate(
+    result, _ = inference.exact_metrics(
         loop.accelerator, best_model, test_split, loop.mean, loop.std, loop.cfg.train.eval_batch_size
     )
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
@@ -666,7 +666,7 @@ def run_training(
             accelerator.print(preempted)
             raise preempted
         # Evaluate at every epoch end (and when stopped early by max_steps).
-        record, predictions = evaluate(loop, state, eval_splits, keep_probs)
+        record, predictions = eval_record(loop, state, eval_splits, keep_probs)
         keep_best_and_count_patience(loop, state, record)
         logger.log_eval(record, predictions)
         accelerator.print(
@@ -688,7 +688,7 @@ def run_training(
 
     # ------------------------------------------------------------------ the end
     if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
-        record, predictions = evaluate(loop, state, eval_splits, keep_probs)
+        record, predictions = eval_record(loop, state, eval_splits, keep_probs)
     best_test = test_best_model(loop, state, record, datasets.test)  # collectives too
     samples_per_rank = samples_seen_per_rank(accelerator, state)  # collectives: before the main-process block
     from accelerate.utils import gather_object

@@ -71,7 +71,7 @@ class CountingModel(torch.nn.Module):
 
 
 class GlooAccelerator:
-    """What inference.evaluate asks of an Accelerator, over a real gloo process group."""
+    """What inference.exact_metrics asks of an Accelerator, over a real gloo process group."""
 
     def __init__(self, rank, world):
         self.process_index, self.num_processes, self.device = rank, world, torch.device("cpu")
@@ -90,7 +90,7 @@ def _evaluate_on_rank(rank, world, port, n, batch_size, out):
     torch.manual_seed(0)
     model = CountingModel(models.build("cnn_bn", width=4))
     images, labels = make_digits(n, seed=3)
-    result, _ = inference.evaluate(GlooAccelerator(rank, world), model, data.Split(images, labels),
+    result, _ = inference.exact_metrics(GlooAccelerator(rank, world), model, data.Split(images, labels),
                                    *data.STATS["mnist"], batch_size)
     out[rank] = (model.batches, result)
     torch.distributed.destroy_process_group()
@@ -116,7 +116,7 @@ def test_eval_forwards_equal_on_every_rank(n, batch_size):
     torch.manual_seed(0)
     model = models.build("cnn_bn", width=4)
     images, labels = make_digits(n, seed=3)
-    one, _ = inference.evaluate(SingleAccelerator(), model, data.Split(images, labels), *data.STATS["mnist"],
+    one, _ = inference.exact_metrics(SingleAccelerator(), model, data.Split(images, labels), *data.STATS["mnist"],
                                   batch_size)
     for r in range(world):
         got = out[r][1]
