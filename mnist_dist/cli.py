@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 import mnist_dist
@@ -72,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mnist-dist {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
+    except BrokenPipeError:
+        # The reader left (`mnist-dist recipes | head`): stop quietly, as other command-line tools do; stdout now
+        # goes nowhere so that the interpreter's final flush does not fail again (the Python docs' recipe, signal).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

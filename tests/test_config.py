@@ -1,12 +1,13 @@
 """The config tree: defaults < YAML < overrides, and every bad key or value fails early with one clear line."""
 import re
+import subprocess
 
 import pytest
 
 from mnist_dist import config
 from mnist_dist.config import ConfigError
 
-from helpers import ROOT, run_cli
+from helpers import ROOT, VENV_BIN, run_cli
 
 
 def test_precedence_defaults_yaml_overrides(tmp_path):
@@ -153,3 +154,11 @@ def test_the_largest_seed_trains(tiny_idx, tmp_path):
                     "train.progress=false", f"run.dir={tmp_path / 'run'}"], check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`mnist-dist recipes | true`: the pipe is closed before the listing is written (`true` exits at once, the
+    command only after its start-up); the command stops quietly with exit 1, not a BrokenPipeError traceback."""
+    command = f"set -o pipefail; {VENV_BIN / 'mnist-dist'} recipes | true"
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (1, "")
