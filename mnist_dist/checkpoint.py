@@ -72,7 +72,7 @@ class TrainState:
         return state
 
 
-def save_checkpoint(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
+def save(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
     root = run_dir / CKPT_DIR
     name = f"step_{meta['global_step']:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
@@ -246,7 +246,7 @@ def read_meta(ckpt: Path) -> dict:
         raise CheckpointError(f"{ckpt}: not a complete mnist-dist checkpoint ({e})") from None
 
 
-def load_checkpoint(accelerator, ckpt: Path) -> str | None:
+def load(accelerator, ckpt: Path) -> str | None:
     """Accelerate's load_state, whose torch.load calls use weights_only=True: a pickle that would run code
     (or anything but tensors and plain containers) is refused. A collective: returns why some rank could not
     load it (one line), or None when every rank did."""

@@ -426,7 +426,7 @@ def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -
         "config": config.to_dict(loop.cfg),
         "data": loop.data_fingerprint,
     }
-    return checkpoint.save_checkpoint(loop.accelerator, Path(loop.cfg.run.dir), meta, keep=loop.cfg.checkpoint.keep)
+    return checkpoint.save(loop.accelerator, Path(loop.cfg.run.dir), meta, keep=loop.cfg.checkpoint.keep)
 
 
 def resume(
@@ -445,7 +445,7 @@ def resume(
             check_resumable(cfg, accelerator, ckpt, meta, fingerprint, source)
             # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a
             # rank the checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
-            why = checkpoint.load_checkpoint(accelerator, ckpt)  # a collective too
+            why = checkpoint.load(accelerator, ckpt)  # a collective too
             if why is None:
                 return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), ckpt, meta
         if cfg.checkpoint.resume != "auto":  # a folder the user named is not renamed

@@ -18,7 +18,7 @@ from helpers import ddp2_launcher, run, run_cli, tiny_overrides
 
 
 class OneProcess:
-    """The few Accelerator members save_checkpoint uses, for one process; save_state is the test's double."""
+    """The few Accelerator members checkpoint.save uses, for one process; save_state is the test's double."""
     is_main_process = True
     device = torch.device("cpu")
 
@@ -44,7 +44,7 @@ def committed(run_dir: Path, step: int) -> Path:
 
 
 def test_a_save_that_fails_partway_keeps_the_committed_step_and_leaves_no_partial_one(tmp_path):
-    checkpoint.save_checkpoint(OneProcess(write_files), tmp_path, {"global_step": 7, "try": 1}, keep=5)
+    checkpoint.save(OneProcess(write_files), tmp_path, {"global_step": 7, "try": 1}, keep=5)
     first = committed(tmp_path, 7)
 
     def writes_one_file_then_fails(folder):
@@ -53,7 +53,7 @@ def test_a_save_that_fails_partway_keeps_the_committed_step_and_leaves_no_partia
 
     for step in (7, 8):  # a rewrite of the committed step, and a new step
         with pytest.raises(CheckpointError, match=f"cannot write checkpoint step_{step:08d}"):
-            checkpoint.save_checkpoint(OneProcess(writes_one_file_then_fails), tmp_path,
+            checkpoint.save(OneProcess(writes_one_file_then_fails), tmp_path,
                                        {"global_step": step, "try": 2}, keep=5)
     assert not (tmp_path / "checkpoints" / "step_00000008").exists()
     assert checkpoint.read_meta(committed(tmp_path, 7))["try"] == 1
@@ -86,7 +86,7 @@ KILLER = textwrap.dedent("""
         checkpoint.os.replace = replace
     with torch.no_grad():
         model.weight.fill_(2.0)
-    checkpoint.save_checkpoint(accelerator, run_dir, {"global_step": step, "try": 2}, keep=5)
+    checkpoint.save(accelerator, run_dir, {"global_step": step, "try": 2}, keep=5)
     print("not killed")
 """)
 
@@ -99,7 +99,7 @@ def test_a_kill_during_a_save_never_leaves_a_partial_step_folder(tmp_path, when,
     model = accelerator.prepare(torch.nn.Linear(4, 3))
     with torch.no_grad():
         model.weight.fill_(1.0)
-    checkpoint.save_checkpoint(accelerator, tmp_path, {"global_step": 7, "try": 1}, keep=5)
+    checkpoint.save(accelerator, tmp_path, {"global_step": 7, "try": 1}, keep=5)
     proc = run([sys.executable, "-c", KILLER, str(tmp_path), when, str(step)], timeout=120, check=False)
     assert proc.returncode == -9, proc.stdout + proc.stderr[-3000:]
     root = tmp_path / "checkpoints"
