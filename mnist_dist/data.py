@@ -308,10 +308,10 @@ class DeviceLoader:
     ):
         self.split = split.to(device)
         self.batch, self.accum, self.rank, self.world, self.seed = per_device_batch_size, accum, rank, world_size, seed
-        self.step_size = per_device_batch_size * accum * world_size  # global samples per optimizer step
+        self.global_samples_per_step = per_device_batch_size * accum * world_size  # every rank and micro-batch
         n = len(split)
-        tail = n % self.step_size
-        self.steps_per_epoch = n // self.step_size + (1 if tail >= world_size else 0)
+        tail = n % self.global_samples_per_step
+        self.steps_per_epoch = n // self.global_samples_per_step + (1 if tail >= world_size else 0)
 
     def __len__(self):
         return self.steps_per_epoch
@@ -319,7 +319,7 @@ class DeviceLoader:
     def epoch(self, epoch: int, start_step: int = 0):
         perm = epoch_permutation(len(self.split), self.seed, epoch).to(self.split.images.device)
         for step in range(start_step, self.steps_per_epoch):
-            chunk = perm[step * self.step_size : (step + 1) * self.step_size]
+            chunk = perm[step * self.global_samples_per_step : (step + 1) * self.global_samples_per_step]
             lo, hi = self.rank * len(chunk) // self.world, (self.rank + 1) * len(chunk) // self.world
             mine = chunk[lo:hi]
             micro = [(self.split.images[i], self.split.labels[i]) for i in mine.split(self.batch)]
