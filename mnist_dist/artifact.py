@@ -36,7 +36,7 @@ def save_model(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic.replacing(run_dir / MODEL_FILE) as tmp:
         save_file(state, str(tmp))
-    meta = {
+    model_info = {
         "name": model_name,
         "kwargs": model_kwargs,
         "dataset": dataset,
@@ -45,34 +45,38 @@ def save_model(
         "classes": data.CLASSES[dataset],
         "input": "uint8 28x28 grey, light ink on dark background, then (x/255 - mean)/std, shape [B, 1, 28, 28]",
     }
-    atomic.write_text(run_dir / MODEL_META, json.dumps(meta, indent=2))
+    atomic.write_text(run_dir / MODEL_META, json.dumps(model_info, indent=2))
     return run_dir / MODEL_FILE
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Load (model in eval mode on the CPU, metadata) from a run folder or a model.safetensors with model.json beside it."""
+    """Load (model in eval mode on the CPU, model_info) from a run folder or a model.safetensors with model.json beside it."""
     path = Path(path)
     weights = path / MODEL_FILE if path.is_dir() else path
-    meta_path = weights.with_name(MODEL_META)
+    info_path = weights.with_name(MODEL_META)
     if not weights.is_file():
         raise ModelFileError(f"{weights}: no such model file (train first, or point at a run folder)")
     if weights.suffix != ".safetensors":
         raise ModelFileError(f"{weights}: only .safetensors weights are loaded (pickles can run code)")
-    if not meta_path.is_file():
-        raise ModelFileError(f"{meta_path}: missing; it says which architecture the weights belong to")
+    if not info_path.is_file():
+        raise ModelFileError(f"{info_path}: missing; it says which architecture the weights belong to")
     try:
-        meta = json.loads(meta_path.read_text())
+        model_info = json.loads(info_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{meta_path}: not readable JSON ({e})") from None
-    missing = [k for k in ("name", "dataset", "mean", "std", "classes") if not isinstance(meta, dict) or k not in meta]
+        raise ModelFileError(f"{info_path}: not readable JSON ({e})") from None
+    missing = [
+        k
+        for k in ("name", "dataset", "mean", "std", "classes")
+        if not isinstance(model_info, dict) or k not in model_info
+    ]
     if missing:
         raise ModelFileError(
-            f"{meta_path}: missing {', '.join(missing)}; it must say how to rebuild and feed the model "
+            f"{info_path}: missing {', '.join(missing)}; it must say how to rebuild and feed the model "
             f"(re-save it with mnist-dist, or restore the file)"
         )
     try:
-        model = models.build(meta["name"], **meta.get("kwargs", {}))
+        model = models.build(model_info["name"], **model_info.get("kwargs", {}))
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:
         raise ModelFileError(f"{weights}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return model.eval(), meta
+    return model.eval(), model_info

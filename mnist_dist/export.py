@@ -48,7 +48,7 @@ def run(args) -> int:
     if args.format == "hub":
         return export_hub(args)
     source = rundir.pick_model(args.model, args.best)
-    model, meta = artifact.load_model(source)
+    model, model_info = artifact.load_model(source)
     weights = source / rundir.MODEL_FILE if source.is_dir() else source
     out = Path(args.out) if args.out else weights.with_name("model" + SUFFIXES[args.format])
     if out.is_dir():
@@ -57,14 +57,14 @@ def run(args) -> int:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "onnx":
-        max_diff = export_onnx(model, meta, out)
+        max_diff = export_onnx(model, model_info, out)
         check = (
             f"onnxruntime agrees with PyTorch to {max_diff:.1e}"
             if max_diff is not None
             else "not checked: onnxruntime is not installed"
         )
     else:
-        max_diff = export_torchscript(model, meta, out)
+        max_diff = export_torchscript(model, model_info, out)
         check = f"reloaded, agrees with PyTorch to {max_diff:.1e}"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB; {check})")
     return 0
@@ -83,8 +83,8 @@ def export_hub(args) -> int:
         raise ExportError(f"--out {out} is a file; --format hub writes a folder")
     written = hub.export(source, rundir.of_model(source), out, args.best)
     if args.onnx:
-        model, meta = artifact.load_model(source)
-        export_onnx(model, meta, out / hub.ONNX)
+        model, model_info = artifact.load_model(source)
+        export_onnx(model, model_info, out / hub.ONNX)
         written.append(out / hub.ONNX)
     print(f"wrote the Hub model folder {out}: {', '.join(sorted(p.name for p in written))}")
     return 0
@@ -95,7 +95,7 @@ def sample_input(batch: int = 8) -> torch.Tensor:
     return torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-def export_onnx(model: torch.nn.Module, meta: dict, out: Path) -> float | None:
+def export_onnx(model: torch.nn.Module, model_info: dict, out: Path) -> float | None:
     """Write ONNX with a dynamic batch axis; return the max |logit| difference to PyTorch under onnxruntime
     (None when onnxruntime is missing)."""
     try:
@@ -118,7 +118,7 @@ def export_onnx(model: torch.nn.Module, meta: dict, out: Path) -> float | None:
             )
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
-        for key, value in metadata(meta).items():
+        for key, value in metadata(model_info).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
@@ -131,14 +131,14 @@ def export_onnx(model: torch.nn.Module, meta: dict, out: Path) -> float | None:
     return check_close(session.run(None, {"input": x.numpy()})[0], model, x)
 
 
-def export_torchscript(model: torch.nn.Module, meta: dict, out: Path) -> float:
+def export_torchscript(model: torch.nn.Module, model_info: dict, out: Path) -> float:
     """Write a traced TorchScript module (the models have no data-dependent control flow); return the max
     |logit| difference of the reloaded file to the original."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(model, sample_input(2))
         with atomic.replacing(out) as tmp:
-            torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(meta)})
+            torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(model_info)})
         reloaded = torch.jit.load(str(out))
     x = sample_input(5)
     with torch.no_grad():
@@ -154,13 +154,13 @@ def check_close(logits, model: torch.nn.Module, x: torch.Tensor) -> float:
     return max_diff
 
 
-def metadata(meta: dict) -> dict[str, str]:
+def metadata(model_info: dict) -> dict[str, str]:
     return {
-        "mnist_dist.model": meta["name"],
-        "mnist_dist.dataset": meta["dataset"],
-        "mnist_dist.mean": str(meta["mean"]),
-        "mnist_dist.std": str(meta["std"]),
-        "mnist_dist.classes": json.dumps(meta["classes"]),
+        "mnist_dist.model": model_info["name"],
+        "mnist_dist.dataset": model_info["dataset"],
+        "mnist_dist.mean": str(model_info["mean"]),
+        "mnist_dist.std": str(model_info["std"]),
+        "mnist_dist.classes": json.dumps(model_info["classes"]),
         "mnist_dist.input": "float32 [batch, 1, 28, 28] = (uint8 pixels/255 - mean)/std, light ink on dark; "
         "output: logits [batch, 10]",
     }

@@ -49,13 +49,13 @@ def _one_line(e: Exception) -> str:
 # ----------------------------------------------------------------------------- the model card
 
 
-def card_data(meta: dict, summary: dict | None, best: bool):
+def card_data(model_info: dict, summary: dict | None, best: bool):
     """ModelCardData with the test accuracy of the exported model (the final one, or the best one when the run
     evaluated it on the test split) as its model-index."""
     from huggingface_hub import EvalResult, ModelCardData
 
     summary = summary or {}
-    dataset_id = data.HF_IDS[meta["dataset"]]
+    dataset_id = data.HF_IDS[model_info["dataset"]]
     numbers = (summary.get("best") or {}) if best else summary
     results = (
         [
@@ -63,7 +63,7 @@ def card_data(meta: dict, summary: dict | None, best: bool):
                 task_type="image-classification",
                 task_name="Image Classification",
                 dataset_type=dataset_id,
-                dataset_name=DATASET_NAMES[meta["dataset"]],
+                dataset_name=DATASET_NAMES[model_info["dataset"]],
                 dataset_split="test",
                 metric_type="accuracy",
                 metric_name="Test accuracy",
@@ -74,29 +74,29 @@ def card_data(meta: dict, summary: dict | None, best: bool):
         else None
     )
     return ModelCardData(
-        model_name=f"{meta['name']}-{meta['dataset']}",
+        model_name=f"{model_info['name']}-{model_info['dataset']}",
         license="mit",
         library_name="mnist-dist",
         pipeline_tag="image-classification",
         datasets=[dataset_id],
         metrics=["accuracy"],
-        tags=["pytorch", "safetensors", "mnist-dist", meta["dataset"]],
+        tags=["pytorch", "safetensors", "mnist-dist", model_info["dataset"]],
         eval_results=results,
     )
 
 
-def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
+def card_text(model_info: dict, run_dir: Path | None, best: bool) -> str:
     """README.md: the metadata block, then the model, its training set-up, the recipe and the pictures."""
     from huggingface_hub import ModelCard
 
     summary = rundir.read_json(run_dir / rundir.SUMMARY) if run_dir else None
-    cd = card_data(meta, summary, best)
+    cd = card_data(model_info, summary, best)
     s = summary or {}
     numbers = (s.get("best") or {}) if best else s
     lines = [
         f"# {cd.model_name}",
         "",
-        f"A `{meta['name']}` classifier of {meta['dataset']} (28x28 grey images, 10 classes), trained with "
+        f"A `{model_info['name']}` classifier of {model_info['dataset']} (28x28 grey images, 10 classes), trained with "
         f"mnist-dist and saved as safetensors. This is the "
         f"{'best model by validation' if best else 'final model'} of its run.",
         "",
@@ -104,7 +104,7 @@ def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
     if numbers.get("test_accuracy") is not None:
         lines += [
             f"Test accuracy: **{numbers['test_accuracy']:.4f}** on {s.get('test_count', '?')} test images "
-            f"({data.HF_IDS[meta['dataset']]}, split test).",
+            f"({data.HF_IDS[model_info['dataset']]}, split test).",
             "",
         ]
     lines += [
@@ -112,13 +112,13 @@ def card_text(meta: dict, run_dir: Path | None, best: bool) -> str:
         "",
         "```python",
         "from mnist_dist import checkpoint, hub",
-        "model, meta = artifact.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
-        "# input: float32 [B, 1, 28, 28] = (uint8 pixels/255 - meta['mean'])/meta['std']; output: logits [B, 10]",
+        "model, model_info = artifact.load_model(hub.resolve('OWNER/NAME'))  # a repo id or a folder",
+        "# input: float32 [B, 1, 28, 28] = (uint8 pixels/255 - model_info['mean'])/model_info['std']; output: logits [B, 10]",
         "```",
         "",
         "or `mnist-dist eval OWNER/NAME`, `mnist-dist predict OWNER/NAME image.png`.",
         "",
-        f"Classes: {', '.join(meta['classes'])}.",
+        f"Classes: {', '.join(model_info['classes'])}.",
         "",
     ]
     if summary:
@@ -189,20 +189,20 @@ def _recipe(run_dir: Path | None) -> str | None:
 def export(source: Path, run_dir: Path | None, out: Path, best: bool) -> list[Path]:
     """Write the Hub layout of the model folder `source` (a run folder or its best/) into `out` (which may be
     `source` itself); returns the files written."""
-    _, meta = artifact.load_model(source)  # refuses a damaged model before anything is written
+    _, model_info = artifact.load_model(source)  # refuses a damaged model before anything is written
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in (rundir.MODEL_FILE, rundir.MODEL_META):
         if (out / name).resolve() != (source / name).resolve():
             shutil.copyfile(source / name, out / name)
         written.append(out / name)
-    atomic.write_text(out / HUB_CONFIG, json.dumps(meta, indent=2))
+    atomic.write_text(out / HUB_CONFIG, json.dumps(model_info, indent=2))
     for name in rundir.PICTURES:
         if run_dir and (run_dir / name).is_file():
             if (out / name).resolve() != (run_dir / name).resolve():
                 shutil.copyfile(run_dir / name, out / name)
             written.append(out / name)
-    atomic.write_text(out / CARD, card_text(meta, run_dir, best))
+    atomic.write_text(out / CARD, card_text(model_info, run_dir, best))
     return [*written, out / HUB_CONFIG, out / CARD]
 
 
@@ -233,14 +233,14 @@ def resolve(model: str | Path) -> Path:
         ) from None
     if not (snapshot / rundir.MODEL_FILE).is_file():
         raise HubError(f"{model}: the Hub repo has no {rundir.MODEL_FILE} (not an mnist-dist model)")
-    meta_file = snapshot / (rundir.MODEL_META if (snapshot / rundir.MODEL_META).is_file() else HUB_CONFIG)
-    meta = rundir.read_json(meta_file) or {}
+    info_file = snapshot / (rundir.MODEL_META if (snapshot / rundir.MODEL_META).is_file() else HUB_CONFIG)
+    model_info = rundir.read_json(info_file) or {}
     folder = _staging()
     os.symlink(snapshot / rundir.MODEL_FILE, folder / rundir.MODEL_FILE)
-    shutil.copyfile(meta_file, folder / rundir.MODEL_META)
+    shutil.copyfile(info_file, folder / rundir.MODEL_META)
     # eval's data defaults: the dataset the model was trained on (overrides still win)
-    if meta.get("dataset"):
-        atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": meta["dataset"]}}))
+    if model_info.get("dataset"):
+        atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": model_info["dataset"]}}))
     return folder
 
 
@@ -276,7 +276,7 @@ def _stage_checkpoint(ckpt: Path) -> Path:
         {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
         str(folder / rundir.MODEL_FILE),
     )
-    meta = {
+    model_info = {
         "name": cfg["model"]["name"],
         "kwargs": cfg["model"].get("kwargs") or {},
         "dataset": dataset,
@@ -285,7 +285,7 @@ def _stage_checkpoint(ckpt: Path) -> Path:
         "classes": data.CLASSES[dataset],
         "checkpoint": {"global_step": state.get("global_step"), "epoch": state.get("epoch")},
     }
-    atomic.write_text(folder / rundir.MODEL_META, json.dumps(meta, indent=2))
+    atomic.write_text(folder / rundir.MODEL_META, json.dumps(model_info, indent=2))
     atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg}))
     return folder
 

@@ -69,9 +69,9 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
 def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
-    model, meta = artifact.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
-    layout = images.LAYOUTS.get(meta.get("dataset", "mnist"), images.LAYOUTS["mnist"])
-    classes = meta["classes"]
+    model, model_info = artifact.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
+    layout = images.LAYOUTS.get(model_info.get("dataset", "mnist"), images.LAYOUTS["mnist"])
+    classes = model_info["classes"]
     top_k = min(args.top_k, len(classes))
     files, errors = list_images(args.inputs)
     for name, message in errors:
@@ -95,7 +95,7 @@ def run(args) -> int:
         if not good:
             continue
         batch = torch.from_numpy(np.stack(inputs))
-        probs = inference.predict(model, batch, meta["mean"], meta["std"], batch_size=len(batch))
+        probs = inference.predict(model, batch, model_info["mean"], model_info["std"], batch_size=len(batch))
         top_p, top_i = probs.topk(top_k, dim=1)
         for n, path in enumerate(good):
             ranked = [(classes[i], p) for i, p in zip(top_i[n].tolist(), top_p[n].tolist())]

@@ -20,12 +20,12 @@ NUM_SAMPLES = 48  # the first test images, always the same ones, so runs can be 
 
 def _predictions(run_dir: Path, run_cfg) -> Predictions:
     """The saved model's predictions for the first test images of the run's own config.yaml's data."""
-    model, meta = artifact.load_model(run_dir)
+    model, model_info = artifact.load_model(run_dir)
     if run_cfg is None:
         raise UserError(f"{run_dir / CONFIG}: missing; it says which data the run used")
     test = data.load_test(run_cfg.data)
     images, labels = test.images[:NUM_SAMPLES], test.labels[:NUM_SAMPLES]
-    return Predictions(images, labels, inference.predict(model, images, meta["mean"], meta["std"]))
+    return Predictions(images, labels, inference.predict(model, images, model_info["mean"], model_info["std"]))
 
 
 def build_report(run_dir: str | Path, predictions: Predictions | None = None) -> list[str]:
@@ -41,7 +41,7 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
     # Every file is read (and checked) before anything is drawn.
     run_cfg = rundir.load_run_config(run_dir, []) if (run_dir / CONFIG).exists() else None
     records = rundir.read_jsonl(run_dir / METRICS)
-    meta = rundir.read_json(run_dir / MODEL_META)
+    model_info = rundir.read_json(run_dir / MODEL_META)
     summary = rundir.read_json(run_dir / SUMMARY) or {}
     rundir.check_numbers(
         run_dir / SUMMARY,
@@ -57,9 +57,9 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
             "global_step",
         ),
     )
-    dataset = (meta or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
+    dataset = (model_info or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
     classes = data.CLASSES.get(dataset, [str(i) for i in range(10)])
-    title = f"{run_dir.name}: {summary.get('model') or (meta or {}).get('name', '')} on {dataset}"
+    title = f"{run_dir.name}: {summary.get('model') or (model_info or {}).get('name', '')} on {dataset}"
 
     if records:
         plots.curves(records, run_dir / CURVES, title=title)

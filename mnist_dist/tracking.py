@@ -430,7 +430,7 @@ def model_artifact_ref(model_path: Path) -> str | None:
     )
 
 
-def log_evaluation(cfg: config.Config, model_path: Path, meta: dict, result: dict, hub_repo: str | None) -> None:
+def log_evaluation(cfg: config.Config, model_path: Path, model_info: dict, result: dict, hub_repo: str | None) -> None:
     """`mnist-dist eval` with tracking.backend=wandb: a W&B run of its own (job_type eval) with the result, that
     uses the model's artifact: online its lineage links the evaluation to the training run; offline wandb cannot
     use an artifact, so the run's config names it (model.artifact). Never fails the evaluation."""
@@ -454,7 +454,12 @@ def log_evaluation(cfg: config.Config, model_path: Path, meta: dict, result: dic
             "job_type": "eval",
             "dir": str(where),
             "config": {
-                "model": {"artifact": ref, "hub_repo": hub_repo, "name": meta["name"], "dataset": meta["dataset"]},
+                "model": {
+                    "artifact": ref,
+                    "hub_repo": hub_repo,
+                    "name": model_info["name"],
+                    "dataset": model_info["dataset"],
+                },
                 "split": split,
                 "data": {"name": cfg.data.name},
                 "world_size": result.get("world_size"),
@@ -477,7 +482,7 @@ def log_evaluation(cfg: config.Config, model_path: Path, meta: dict, result: dic
         )
         return
     tracker = types.SimpleNamespace(name="wandb", broken=False)  # for _guarded: the first error warns, once
-    classes = meta["classes"]
+    classes = model_info["classes"]
     values = {f"{split}/{k}": result[k] for k in ("accuracy", "loss", "count")}
     values.update(
         {f"{split}/per_class_accuracy/{c.replace('/', '_')}": a for c, a in zip(classes, result["per_class_accuracy"])}

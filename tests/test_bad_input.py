@@ -172,9 +172,9 @@ def model_dir(tmp_path):
 
 @pytest.mark.parametrize("key", ["mean", "std", "classes", "name"])
 def test_model_json_missing_a_key_is_one_line(capsys, model_dir, key):
-    meta = json.loads((model_dir / "model.json").read_text())
-    del meta[key]
-    (model_dir / "model.json").write_text(json.dumps(meta))
+    model_info = json.loads((model_dir / "model.json").read_text())
+    del model_info[key]
+    (model_dir / "model.json").write_text(json.dumps(model_info))
     (model_dir / "x.png").write_bytes(b"")
     one_line_error(capsys, ["predict", str(model_dir), str(model_dir / "x.png")], "model.json", key)
 

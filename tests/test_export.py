@@ -44,8 +44,8 @@ def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
     onnx = pytest.importorskip("onnx")
     assert cli.main(["export", str(model_dir), "--format", "onnx"]) == 0
     path = model_dir / "model.onnx"
-    _, meta = artifact.load_model(model_dir)
-    x = data.normalize(test_split.images, meta["mean"], meta["std"])
+    _, model_info = artifact.load_model(model_dir)
+    x = data.normalize(test_split.images, model_info["mean"], model_info["std"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     bounds = [0, 1, 1000, 5000, 9990, 10_000]  # batches of 1, 999, 4000, 4990 and 10: the batch axis is dynamic
     onnx_logits = np.concatenate([session.run(None, {"input": x[a:b].numpy()})[0] for a, b in zip(bounds, bounds[1:])])
@@ -57,7 +57,7 @@ def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
 
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(props["mnist_dist.classes"]) == data.CLASSES["fashion_mnist"]
-    assert float(props["mnist_dist.mean"]) == meta["mean"] and float(props["mnist_dist.std"]) == meta["std"]
+    assert float(props["mnist_dist.mean"]) == model_info["mean"] and float(props["mnist_dist.std"]) == model_info["std"]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
@@ -66,9 +66,9 @@ def test_torchscript_matches_pytorch(model_dir, test_split, tmp_path):
     assert cli.main(["export", str(model_dir / "model.safetensors"), "--format", "torchscript", "--out", str(out)]) == 0
     extra = {"model.json": ""}
     scripted = torch.jit.load(str(out), _extra_files=extra)
-    _, meta = artifact.load_model(model_dir)
-    assert json.loads(extra["model.json"]) == meta
-    x = data.normalize(test_split.images[:3000], meta["mean"], meta["std"])
+    _, model_info = artifact.load_model(model_dir)
+    assert json.loads(extra["model.json"]) == model_info
+    x = data.normalize(test_split.images[:3000], model_info["mean"], model_info["std"])
     with torch.no_grad():
         ts_logits = scripted(x).numpy()
     torch_logits = pytorch_logits(model_dir, x)

@@ -43,9 +43,10 @@ def model_dir(tmp_path_factory, test_split):
 
 
 def classify(model_dir, images_u8: np.ndarray) -> np.ndarray:
-    model, meta = artifact.load_model(model_dir)
+    model, model_info = artifact.load_model(model_dir)
     with torch.no_grad():
-        return model(data.normalize(torch.from_numpy(images_u8), meta["mean"], meta["std"])).argmax(1).numpy()
+        x = data.normalize(torch.from_numpy(images_u8), model_info["mean"], model_info["std"])
+        return model(x).argmax(1).numpy()
 
 
 def distort(img28: np.ndarray, kind: str, rng) -> Image.Image:

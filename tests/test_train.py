@@ -74,8 +74,8 @@ def test_eval_on_two_processes_counts_exactly(one_proc_run, tmp_path):
 
 
 def test_saved_model_loads_without_training_code_pickles(one_proc_run):
-    model, meta = artifact.load_model(one_proc_run / "model.safetensors")
-    assert meta["name"] == "cnn_bn" and meta["kwargs"] == {"width": 4} and len(meta["classes"]) == 10
+    model, model_info = artifact.load_model(one_proc_run / "model.safetensors")
+    assert model_info["name"] == "cnn_bn" and model_info["kwargs"] == {"width": 4} and len(model_info["classes"]) == 10
     assert set(load_file(str(one_proc_run / "model.safetensors"))) == set(model.state_dict())
 
 
@@ -89,8 +89,8 @@ def test_dry_run_of_the_real_script(tiny_idx, tmp_path):
     assert (saved["epochs"], saved["max_steps"], saved["progress"]) == (1, 5, False)
     assert [(r["epoch"], r["global_step"]) for r in read_jsonl(run_dir / "metrics.jsonl")] == [(0.25, 5)]  # 20/epoch
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 5
-    model, meta = artifact.load_model(run_dir / "model.safetensors")
-    assert meta["name"] == "cnn_bn" and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    model, model_info = artifact.load_model(run_dir / "model.safetensors")
+    assert model_info["name"] == "cnn_bn" and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert proc.stderr == "", proc.stderr  # a bar, even one paced for a log file, is stderr output: none here
 
 
