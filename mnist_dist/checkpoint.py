@@ -61,10 +61,10 @@ class TrainState:
     stopped_early: bool = False
 
     @classmethod
-    def from_meta(cls, meta: dict, rank: int, world_size: int) -> TrainState:
+    def from_state_json(cls, state_json: dict, rank: int, world_size: int) -> TrainState:
         """The state a checkpoint's state.json describes, as seen by `rank`."""
-        state = cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
-        per_rank = meta.get("samples_seen_per_rank")  # state.json's samples_seen is rank 0's
+        state = cls(**{f.name: state_json[f.name] for f in dataclasses.fields(cls) if f.name in state_json})
+        per_rank = state_json.get("samples_seen_per_rank")  # state.json's samples_seen is rank 0's
         if per_rank is not None and len(per_rank) == world_size:
             state.samples_seen = per_rank[rank]
         elif per_rank is not None:  # another world size (elastic resume): rank 0 carries the count, the sum is exact
@@ -72,9 +72,9 @@ class TrainState:
         return state
 
 
-def save(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
+def save(accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
     root = run_dir / CKPT_DIR
-    name = f"step_{meta['global_step']:08d}"
+    name = f"step_{state_json['global_step']:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
     if accelerator.is_main_process:
         if tmp.exists():
@@ -85,7 +85,7 @@ def save(accelerator, run_dir: Path, meta: dict, keep: int) -> Path:
     try:
         accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
         if accelerator.is_main_process:  # inside the uncommitted folder: nothing loads it before the rename
-            atomic.write_text(tmp / STATE_FILE, json.dumps(meta, indent=2))
+            atomic.write_text(tmp / STATE_FILE, json.dumps(state_json, indent=2))
     except Exception as e:  # a full disk: torch and safetensors each word it their own way
         failure = e
     # A collective: every rank learns whether all wrote their part, so a full disk stops them together.
@@ -239,7 +239,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def read_meta(ckpt: Path) -> dict:
+def read_state_json(ckpt: Path) -> dict:
     try:
         return json.loads((Path(ckpt) / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -418,7 +418,7 @@ def samples_seen_per_rank(accelerator: Accelerator, state: TrainState) -> list[i
 def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -> Path:
     """A collective: every rank calls it at the same step."""
     loop.window.fold(loop.accelerator, state)
-    meta = {
+    state_json = {
         **dataclasses.asdict(state),
         "samples_seen_per_rank": samples_seen_per_rank(loop.accelerator, state),
         "world_size": loop.accelerator.num_processes,
@@ -426,7 +426,7 @@ def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -
         "config": config.to_dict(loop.cfg),
         "data": loop.data_fingerprint,
     }
-    return checkpoint.save(loop.accelerator, Path(loop.cfg.run.dir), meta, keep=loop.cfg.checkpoint.keep)
+    return checkpoint.save(loop.accelerator, Path(loop.cfg.run.dir), state_json, keep=loop.cfg.checkpoint.keep)
 
 
 def resume(
@@ -441,13 +441,17 @@ def resume(
     for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
         why = checkpoint.agreed_damage(accelerator, ckpt)  # a collective: every rank takes the same branch
         if why is None:
-            meta = checkpoint.read_meta(ckpt)
-            check_resumable(cfg, accelerator, ckpt, meta, fingerprint, source)
+            state_json = checkpoint.read_state_json(ckpt)
+            check_resumable(cfg, accelerator, ckpt, state_json, fingerprint, source)
             # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a
             # rank the checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
             why = checkpoint.load(accelerator, ckpt)  # a collective too
             if why is None:
-                return TrainState.from_meta(meta, accelerator.process_index, accelerator.num_processes), ckpt, meta
+                return (
+                    TrainState.from_state_json(state_json, accelerator.process_index, accelerator.num_processes),
+                    ckpt,
+                    state_json,
+                )
         if cfg.checkpoint.resume != "auto":  # a folder the user named is not renamed
             raise checkpoint.CheckpointError(
                 f"checkpoint.resume={ckpt} is damaged: {why}. Point checkpoint.resume "
@@ -473,25 +477,25 @@ def resume(
 
 
 def check_resumable(
-    cfg: config.Config, accelerator: Accelerator, ckpt: Path, meta: dict, fingerprint: dict, source: str
+    cfg: config.Config, accelerator: Accelerator, ckpt: Path, state_json: dict, fingerprint: dict, source: str
 ) -> None:
     """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
     another trajectory config, or other data (the data may move; the arrays may not change)."""
-    saved_train = meta.get("config", {}).get("train", {})
+    saved_train = state_json.get("config", {}).get("train", {})
     saved_global = (
-        saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * meta["world_size"]
+        saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * state_json["world_size"]
     )
     # Same world, per_device_batch_size given: resume_conflicts lists a change. Otherwise the batch is derived here.
-    derived = meta["world_size"] != accelerator.num_processes or cfg.train.global_batch_size
+    derived = state_json["world_size"] != accelerator.num_processes or cfg.train.global_batch_size
     if derived and saved_global != cfg.train.global_batch(accelerator.num_processes):
         raise UserError(
-            f"{ckpt} was written by {meta['world_size']} processes with a global batch of "
+            f"{ckpt} was written by {state_json['world_size']} processes with a global batch of "
             f"{saved_global}; with {accelerator.num_processes} this run's is "
             f"{cfg.train.global_batch(accelerator.num_processes)}: set train.global_batch_size="
             f"{saved_global} to resume on this number of processes, or start over with "
             f"checkpoint.resume=never"
         )
-    conflicts = config.resume_conflicts(meta.get("config", {}), cfg)
+    conflicts = config.resume_conflicts(state_json.get("config", {}), cfg)
     if conflicts:
         hint = (
             f"; train.epochs can grow only with train.scheduler={'/'.join(config.LENGTH_FREE_SCHEDULERS)}, "
@@ -503,7 +507,7 @@ def check_resumable(
             f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
             f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
         )
-    saved = meta.get("data") or {}  # checkpoints from before fingerprints have none: not checked
+    saved = state_json.get("data") or {}  # checkpoints from before fingerprints have none: not checked
     for name in ("train", "val", "test") if saved else ():
         old, new = saved.get(name) or {}, fingerprint.get(name) or {}
         if old != new:
@@ -600,7 +604,7 @@ def run_training(
     loop.data_fingerprint = data.fingerprint(datasets)
 
     # ------------------------------------------------------------------ resume
-    state, resume_from, resumed_meta = resume(cfg, accelerator, loop.data_fingerprint, datasets.source)
+    state, resume_from, resumed_state_json = resume(cfg, accelerator, loop.data_fingerprint, datasets.source)
 
     # ------------------------------------------------------------------ run folder, tracking
     if accelerator.is_main_process:
@@ -618,7 +622,9 @@ def run_training(
         "global_batch_size": global_batch_size,
         "elastic_restart_count": runtime.elastic_restart_count(),
     }  # None outside torchrun's elastic agent
-    tracker = tracking.start(cfg, run_dir, resumed_meta.get("tracker_run_id"), launch, accelerator.is_main_process)
+    tracker = tracking.start(
+        cfg, run_dir, resumed_state_json.get("tracker_run_id"), launch, accelerator.is_main_process
+    )
 
     def close_tracker(exc_type, exc, tb) -> None:  # a finished run's tracker is finished with the summary, below
         if exc is not None:

@@ -56,7 +56,7 @@ def test_a_save_that_fails_partway_keeps_the_committed_step_and_leaves_no_partia
             checkpoint.save(OneProcess(writes_one_file_then_fails), tmp_path,
                                        {"global_step": step, "try": 2}, keep=5)
     assert not (tmp_path / "checkpoints" / "step_00000008").exists()
-    assert checkpoint.read_meta(committed(tmp_path, 7))["try"] == 1
+    assert checkpoint.read_state_json(committed(tmp_path, 7))["try"] == 1
     assert (first / "model.safetensors").read_text() == "a model.safetensors"
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000007"]
 
@@ -107,7 +107,7 @@ def test_a_kill_during_a_save_never_leaves_a_partial_step_folder(tmp_path, when,
     checkpoint.clean_partial(tmp_path)  # what the next run does first
     assert sorted(p.name for p in root.iterdir()) == ["step_00000007"]
     ckpt = committed(tmp_path, 7)
-    assert checkpoint.read_meta(ckpt)["try"] == 1
+    assert checkpoint.read_state_json(ckpt)["try"] == 1
     accelerator.load_state(str(ckpt))
     assert torch.equal(model.weight, torch.ones(3, 4))
 

@@ -103,8 +103,8 @@ def test_preemption_across_nodes_requeues_and_ends_bit_identical(cluster, uninte
     run_dir = tmp_path / "run"
     job_id = submit_two_nodes(cluster, tmp_path, f"run.dir={run_dir}")
     step, _ = usr1_and_wait_for_requeue(cluster, job_id, run_dir)
-    meta = json.loads((run_dir / f"checkpoints/step_{step:08d}/state.json").read_text())
-    assert meta["world_size"] == 2 and 10 <= step < STEPS
+    state_json = json.loads((run_dir / f"checkpoints/step_{step:08d}/state.json").read_text())
+    assert state_json["world_size"] == 2 and 10 <= step < STEPS
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     info = cluster.wait_for(job_id, ENDED, JOB_TIMEOUT_S, "after release")
     log = Path(info["StdOut"]).read_text()

@@ -45,8 +45,8 @@ def test_sigkill_mid_epoch_resumes_bit_identical(tiny_idx, tmp_path, reference):
     proc.kill()  # SIGKILL: no handler, no cleanup
     proc.wait()
     latest = checkpoint.complete_checkpoints(run_dir)[-1]
-    meta = checkpoint.read_meta(latest)
-    assert meta["step_in_epoch"] != 0, "the kill should land inside an epoch"
+    state_json = checkpoint.read_state_json(latest)
+    assert state_json["step_in_epoch"] != 0, "the kill should land inside an epoch"
     assert not (run_dir / "model.safetensors").exists(), "killed before the end"
     out = run_cli(["train", *slow_overrides(tiny_idx, run_dir)]).stdout
     assert f"resumed from {latest}" in out
@@ -145,7 +145,7 @@ def test_preempt_signal_to_one_rank_stops_both_and_resumes_identically(tiny_idx,
     out = proc.communicate(timeout=120)[0]
     assert "preempted by" in out, out[-3000:]
     latest = checkpoint.complete_checkpoints(run_dir)[-1]
-    assert checkpoint.read_meta(latest)["world_size"] == 2
+    assert checkpoint.read_state_json(latest)["world_size"] == 2
     assert not (run_dir / "model.safetensors").exists()
     out = run_cli(["train", *args(run_dir)], launcher=ddp2_launcher(29616)).stdout
     assert f"resumed from {latest}" in out
@@ -201,7 +201,7 @@ def test_ctrl_c_saves_at_the_next_step_and_resumes_identically(tiny_idx, tmp_pat
     assert proc.returncode == 130, out[-2000:]
     assert "Traceback" not in out and "interrupted by SIGINT: checkpoint saved at global_step" in out
     latest = checkpoint.complete_checkpoints(run_dir)[-1]
-    step = checkpoint.read_meta(latest)["global_step"]
+    step = checkpoint.read_state_json(latest)["global_step"]
     assert f"global_step {step}" in out and step % 25 != 0 and latest.name != first  # saved at the stop itself
     run_cli(["train", *slow_overrides(tiny_idx, run_dir)])
     assert_same_run(reference, run_dir)
@@ -242,7 +242,7 @@ def test_the_dataloader_path_resumes_exactly_mid_epoch_and_at_an_epoch_end(tiny_
     for step in (150, steps_per_epoch):
         resumed = tmp_path / f"from{step}"
         ckpt = ref / "checkpoints" / f"step_{step:08d}"
-        assert checkpoint.read_meta(ckpt)["step_in_epoch"] == (step % steps_per_epoch)
+        assert checkpoint.read_state_json(ckpt)["step_in_epoch"] == (step % steps_per_epoch)
         out = run_cli(["train", *args(resumed, f"checkpoint.resume={ckpt}")]).stdout
         assert f"resumed from {ckpt}" in out
         wa, wb = load_file(str(ref / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
@@ -268,7 +268,7 @@ def test_a_full_disk_is_one_line_keeps_the_checkpoints_and_a_rerun_resumes(tiny_
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "cannot write checkpoint step_" in err and "The earlier checkpoints are intact" in err
     kept = checkpoint.complete_checkpoints(run_dir)
-    assert len(kept) == 2 and all(checkpoint.read_meta(c)["global_step"] for c in kept)
+    assert len(kept) == 2 and all(checkpoint.read_state_json(c)["global_step"] for c in kept)
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))  # the partial one is gone
     run(["mount", "-o", "remount,size=64m", str(small_disk)])  # space freed
     out = run_cli(["train", *args]).stdout
@@ -296,7 +296,8 @@ def test_elastic_resume_on_another_number_of_processes(tiny_idx, tmp_path, first
     out = proc.communicate(timeout=120)[0]
     assert "preempted by" in out, out[-3000:]
     latest = checkpoint.complete_checkpoints(run_dir)[-1]
-    assert checkpoint.read_meta(latest)["world_size"] == first and checkpoint.read_meta(latest)["step_in_epoch"] > 0
+    state_json = checkpoint.read_state_json(latest)
+    assert state_json["world_size"] == first and state_json["step_in_epoch"] > 0
     out = run_cli(["train", *args(run_dir)], launcher=launcher(then, 29624 + then)).stdout
     assert f"resumed from {latest}" in out and f"world_size={then}" in out
     got, want = (json.loads((d / "summary.json").read_text()) for d in (run_dir, ref))
