@@ -2,7 +2,7 @@
 
 Unknown keys, wrong types and impossible values raise ConfigError before any work starts: types are checked
 while building (from_dict), ranges by each section's __post_init__. Each field's policy (choices, range, whether
-a resume may change it) stands in its own metadata (meta()); --help and docs/configuration.md are generated from it.
+a resume may change it) stands in its own metadata (rules()); --help and docs/configuration.md are generated from it.
 The world size is not part of the config: it comes from the launcher.
 """
 
@@ -38,7 +38,7 @@ MAY_CHANGE, MUST_MATCH = "may change", "must match"
 LENGTH_FREE_SCHEDULERS = ("none", "step")
 
 
-def meta(
+def rules(
     *choices: str,
     resume: str = MUST_MATCH,
     why: str = "",
@@ -109,23 +109,23 @@ BEST_TERMS = "the best score and the early-stop patience count a checkpoint hold
 
 @dataclass
 class DataConfig:
-    name: str = field(default="mnist", metadata=meta("mnist", "fashion_mnist"))
+    name: str = field(default="mnist", metadata=rules("mnist", "fashion_mnist"))
     """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
     source: str = field(
-        default="auto", metadata=meta("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA)
+        default="auto", metadata=rules("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA)
     )
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
-    dir: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=MOVED_DATA))
+    dir: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
     """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
-    hf_path: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=MOVED_DATA))
+    hf_path: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
     """Hugging Face dataset id or local folder; default ylecun/mnist or zalando-datasets/fashion_mnist."""
-    val_size: int = field(default=5000, metadata=meta(ge=0))
+    val_size: int = field(default=5000, metadata=rules(ge=0))
     """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
-    loader: str = field(default="device", metadata=meta("device", "dataloader"))
+    loader: str = field(default="device", metadata=rules("device", "dataloader"))
     """device: each split is one uint8 tensor on the accelerator, batched there. dataloader: torch DataLoader via Accelerate."""
     num_workers: int = field(
         default=0,
-        metadata=meta(
+        metadata=rules(
             ge=0,
             le=MAX_WORKERS,
             range_why="processes per rank",
@@ -136,9 +136,9 @@ class DataConfig:
     """DataLoader workers per process (data.loader=dataloader only)."""
     augment: bool = True
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
-    augment_shift: int = field(default=2, metadata=meta(ge=0))
+    augment_shift: int = field(default=2, metadata=rules(ge=0))
     """Maximum translation in pixels when augment is on."""
-    cache: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why="the same bytes, decoded again or not"))
+    cache: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why="the same bytes, decoded again or not"))
     """Keep gzipped IDX files decompressed in $MNIST_DIST_CACHE (default ~/.cache/mnist-dist): later runs skip the
     ~0.4 s decode. Keyed on each file's path, size, mtime, ctime and inode; every read checks the entry's length (against
     its header and the source's gzip trailer) and CRC-32 (a corrupt entry is refused and rebuilt)."""
@@ -153,9 +153,9 @@ class ModelConfig:
     """A name from mnist_dist.models.MODELS."""
     kwargs: dict = field(default_factory=dict)
     """Keyword arguments for the model's constructor (e.g. {width: 48})."""
-    channels_last: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why=HOW_COMPUTED))
+    channels_last: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=HOW_COMPUTED))
     """Use channels_last memory format (convolutions: +33% images/s on a 2-core CPU with oneDNN, faster on GPUs)."""
-    compile: bool = field(default=False, metadata=meta(resume=MAY_CHANGE, why=HOW_COMPUTED))
+    compile: bool = field(default=False, metadata=rules(resume=MAY_CHANGE, why=HOW_COMPUTED))
     """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
 
@@ -189,7 +189,7 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = field(
         default=16,
-        metadata=meta(
+        metadata=rules(
             gt=0,
             may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
             why="with train.scheduler=none or step, whose shape does not depend on the run's length",
@@ -198,7 +198,7 @@ class TrainConfig:
     """Passes over the training split."""
     per_device_batch_size: int = field(
         default=128,
-        metadata=meta(
+        metadata=rules(
             gt=0,
             may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
             why="when train.global_batch_size is set: it is then derived from that and the world size",
@@ -207,59 +207,59 @@ class TrainConfig:
     """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
     global_batch_size: int = field(
         default=0,
-        metadata=meta(
+        metadata=rules(
             ge=0, resume=MAY_CHANGE, why="0 or the same number: train() checks the effective global batch itself"
         ),
     )
     """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
     the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
-    lr: float = field(default=0.005, metadata=meta(gt=0))
+    lr: float = field(default=0.005, metadata=rules(gt=0))
     """Peak learning rate."""
-    optimizer: str = field(default="adamw", metadata=meta("sgd", "adam", "adamw"))
+    optimizer: str = field(default="adamw", metadata=rules("sgd", "adam", "adamw"))
     """sgd (with Nesterov momentum when momentum > 0), adam, or adamw (decoupled weight decay); fused kernels where torch has them."""
-    momentum: float = field(default=0.9, metadata=meta(ge=0))
+    momentum: float = field(default=0.9, metadata=rules(ge=0))
     """SGD momentum (sgd only)."""
-    weight_decay: float = field(default=0.0005, metadata=meta(ge=0))
+    weight_decay: float = field(default=0.0005, metadata=rules(ge=0))
     """L2 penalty (adam, sgd) or decoupled decay (adamw)."""
-    scheduler: str = field(default="onecycle", metadata=meta("none", "step", "cosine", "onecycle"))
+    scheduler: str = field(default="onecycle", metadata=rules("none", "step", "cosine", "onecycle"))
     """Learning-rate schedule, stepped once per optimizer step."""
     step_gamma: float = 0.7
     """Multiplier per epoch for scheduler=step."""
-    label_smoothing: float = field(default=0.1, metadata=meta(ge=0, lt=1))
+    label_smoothing: float = field(default=0.1, metadata=rules(ge=0, lt=1))
     """Cross-entropy label smoothing in [0, 1)."""
-    grad_accum_steps: int = field(default=1, metadata=meta(gt=0))
+    grad_accum_steps: int = field(default=1, metadata=rules(gt=0))
     """Micro-batches per optimizer step."""
-    grad_clip: float = field(default=0.0, metadata=meta(ge=0))
+    grad_clip: float = field(default=0.0, metadata=rules(ge=0))
     """Clip the global gradient norm to this value; 0 disables."""
-    mixed_precision: str = field(default="auto", metadata=meta("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = field(default="auto", metadata=rules("auto", "no", "bf16", "fp16"))
     """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
     a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
     which ran and why."""
     device: str = field(
         default="auto",
-        metadata=meta("auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"),
+        metadata=rules("auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"),
     )
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
-    seed: int = field(default=0, metadata=meta(ge=0))
+    seed: int = field(default=0, metadata=rules(ge=0))
     """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
     eval_batch_size: int = field(
-        default=256, metadata=meta(gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks")
+        default=256, metadata=rules(gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks")
     )
     """Images per process per evaluation forward pass."""
     log_every_steps: int = field(
-        default=50, metadata=meta(gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is")
+        default=50, metadata=rules(gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is")
     )
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
     max_steps: int = field(
-        default=0, metadata=meta(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there")
+        default=0, metadata=rules(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there")
     )
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
-    early_stop_patience: int = field(default=0, metadata=meta(ge=0))
+    early_stop_patience: int = field(default=0, metadata=rules(ge=0))
     """Stop after this many evaluations (epoch ends) in a row without an improvement of checkpoint.best_metric
     (0: never stop early). Needs a validation split."""
-    early_stop_min_delta: float = field(default=0.0, metadata=meta(ge=0))
+    early_stop_min_delta: float = field(default=0.0, metadata=rules(ge=0))
     """The least change of checkpoint.best_metric that counts as an improvement (for the best model too)."""
-    progress: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why="display only"))
+    progress: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why="display only"))
     """tqdm progress bars (main process only): live on a terminal; into a log file (stderr not a terminal, e.g.
     SLURM) at most one update every 30 s."""
 
@@ -285,19 +285,19 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = field(default=0, metadata=meta(ge=0, resume=MAY_CHANGE, why=CHECKPOINTED))
+    every_steps: int = field(default=0, metadata=rules(ge=0, resume=MAY_CHANGE, why=CHECKPOINTED))
     """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
     keep: int = field(
         default=2,
-        metadata=meta(ge=2, range_why="so a complete checkpoint always survives", resume=MAY_CHANGE, why=CHECKPOINTED),
+        metadata=rules(ge=2, range_why="so a complete checkpoint always survives", resume=MAY_CHANGE, why=CHECKPOINTED),
     )
     """How many complete checkpoints to keep (at least 2)."""
-    resume: str = field(default="auto", metadata=meta(resume=MAY_CHANGE, why="which checkpoint to continue from"))
+    resume: str = field(default="auto", metadata=rules(resume=MAY_CHANGE, why="which checkpoint to continue from"))
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
-    best_metric: str = field(default="val_accuracy", metadata=meta("val_accuracy", "val_loss", "none", why=BEST_TERMS))
+    best_metric: str = field(default="val_accuracy", metadata=rules("val_accuracy", "val_loss", "none", why=BEST_TERMS))
     """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
     chooses. Off without a validation split (data.val_size=0)."""
-    best_mode: str = field(default="auto", metadata=meta("auto", "max", "min", why=BEST_TERMS))
+    best_mode: str = field(default="auto", metadata=rules("auto", "max", "min", why=BEST_TERMS))
     """Whether larger or smaller is better; auto: max for accuracy, min for loss."""
 
     def better(self, value: float, best: float | None, min_delta: float) -> bool:
@@ -311,22 +311,22 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: str = field(default="none", metadata=meta("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED))
+    backend: str = field(default="none", metadata=rules("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED))
     """Where metrics, pictures and models go: W&B, TensorBoard (run.dir/tensorboard/), or nowhere but the run folder."""
-    project: str = field(default="mnist-dist", metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    project: str = field(default="mnist-dist", metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """W&B project."""
-    entity: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    entity: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """W&B entity (user or team); default: the one wandb is logged in as."""
-    run_name: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    run_name: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """W&B run name; default: W&B's own."""
-    tags: list = field(default_factory=list, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    tags: list = field(default_factory=list, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """W&B tags, e.g. [baseline, cpu]."""
-    group: str | None = field(default=None, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    group: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """W&B group; defaults to the SLURM job id (an array's parent), else torchrun's run id; `mnist-dist sweep`
     sets it to the sweep folder's name."""
-    log_model: bool = field(default=False, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    log_model: bool = field(default=False, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """Upload the final model (aliases latest, final) and the best one (alias best) as W&B artifacts at the end."""
-    init_kwargs: dict = field(default_factory=dict, metadata=meta(resume=MAY_CHANGE, why=WATCHED))
+    init_kwargs: dict = field(default_factory=dict, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """More wandb.init arguments, merged over ours, e.g. {notes: baseline, job_type: ablation, settings:
     {console: off}}. Not id, resume, dir or config: the run folder and its resume own those."""
 
@@ -341,23 +341,23 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = field(default="runs/default", metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
+    dir: str = field(default="runs/default", metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
     """The run folder: config, metrics, checkpoints, model, pictures."""
     preempt_signals: list = field(
-        default_factory=lambda: ["SIGUSR1", "SIGTERM"], metadata=meta(resume=MAY_CHANGE, why=LAUNCHED)
+        default_factory=lambda: ["SIGUSR1", "SIGTERM"], metadata=rules(resume=MAY_CHANGE, why=LAUNCHED)
     )
     """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
-    requeue: bool = field(default=True, metadata=meta(resume=MAY_CHANGE, why=LAUNCHED))
+    requeue: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
     """After a preemption checkpoint under SLURM, requeue the job with scontrol."""
-    guard_every_steps: int = field(default=1, metadata=meta(gt=0, resume=MAY_CHANGE, why=LAUNCHED))
+    guard_every_steps: int = field(default=1, metadata=rules(gt=0, resume=MAY_CHANGE, why=LAUNCHED))
     """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
     Raise it on GPUs for speed; a NaN is then caught only at these steps."""
     dist_timeout_s: int = field(
-        default=180, metadata=meta(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED)
+        default=180, metadata=rules(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED)
     )
     """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
     cpu_allreduce: str = field(
-        default="auto", metadata=meta("auto", "shared_memory", "gloo", resume=MAY_CHANGE, why=LAUNCHED)
+        default="auto", metadata=rules("auto", "shared_memory", "gloo", resume=MAY_CHANGE, why=LAUNCHED)
     )
     """How multi-process CPU DDP averages gradients. shared_memory: through a file in /dev/shm (or
     $MNIST_DIST_SHM_DIR) that all ranks map: one x86-64 host (mnist_dist/shm_allreduce.py). gloo: the process
@@ -416,7 +416,7 @@ def to_dict(cfg) -> dict:
 
 
 def field_metadata() -> dict:
-    """{"train.lr": that field's metadata (see meta()), ...} for every key."""
+    """{"train.lr": that field's metadata (see rules()), ...} for every key."""
     sections = typing.get_type_hints(Config)
     return {
         f"{s.name}.{f.name}": f.metadata
@@ -447,7 +447,7 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
 # ----------------------------------------------------------------------------- building from dicts
 
 
-def _coerce(key: str, value, tp, meta):
+def _coerce(key: str, value, tp, rules):
     """Check (and gently convert) one leaf value against its annotated type."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
@@ -479,7 +479,7 @@ def _coerce(key: str, value, tp, meta):
     elif tp is str:
         if not isinstance(value, str):
             # YAML turns `no` into False; mixed_precision=no is common enough to accept.
-            if value is False and "no" in meta.get("choices", ()):
+            if value is False and "no" in rules.get("choices", ()):
                 value = "no"
             else:
                 raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -487,7 +487,7 @@ def _coerce(key: str, value, tp, meta):
         base = typing.get_origin(tp) or tp
         if not isinstance(value, base):
             raise ConfigError(f"{key} must be a {base.__name__}, got {value!r}")
-    choices = meta.get("choices")
+    choices = rules.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: invalid value {value!r}; choose one of {', '.join(choices)}")
     return value
@@ -653,7 +653,7 @@ def resume_text(rule, why: bool = True) -> str:
 
 def describe() -> list[dict]:
     """Every config key: its type, default, choices, range, resume policy and docstring, generated from the
-    dataclasses (their field docstrings and meta()): what `train --help` and docs/configuration.md show."""
+    dataclasses (their field docstrings and rules()): what `train --help` and docs/configuration.md show."""
     rows = []
     for section in dataclasses.fields(Config):
         cls = typing.get_type_hints(Config)[section.name]
@@ -712,7 +712,7 @@ def reference() -> str:
         "# Configuration reference",
         "",
         "<!-- Generated from mnist_dist/config.py by `python -m mnist_dist.config --reference > "
-        "docs/configuration.md`: edit the field docstrings and meta() there, not this page "
+        "docs/configuration.md`: edit the field docstrings and rules() there, not this page "
         "(tests/test_docs.py checks it). -->",
         "",
         "Every config key, with its type, default, allowed values, range, what a resume may do with it, and the "

@@ -1,4 +1,4 @@
-"""Each config key carries its policy in its own field metadata (config.meta): whether a resume may change it,
+"""Each config key carries its policy in its own field metadata (config.rules): whether a resume may change it,
 and its range. The resume check and the range checks read only that metadata; every key is tried here against
 the contract the README and docs/configuration.md state (which keys a resume honours, which it refuses)."""
 
