@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnist_dist import config, plots, rundir, sweeps
+from mnist_dist import config, plots, rundir, sweep_file
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", help="where to write the picture (default: SWEEP_DIR/compare.png or compare.png)")
 
 
-def collect(paths: list[str]) -> tuple[list[Path], sweeps.Sweep | None, Path | None]:
+def collect(paths: list[str]) -> tuple[list[Path], sweep_file.Sweep | None, Path | None]:
     """(run folders, the sweep if one sweep folder was given, that folder)."""
     if len(paths) == 1 and (Path(paths[0]) / rundir.SWEEP_FILE).is_file():
         folder = Path(paths[0])
@@ -35,7 +35,7 @@ def collect(paths: list[str]) -> tuple[list[Path], sweeps.Sweep | None, Path | N
                 for p in folder.iterdir()
                 if p.is_dir() and ((p / rundir.CONFIG).is_file() or (p / rundir.SWEEP_POINT).is_file())
             ),
-            sweeps.load(folder / rundir.SWEEP_FILE),
+            sweep_file.load(folder / rundir.SWEEP_FILE),
             folder,
         )
     runs = [Path(p) for p in paths]
@@ -89,7 +89,7 @@ def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:
 
 def run(args) -> int:
     if args.metric:  # a misspelled one would rank every run by "-" (a sweep file's own is checked as it loads)
-        sweeps.check_metric(args.metric, "--metric")
+        sweep_file.check_metric(args.metric, "--metric")
     runs, sweep, folder = collect(args.runs)
     if not runs:
         raise UserError(f"{args.runs[0]}: no run folders in it yet")

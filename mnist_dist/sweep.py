@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from mnist_dist import atomic, procs, rundir, sweeps
+from mnist_dist import atomic, procs, rundir, sweep_file
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserError
 
 POINT_DIR = "point_{:03d}"
@@ -55,13 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    sweep = sweeps.load(args.file)
+    sweep = sweep_file.load(args.file)
     if args.count is not None and args.count < 1:
         raise UserError("--count must be at least 1")
     points = sweep.points(args.count, args.seed)
     if args.list:
         for i, point in enumerate(points):
-            print(f"{i}: {' '.join(sweeps.overrides(point))}")
+            print(f"{i}: {' '.join(sweep_file.overrides(point))}")
         return 0
     if args.index is not None and not 0 <= args.index < len(points):
         raise UserError(f"--index {args.index}: {args.file} has points 0-{len(points) - 1}")
@@ -97,7 +97,7 @@ def run(args) -> int:
                 f"running it again",
                 flush=True,
             )
-        words = sweeps.overrides(points[i])
+        words = sweep_file.overrides(points[i])
         print(f"sweep {sweep.name}: point {i + 1}/{len(points)} ({' '.join(words)}) -> {run_dir}", flush=True)
         run_dir.mkdir(exist_ok=True)
         record = {"index": i, "overrides": words, "exit_code": None, "status": "starting"}

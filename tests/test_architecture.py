@@ -55,7 +55,7 @@ def violations(imports: dict[str, set[str]]) -> list[str]:
 LAYERS = {
     "foundations": {"errors", "atomic", "procs", "provenance", "metrics", "models", "eager", "images"},
     "config": {"config"},
-    "files and formats": {"rundir", "lock", "idx_cache", "idx", "data", "checkpoint", "artifact", "sweeps"},
+    "files and formats": {"rundir", "lock", "idx_cache", "idx", "data", "checkpoint", "artifact", "sweep_file"},
     "processes": {"runtime", "shm_allreduce", "stopping", "inference"},
     "outputs": {"plots", "run_report", "tracking", "hub"},
     "commands": COMMANDS,
