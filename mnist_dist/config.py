@@ -265,7 +265,7 @@ class TrainConfig:
 
     def global_batch(self, world_size: int) -> int:
         """Images per optimizer step over all processes."""
-        return self.per_device_batch_size * self.grad_accum_steps * world_size
+        return global_batch(self.per_device_batch_size, self.grad_accum_steps, world_size)
 
     def for_world(self, world_size: int) -> TrainConfig:
         """This config with per_device_batch_size derived from global_batch_size for `world_size` processes."""
@@ -396,6 +396,11 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- views
+
+
+def global_batch(per_device_batch_size: int, grad_accum_steps: int, world_size: int) -> int:
+    """Images per optimizer step over all processes: the one formula, for this run's config and a checkpoint's."""
+    return per_device_batch_size * grad_accum_steps * world_size
 
 
 def flatten(tree: Config | dict, prefix: str = "") -> dict:

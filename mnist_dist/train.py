@@ -482,8 +482,8 @@ def check_resumable(
     """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
     another trajectory config, or other data (the data may move; the arrays may not change)."""
     saved_train = state_json.get("config", {}).get("train", {})
-    saved_global = (
-        saved_train.get("per_device_batch_size", 0) * saved_train.get("grad_accum_steps", 1) * state_json["world_size"]
+    saved_global = config.global_batch(
+        saved_train.get("per_device_batch_size", 0), saved_train.get("grad_accum_steps", 1), state_json["world_size"]
     )
     # Same world, per_device_batch_size given: resume_conflicts lists a change. Otherwise the batch is derived here.
     derived = state_json["world_size"] != accelerator.num_processes or cfg.train.global_batch_size
@@ -634,18 +634,8 @@ def run_training(
     logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
     # The first test images' class probabilities, kept from each evaluation for the report and W&B media.
     keep_probs = max(run_report.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
-    accelerator.print(
-        f"mnist-dist: device={accelerator.device} distributed={accelerator.distributed_type.value} "
-        f"world_size={world} allreduce={allreduce} mixed_precision={accelerator.mixed_precision} ({launch['mixed_precision_why']})"
-        + ("" if launch["elastic_restart_count"] is None else f" elastic_restart={launch['elastic_restart_count']}")
-        + "\n"
-        f"  model={cfg.model.name} params={n_params:,} data={cfg.data.name} source={datasets.source} "
-        f"loader={cfg.data.loader} train/val/test={len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}\n"
-        f"  per_device_batch_size={cfg.train.per_device_batch_size} grad_accum_steps={cfg.train.grad_accum_steps} "
-        f"global_batch_size={global_batch_size} steps_per_epoch={len(loop.loader)} epochs={cfg.train.epochs}\n"
-        f"  run_dir={run_dir}"
-        + (f"\n  resumed from {resume_from} at global_step={state.global_step}" if resume_from else "")
-    )
+    facts = {**launch, "allreduce": allreduce, "data_source": datasets.source, "parameters": n_params}
+    accelerator.print(start_text(loop, datasets, facts, state.global_step, resume_from))
 
     # ------------------------------------------------------------------ the loop
     record = predictions = None
@@ -655,17 +645,7 @@ def run_training(
         stop = train_one_epoch(loop, state, logger)
         state.train_seconds = time.perf_counter() - t_train
         if stop is Stop.NON_FINITE:
-            complete = checkpoint.complete_checkpoints(run_dir)
-            raise NonFiniteLoss(
-                f"non-finite training loss at global_step {state.global_step + 1}; stopped all ranks "
-                f"before the optimizer step. "
-                + (
-                    f"The last good checkpoint, {complete[-1]}, is kept"
-                    if complete
-                    else "No checkpoint was written before it"
-                )
-                + "; lower train.lr or set train.grad_clip"
-            )
+            raise non_finite_loss(run_dir, state.global_step + 1)
         if stop is Stop.PREEMPTED:
             save_checkpoint(loop, state, tracker.run_id)
             preempted = stopping.Preempted(flags.signal_received, state.global_step)
@@ -675,13 +655,7 @@ def run_training(
         record, predictions = eval_record(loop, state, eval_splits, keep_probs)
         keep_best_and_count_patience(loop, state, record)
         logger.log_eval(record, predictions)
-        accelerator.print(
-            f"epoch {record['epoch']:.2f} step {state.global_step}: train_loss "
-            f"{record['train_loss'] if record['train_loss'] is None else round(record['train_loss'], 4)} "
-            + (f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else "")
-            + f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f} "
-            f"({record['test_count']} images)"
-        )
+        accelerator.print(epoch_text(record))
         save_checkpoint(loop, state, tracker.run_id)  # at max_steps too: a rerun of the ended run trains nothing
         if stop is Stop.MAX_STEPS:
             break
@@ -702,13 +676,7 @@ def run_training(
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
     if accelerator.is_main_process:
         save_run_model(loop, run_dir)
-        facts = {
-            **launch,
-            "allreduce": allreduce,
-            "data_source": datasets.source,
-            "parameters": n_params,
-            "wall_seconds": time.perf_counter() - t_start,
-        }
+        facts["wall_seconds"] = time.perf_counter() - t_start
         summary = build_summary(loop, state, record, best_test, facts, samples_per_rank, hostnames)
         atomic.write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
         run_report.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
@@ -716,6 +684,47 @@ def run_training(
     accelerator.print(
         f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
         f"train {state.train_seconds:.1f}s, run folder {run_dir}"
+    )
+
+
+def start_text(loop: Loop, datasets: data.Datasets, facts: dict, global_step: int, resume_from: Path | None) -> str:
+    """The start-up lines: where and how the run trains (habit 4: the effective global batch size is among them)."""
+    cfg, accelerator = loop.cfg, loop.accelerator
+    elastic = facts["elastic_restart_count"]
+    sizes = f"{len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}"
+    lines = [
+        f"mnist-dist: device={accelerator.device} distributed={facts['distributed_type']} "
+        f"world_size={facts['world_size']} allreduce={facts['allreduce']} "
+        f"mixed_precision={facts['mixed_precision']} ({facts['mixed_precision_why']})"
+        + ("" if elastic is None else f" elastic_restart={elastic}"),
+        f"  model={cfg.model.name} params={facts['parameters']:,} data={cfg.data.name} "
+        f"source={facts['data_source']} loader={cfg.data.loader} train/val/test={sizes}",
+        f"  per_device_batch_size={cfg.train.per_device_batch_size} grad_accum_steps={cfg.train.grad_accum_steps} "
+        f"global_batch_size={facts['global_batch_size']} steps_per_epoch={len(loop.loader)} "
+        f"epochs={cfg.train.epochs}",
+        f"  run_dir={Path(cfg.run.dir)}",
+    ]
+    if resume_from:
+        lines.append(f"  resumed from {resume_from} at global_step={global_step}")
+    return "\n".join(lines)
+
+
+def epoch_text(record: dict) -> str:
+    """One evaluation as a line of the log."""
+    train_loss = record["train_loss"] if record["train_loss"] is None else round(record["train_loss"], 4)
+    val = f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else ""
+    return (
+        f"epoch {record['epoch']:.2f} step {record['global_step']}: train_loss {train_loss} {val}"
+        f"test_acc {record['test_accuracy']:.4f} test_loss {record['test_loss']:.4f} ({record['test_count']} images)"
+    )
+
+
+def non_finite_loss(run_dir: Path, global_step: int) -> NonFiniteLoss:
+    complete = checkpoint.complete_checkpoints(run_dir)
+    kept = f"The last good checkpoint, {complete[-1]}, is kept" if complete else "No checkpoint was written before it"
+    return NonFiniteLoss(
+        f"non-finite training loss at global_step {global_step}; stopped all ranks before the optimizer step. "
+        f"{kept}; lower train.lr or set train.grad_clip"
     )
 
 
