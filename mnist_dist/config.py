@@ -718,7 +718,7 @@ def reference() -> str:
         "",
         "<!-- Generated from mnist_dist/config.py by `python -m mnist_dist.config --reference > "
         "docs/configuration.md`: edit the field docstrings and rules() there, not this page "
-        "(tests/test_docs.py checks it). -->",
+        "(tests/integration/test_docs.py checks it). -->",
         "",
         "Every config key, with its type, default, allowed values, range, what a resume may do with it, and the "
         "docstring written under its field in `mnist_dist/config.py`; `mnist-dist train --help` prints the "

