@@ -14,7 +14,11 @@ def _version() -> str:
         from pathlib import Path
 
         pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        found = re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M) if pyproject.is_file() else None
+        found = (
+            re.search(r'^version = "([^"]+)"', pyproject.read_text(), re.M)
+            if pyproject.is_file()
+            else None
+        )
         return found.group(1) if found else "0+unknown"
 
 

@@ -55,11 +55,17 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     weights = path / MODEL_FILE if path.is_dir() else path
     info_path = weights.with_name(MODEL_META)
     if not weights.is_file():
-        raise ModelFileError(f"{weights}: no such model file (train first, or point at a run folder)")
+        raise ModelFileError(
+            f"{weights}: no such model file (train first, or point at a run folder)"
+        )
     if weights.suffix != ".safetensors":
-        raise ModelFileError(f"{weights}: only .safetensors weights are loaded (pickles can run code)")
+        raise ModelFileError(
+            f"{weights}: only .safetensors weights are loaded (pickles can run code)"
+        )
     if not info_path.is_file():
-        raise ModelFileError(f"{info_path}: missing; it says which architecture the weights belong to")
+        raise ModelFileError(
+            f"{info_path}: missing; it says which architecture the weights belong to"
+        )
     try:
         model_info = json.loads(info_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -78,5 +84,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         model = models.build(model_info["name"], **model_info.get("kwargs", {}))
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:
-        raise ModelFileError(f"{weights}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ModelFileError(
+            f"{weights}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     return model.eval(), model_info

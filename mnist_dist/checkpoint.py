@@ -57,17 +57,23 @@ class TrainState:
     best_value: float | None = None  # of checkpoint.best_metric, at the best evaluation so far
     best_epoch: float | None = None
     best_step: int | None = None
-    evals_since_best: int = 0  # evaluations in a row without an improvement (early stopping's patience)
+    evals_since_best: int = (
+        0  # evaluations in a row without an improvement (early stopping's patience)
+    )
     stopped_early: bool = False
 
     @classmethod
     def from_state_json(cls, state_json: dict, rank: int, world_size: int) -> TrainState:
         """The state a checkpoint's state.json describes, as seen by `rank`."""
-        state = cls(**{f.name: state_json[f.name] for f in dataclasses.fields(cls) if f.name in state_json})
+        state = cls(
+            **{f.name: state_json[f.name] for f in dataclasses.fields(cls) if f.name in state_json}
+        )
         per_rank = state_json.get("samples_seen_per_rank")  # state.json's samples_seen is rank 0's
         if per_rank is not None and len(per_rank) == world_size:
             state.samples_seen = per_rank[rank]
-        elif per_rank is not None:  # another world size (elastic resume): rank 0 carries the count, the sum is exact
+        elif (
+            per_rank is not None
+        ):  # another world size (elastic resume): rank 0 carries the count, the sum is exact
             state.samples_seen = sum(per_rank) if rank == 0 else 0
         return state
 
@@ -83,8 +89,12 @@ def save(accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
     accelerator.wait_for_everyone()
     failure = None
     try:
-        accelerator.save_state(str(tmp))  # model, optimizer, scheduler, scaler, every rank's RNG states
-        if accelerator.is_main_process:  # inside the uncommitted folder: nothing loads it before the rename
+        accelerator.save_state(
+            str(tmp)
+        )  # model, optimizer, scheduler, scaler, every rank's RNG states
+        if (
+            accelerator.is_main_process
+        ):  # inside the uncommitted folder: nothing loads it before the rename
             atomic.write_text(tmp / STATE_FILE, json.dumps(state_json, indent=2))
     except Exception as e:  # a full disk: torch and safetensors each word it their own way
         failure = e
@@ -112,7 +122,9 @@ def save(accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
 
 def _any_rank(accelerator, flag: bool) -> bool:
     """A collective: whether `flag` is true on some rank."""
-    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
+    return bool(
+        accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item()
+    )
 
 
 def _commit(tmp: Path, final: Path) -> None:
@@ -180,7 +192,10 @@ def _fsync_dir(path: Path) -> None:
 def write_manifest(folder: Path) -> None:
     """manifest.json: the size and SHA-256 of every other file in a checkpoint folder, checked by damage()."""
     files = {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p, "sha256")}
+        p.relative_to(folder).as_posix(): {
+            "bytes": p.stat().st_size,
+            "sha256": file_digest(p, "sha256"),
+        }
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST_FILE
     }
@@ -204,8 +219,18 @@ def damage(ckpt: Path) -> str | None:
         return None
     try:
         files = json.loads(manifest.read_text())["files"]
-        listed = [(ckpt / rel, int(want["bytes"]), str(want["sha256"])) for rel, want in files.items()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        listed = [
+            (ckpt / rel, int(want["bytes"]), str(want["sha256"])) for rel, want in files.items()
+        ]
+    except (
+        OSError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as e:
         return f"{manifest}: unreadable ({type(e).__name__}: {e})"
     for path, size, sha256 in listed:
         try:
@@ -235,7 +260,11 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step_") and (p / STATE_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -280,5 +309,7 @@ def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
         return complete_checkpoints(run_dir)[::-1]
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"checkpoint.resume={resume}: not a complete checkpoint folder (no {STATE_FILE})")
+        raise CheckpointError(
+            f"checkpoint.resume={resume}: not a complete checkpoint folder (no {STATE_FILE})"
+        )
     return [path]

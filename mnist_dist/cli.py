@@ -16,16 +16,37 @@ from mnist_dist.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, UserE
 COMMANDS = {  # name: (module, one-line help)
     "train": ("mnist_dist.train", "train a model (same as `accelerate launch train_accel.py ...`)"),
     "eval": ("mnist_dist.evaluate", "evaluate a trained model on a dataset split"),
-    "predict": ("mnist_dist.predict", "classify image files (PNG/JPEG/BMP/GIF) with a trained model"),
+    "predict": (
+        "mnist_dist.predict",
+        "classify image files (PNG/JPEG/BMP/GIF) with a trained model",
+    ),
     "export": ("mnist_dist.export", "export a trained model (ONNX, TorchScript)"),
-    "push": ("mnist_dist.push", "upload a run's model to the Hugging Face Hub (its Hub files only)"),
+    "push": (
+        "mnist_dist.push",
+        "upload a run's model to the Hugging Face Hub (its Hub files only)",
+    ),
     "report": ("mnist_dist.report", "rebuild the pictures and report.md of a run folder"),
     "recipes": ("mnist_dist.recipes", "list the training recipes that --config NAME finds"),
-    "sweep": ("mnist_dist.sweep", "run a sweep file's points (grid or random), each in its own run folder"),
-    "compare": ("mnist_dist.compare", "rank run folders or a sweep folder by a metric: a table and a picture"),
-    "download": ("mnist_dist.download", "get the official MNIST / Fashion-MNIST IDX files, verified, into a folder"),
-    "convert": ("mnist_dist.convert", "turn a CSV of digits (784 pixels and a label per row) into an IDX folder"),
-    "scripts": ("mnist_dist.scripts", "print or write the SLURM scripts and launch YAMLs (sbatch without a checkout)"),
+    "sweep": (
+        "mnist_dist.sweep",
+        "run a sweep file's points (grid or random), each in its own run folder",
+    ),
+    "compare": (
+        "mnist_dist.compare",
+        "rank run folders or a sweep folder by a metric: a table and a picture",
+    ),
+    "download": (
+        "mnist_dist.download",
+        "get the official MNIST / Fashion-MNIST IDX files, verified, into a folder",
+    ),
+    "convert": (
+        "mnist_dist.convert",
+        "turn a CSV of digits (784 pixels and a label per row) into an IDX folder",
+    ),
+    "scripts": (
+        "mnist_dist.scripts",
+        "print or write the SLURM scripts and launch YAMLs (sbatch without a checkout)",
+    ),
 }
 
 
@@ -39,7 +60,9 @@ class _Version(argparse.Action):
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one parser per available command."""
-    parser = argparse.ArgumentParser(prog="mnist-dist", description="Train and use MNIST-family classifiers.")
+    parser = argparse.ArgumentParser(
+        prog="mnist-dist", description="Train and use MNIST-family classifiers."
+    )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = {}

@@ -17,12 +17,19 @@ from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, UserEr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run folders, or a sweep folder")
     parser.add_argument(
-        "--metric", help="rank by this metrics.jsonl key (default: the sweep's metric, else val_accuracy)"
+        "runs", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run folders, or a sweep folder"
     )
-    parser.add_argument("--minimize", action="store_true", help="smaller is better (default: the sweep's goal)")
-    parser.add_argument("--png", help="where to write the picture (default: SWEEP_DIR/compare.png or compare.png)")
+    parser.add_argument(
+        "--metric",
+        help="rank by this metrics.jsonl key (default: the sweep's metric, else val_accuracy)",
+    )
+    parser.add_argument(
+        "--minimize", action="store_true", help="smaller is better (default: the sweep's goal)"
+    )
+    parser.add_argument(
+        "--png", help="where to write the picture (default: SWEEP_DIR/compare.png or compare.png)"
+    )
 
 
 def collect(paths: list[str]) -> tuple[list[Path], sweep_file.Sweep | None, Path | None]:
@@ -33,7 +40,8 @@ def collect(paths: list[str]) -> tuple[list[Path], sweep_file.Sweep | None, Path
             sorted(
                 p
                 for p in folder.iterdir()
-                if p.is_dir() and ((p / rundir.CONFIG).is_file() or (p / rundir.SWEEP_POINT).is_file())
+                if p.is_dir()
+                and ((p / rundir.CONFIG).is_file() or (p / rundir.SWEEP_POINT).is_file())
             ),
             sweep_file.load(folder / rundir.SWEEP_FILE),
             folder,
@@ -56,7 +64,9 @@ def settings(run: Path) -> dict:
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
         raise rundir.RunFileError(f"{path}: overrides must be a list of key=value words")
     try:
-        return {k: v for word in words for k, v in config.flatten(config.parse_override(word)).items()}
+        return {
+            k: v for word in words for k, v in config.flatten(config.parse_override(word)).items()
+        }
     except UserError as e:
         raise rundir.RunFileError(f"{path}: {e}") from None
 
@@ -82,13 +92,17 @@ def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:
         "metric": (max if maximize else min)(values) if values else None,
         "test_accuracy": summary.get("test_accuracy"),
         "epoch": records[-1]["epoch"] if records else None,
-        "train_seconds": summary.get("train_seconds", records[-1].get("train_seconds") if records else None),
+        "train_seconds": summary.get(
+            "train_seconds", records[-1].get("train_seconds") if records else None
+        ),
         "status": status,
     }
 
 
 def run(args) -> int:
-    if args.metric:  # a misspelled one would rank every run by "-" (a sweep file's own is checked as it loads)
+    if (
+        args.metric
+    ):  # a misspelled one would rank every run by "-" (a sweep file's own is checked as it loads)
         sweep_file.check_metric(args.metric, "--metric")
     runs, sweep, folder = collect(args.runs)
     if not runs:
@@ -99,12 +113,24 @@ def run(args) -> int:
         keys = list(sweep.parameters)
     else:  # the keys in which the runs differ, run.dir aside
         flats = [settings(r) for r in runs]
-        keys = sorted(k for k in set().union(*flats) if k != "run.dir" and len({repr(f.get(k)) for f in flats}) > 1)
+        keys = sorted(
+            k
+            for k in set().union(*flats)
+            if k != "run.dir" and len({repr(f.get(k)) for f in flats}) > 1
+        )
     rows = [row(r, keys, metric, maximize) for r in runs]
-    rows.sort(key=lambda r: (r["metric"] is None, -(r["metric"] or 0) if maximize else (r["metric"] or 0), r["run"]))
+    rows.sort(
+        key=lambda r: (
+            r["metric"] is None,
+            -(r["metric"] or 0) if maximize else (r["metric"] or 0),
+            r["run"],
+        )
+    )
     print(table(rows, keys, metric))
     png = Path(args.png) if args.png else (folder or Path(".")) / "compare.png"
-    plots.comparison(rows, keys, metric, png, title=f"{folder.name if folder else 'runs'}: {metric}")
+    plots.comparison(
+        rows, keys, metric, png, title=f"{folder.name if folder else 'runs'}: {metric}"
+    )
     print(png)
     missing = [r["run"] for r in rows if r["status"] != "done"]
     if missing:
@@ -129,4 +155,6 @@ def table(rows: list[dict], keys: list[str], metric: str) -> str:
         for i, r in enumerate(rows)
     ]
     widths = [max(len(line[c]) for line in [head, *body]) for c in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body])
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [head, *body]
+    )

@@ -89,14 +89,22 @@ def _check_range(section: str, obj) -> None:
         bounds, value = f.metadata.get("range") or {}, getattr(obj, f.name)
         crossed = {k: b for k, b in bounds.items() if not BOUNDS[k][1](value, b)}
         if crossed:
-            shown = bounds if set(bounds) == {"ge", "lt"} else crossed  # an interval reads better whole
+            shown = (
+                bounds if set(bounds) == {"ge", "lt"} else crossed
+            )  # an interval reads better whole
             # A bound of 0 needs no reason; `at most 256 (processes per rank)` does.
-            why = f" ({f.metadata['range_why']})" if f.metadata.get("range_why") and any(crossed.values()) else ""
+            why = (
+                f" ({f.metadata['range_why']})"
+                if f.metadata.get("range_why") and any(crossed.values())
+                else ""
+            )
             raise ConfigError(f"{section}.{f.name} must be {range_text(shown)}{why}, got {value}")
 
 
 MAX_WORKERS = 256  # DataLoader worker processes per rank: more would only exhaust the host
-MAX_TIMEOUT_S = 365 * 86400  # a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
+MAX_TIMEOUT_S = (
+    365 * 86400
+)  # a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
 
 # Why a key may change on resume, said once for the keys that share the reason.
 MOVED_DATA = "where the data are read from: they may move; the checkpoint's data fingerprint refuses other arrays"
@@ -112,7 +120,8 @@ class DataConfig:
     name: str = field(default="mnist", metadata=rules("mnist", "fashion_mnist"))
     """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
     source: str = field(
-        default="auto", metadata=rules("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA)
+        default="auto",
+        metadata=rules("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA),
     )
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
     dir: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
@@ -138,7 +147,9 @@ class DataConfig:
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
     augment_shift: int = field(default=2, metadata=rules(ge=0))
     """Maximum translation in pixels when augment is on."""
-    cache: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why="the same bytes, decoded again or not"))
+    cache: bool = field(
+        default=True, metadata=rules(resume=MAY_CHANGE, why="the same bytes, decoded again or not")
+    )
     """Keep gzipped IDX files decompressed in $MNIST_DIST_CACHE (default ~/.cache/mnist-dist): later runs skip the
     ~0.4 s decode. Keyed on each file's path, size, mtime, ctime and inode; every read checks the entry's length (against
     its header and the source's gzip trailer) and CRC-32 (a corrupt entry is refused and rebuilt)."""
@@ -160,10 +171,14 @@ class ModelConfig:
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
 
     def __post_init__(self):
-        from mnist_dist.models import MODELS  # models imports torch: only a config that is built pays for it
+        from mnist_dist.models import (
+            MODELS,
+        )  # models imports torch: only a config that is built pays for it
 
         if self.name not in MODELS:
-            raise ConfigError(f"model.name: unknown model {self.name!r}; choose one of {', '.join(sorted(MODELS))}")
+            raise ConfigError(
+                f"model.name: unknown model {self.name!r}; choose one of {', '.join(sorted(MODELS))}"
+            )
         try:
             inspect.signature(MODELS[self.name]).bind(**self.kwargs)
         except TypeError as e:
@@ -208,7 +223,9 @@ class TrainConfig:
     global_batch_size: int = field(
         default=0,
         metadata=rules(
-            ge=0, resume=MAY_CHANGE, why="0 or the same number: train() checks the effective global batch itself"
+            ge=0,
+            resume=MAY_CHANGE,
+            why="0 or the same number: train() checks the effective global batch itself",
         ),
     )
     """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
@@ -237,21 +254,30 @@ class TrainConfig:
     which ran and why."""
     device: str = field(
         default="auto",
-        metadata=rules("auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"),
+        metadata=rules(
+            "auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"
+        ),
     )
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
     seed: int = field(default=0, metadata=rules(ge=0))
     """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
     eval_batch_size: int = field(
-        default=256, metadata=rules(gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks")
+        default=256,
+        metadata=rules(
+            gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks"
+        ),
     )
     """Images per process per evaluation forward pass."""
     log_every_steps: int = field(
-        default=50, metadata=rules(gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is")
+        default=50,
+        metadata=rules(
+            gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is"
+        ),
     )
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
     max_steps: int = field(
-        default=0, metadata=rules(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there")
+        default=0,
+        metadata=rules(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there"),
     )
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
     early_stop_patience: int = field(default=0, metadata=rules(ge=0))
@@ -289,12 +315,21 @@ class CheckpointConfig:
     """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
     keep: int = field(
         default=2,
-        metadata=rules(ge=2, range_why="so a complete checkpoint always survives", resume=MAY_CHANGE, why=CHECKPOINTED),
+        metadata=rules(
+            ge=2,
+            range_why="so a complete checkpoint always survives",
+            resume=MAY_CHANGE,
+            why=CHECKPOINTED,
+        ),
     )
     """How many complete checkpoints to keep (at least 2)."""
-    resume: str = field(default="auto", metadata=rules(resume=MAY_CHANGE, why="which checkpoint to continue from"))
+    resume: str = field(
+        default="auto", metadata=rules(resume=MAY_CHANGE, why="which checkpoint to continue from")
+    )
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
-    best_metric: str = field(default="val_accuracy", metadata=rules("val_accuracy", "val_loss", "none", why=BEST_TERMS))
+    best_metric: str = field(
+        default="val_accuracy", metadata=rules("val_accuracy", "val_loss", "none", why=BEST_TERMS)
+    )
     """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
     chooses. Off without a validation split (data.val_size=0)."""
     best_mode: str = field(default="auto", metadata=rules("auto", "max", "min", why=BEST_TERMS))
@@ -302,7 +337,9 @@ class CheckpointConfig:
 
     def better(self, value: float, best: float | None, min_delta: float) -> bool:
         """value beats best by more than min_delta in this metric's direction."""
-        larger = self.best_mode == "max" or (self.best_mode == "auto" and not self.best_metric.endswith("loss"))
+        larger = self.best_mode == "max" or (
+            self.best_mode == "auto" and not self.best_metric.endswith("loss")
+        )
         return best is None or (value - best if larger else best - value) > min_delta
 
     def __post_init__(self):
@@ -311,7 +348,10 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: str = field(default="none", metadata=rules("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED))
+    backend: str = field(
+        default="none",
+        metadata=rules("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED),
+    )
     """Where metrics, pictures and models go: W&B, TensorBoard (run.dir/tensorboard/), or nowhere but the run folder."""
     project: str = field(default="mnist-dist", metadata=rules(resume=MAY_CHANGE, why=WATCHED))
     """W&B project."""
@@ -344,7 +384,8 @@ class RunConfig:
     dir: str = field(default="runs/default", metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
     """The run folder: config, metrics, checkpoints, model, pictures."""
     preempt_signals: list = field(
-        default_factory=lambda: ["SIGUSR1", "SIGTERM"], metadata=rules(resume=MAY_CHANGE, why=LAUNCHED)
+        default_factory=lambda: ["SIGUSR1", "SIGTERM"],
+        metadata=rules(resume=MAY_CHANGE, why=LAUNCHED),
     )
     """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
     requeue: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
@@ -353,11 +394,13 @@ class RunConfig:
     """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
     Raise it on GPUs for speed; a NaN is then caught only at these steps."""
     dist_timeout_s: int = field(
-        default=180, metadata=rules(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED)
+        default=180,
+        metadata=rules(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED),
     )
     """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
     cpu_allreduce: str = field(
-        default="auto", metadata=rules("auto", "shared_memory", "gloo", resume=MAY_CHANGE, why=LAUNCHED)
+        default="auto",
+        metadata=rules("auto", "shared_memory", "gloo", resume=MAY_CHANGE, why=LAUNCHED),
     )
     """How multi-process CPU DDP averages gradients. shared_memory: through a file in /dev/shm (or
     $MNIST_DIST_SHM_DIR) that all ranks map: one x86-64 host (mnist_dist/shm_allreduce.py). gloo: the process
@@ -367,10 +410,14 @@ class RunConfig:
     def __post_init__(self):
         _check_range("run", self)
         if not self.dir.strip():
-            raise ConfigError("run.dir must not be empty: name the run folder, e.g. run.dir=runs/first")
+            raise ConfigError(
+                "run.dir must not be empty: name the run folder, e.g. run.dir=runs/first"
+            )
         for name in self.preempt_signals:
             if not isinstance(name, str) or not hasattr(signal, name):
-                raise ConfigError(f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)")
+                raise ConfigError(
+                    f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)"
+                )
             if name in ("SIGKILL", "SIGSTOP"):
                 raise ConfigError(
                     f"run.preempt_signals: {name} cannot be caught, so it cannot trigger a checkpoint; "
@@ -388,7 +435,9 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
-        if self.train.early_stop_patience and (self.data.val_size == 0 or self.checkpoint.best_metric == "none"):
+        if self.train.early_stop_patience and (
+            self.data.val_size == 0 or self.checkpoint.best_metric == "none"
+        ):
             raise ConfigError(
                 "train.early_stop_patience needs a validation metric to watch: data.val_size > 0 and "
                 "checkpoint.best_metric=val_accuracy or val_loss (the test set never decides)"
@@ -468,7 +517,9 @@ def _coerce(key: str, value, tp, rules):
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if not -INT64_LIMIT <= value < INT64_LIMIT:  # torch, numpy and safetensors metadata hold int64
+        if (
+            not -INT64_LIMIT <= value < INT64_LIMIT
+        ):  # torch, numpy and safetensors metadata hold int64
             raise ConfigError(f"{key} must be below 2^63 in size, got {value}")
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
@@ -525,7 +576,9 @@ def merge(base: dict, override: dict) -> dict:
     """Nested dicts merge key by key; any other value, and an empty dict (`model.kwargs={}` clears), replaces."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
+        out[k] = (
+            merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
+        )
     return out
 
 
@@ -594,7 +647,9 @@ def recipe_dirs() -> list[Path]:
     """Where recipes live: inside the installed package (the wheel ships configs/ as mnist_dist/configs), or the
     checkout's configs/ beside the package (a development install)."""
     here = Path(__file__).resolve().parent
-    return [d for d in (here / "configs" / "train", here.parent / "configs" / "train") if d.is_dir()]
+    return [
+        d for d in (here / "configs" / "train", here.parent / "configs" / "train") if d.is_dir()
+    ]
 
 
 def recipes() -> dict[str, Path]:
@@ -622,7 +677,9 @@ def recipe_path(name: str) -> Path:
         return known[path.stem]
     close = difflib.get_close_matches(path.stem, list(known), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ConfigError(f"config file not found: {name} ({hint}recipes: {', '.join(known) or 'none installed'})")
+    raise ConfigError(
+        f"config file not found: {name} ({hint}recipes: {', '.join(known) or 'none installed'})"
+    )
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -644,7 +701,9 @@ def field_docs(cls) -> dict[str, str]:
 def _type_name(tp) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if args:
-        return " or ".join(a.__name__ for a in args) + (" or null" if type(None) in typing.get_args(tp) else "")
+        return " or ".join(a.__name__ for a in args) + (
+            " or null" if type(None) in typing.get_args(tp) else ""
+        )
     return getattr(tp, "__name__", str(tp))
 
 
@@ -664,7 +723,9 @@ def describe() -> list[dict]:
         cls = typing.get_type_hints(Config)[section.name]
         docs, hints = field_docs(cls), typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             choices = f.metadata.get("choices")
             if (section.name, f.name) == ("model", "name"):
                 from mnist_dist.models import MODELS
@@ -700,7 +761,10 @@ def help_text(width: int = 100) -> str:
     for row in describe():
         choices = f": {' | '.join(row['choices'])}" if row["choices"] else ""
         lines.append(f"  {row['key']} = {row['default_text']}   ({row['type']}{choices})")
-        policy = "; ".join(([f"range {row['range']}"] if row["range"] else []) + [f"on resume: {row['resume_text']}"])
+        policy = "; ".join(
+            ([f"range {row['range']}"] if row["range"] else [])
+            + [f"on resume: {row['resume_text']}"]
+        )
         lines += textwrap.wrap(
             f"{row['doc']} [{policy}]",
             width,
@@ -733,10 +797,16 @@ def reference() -> str:
     out += [
         "## What a resume may change",
         "",
-        "May change: " + ", ".join(f"`{r['key']}`" for r in rows if r["resume"] == MAY_CHANGE) + ".",
+        "May change: "
+        + ", ".join(f"`{r['key']}`" for r in rows if r["resume"] == MAY_CHANGE)
+        + ".",
         "",
         "Must match, with a condition under which it may change: "
-        + "; ".join(f"`{r['key']}` ({r['resume_why'].split('; ', 1)[1]})" for r in rows if ";" in r["resume_text"])
+        + "; ".join(
+            f"`{r['key']}` ({r['resume_why'].split('; ', 1)[1]})"
+            for r in rows
+            if ";" in r["resume_text"]
+        )
         + ".",
         "",
         "Every other key must match.",
@@ -753,14 +823,18 @@ def reference() -> str:
         if row["range"]:
             facts.append(f"range {row['range']}")
         facts.append(f"on resume: {row['resume_why']}")
-        out += [f"### `{row['key']}`", "", " · ".join(facts), ""] + ([row["doc"], ""] if row["doc"] else [])
+        out += [f"### `{row['key']}`", "", " · ".join(facts), ""] + (
+            [row["doc"], ""] if row["doc"] else []
+        )
     return "\n".join(out).rstrip() + "\n"
 
 
 if __name__ == "__main__":  # python -m mnist_dist.config --reference > docs/configuration.md
     import sys
 
-    from mnist_dist.config import reference  # the package's module, not a second copy of this one as __main__
+    from mnist_dist.config import (
+        reference,
+    )  # the package's module, not a second copy of this one as __main__
 
     if sys.argv[1:] != ["--reference"]:
         sys.exit("usage: python -m mnist_dist.config --reference > docs/configuration.md")

@@ -19,7 +19,9 @@ from mnist_dist.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("csv", help="CSV or CSV.gz: 784 pixel values 0-255, then the label 0-9, per row")
+    parser.add_argument(
+        "csv", help="CSV or CSV.gz: 784 pixel values 0-255, then the label 0-9, per row"
+    )
     parser.add_argument("out", help="the IDX folder to create (use it as data.dir=OUT)")
     parser.add_argument(
         "--test-size",
@@ -28,14 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows held out as the test split (default 0: the whole CSV becomes the train split "
         "and the test split is a copy of it, so evaluate elsewhere)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="the shuffle before the split (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the shuffle before the split (default 0)"
+    )
 
 
 def run(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; nothing overwritten: choose a new folder")
-    rundir.check_usable(out, name=str(out))  # a file on the way, /proc, a read-only mount: before the CSV is read
+        raise UserError(
+            f"{out} exists and is not an empty folder; nothing overwritten: choose a new folder"
+        )
+    rundir.check_usable(
+        out, name=str(out)
+    )  # a file on the way, /proc, a read-only mount: before the CSV is read
     digits = data.read_digits_csv(args.csv)
     if not 0 <= args.test_size < len(digits):
         raise UserError(

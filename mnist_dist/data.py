@@ -26,7 +26,9 @@ from mnist_dist.errors import DataError
 # Per-dataset pixel statistics of the training sets (after scaling to [0, 1]).
 STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 HF_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
-LOCAL_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}  # Debian's dataset-fashion-mnist
+LOCAL_DIRS = {
+    "fashion_mnist": ["/usr/share/datasets/fashion-mnist"]
+}  # Debian's dataset-fashion-mnist
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": [
@@ -73,9 +75,14 @@ def load_idx(folder: str | Path, split: str, cache: bool = False) -> Split:
     if not folder.is_dir():
         raise DataError(f"data.dir {folder} is not a folder")
     img_stem, lbl_stem = idx.IDX_NAMES[split]
-    images, labels = idx.read_idx_images(folder, img_stem, cache), idx.read_idx_labels(folder, lbl_stem, cache)
+    images, labels = (
+        idx.read_idx_images(folder, img_stem, cache),
+        idx.read_idx_labels(folder, lbl_stem, cache),
+    )
     if len(images) != len(labels):
-        raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels in the {split} split")
+        raise DataError(
+            f"{folder}: {len(images)} images but {len(labels)} labels in the {split} split"
+        )
     return Split(images, labels)
 
 
@@ -102,21 +109,34 @@ def read_digits_csv(path: str | Path) -> Split:
             if not header:
                 f.seek(0)
             rows = pd.read_csv(f, header=None, dtype=np.int64, skip_blank_lines=True).to_numpy()
-    except (OSError, ValueError, EOFError, UnicodeDecodeError, zlib.error, pd.errors.ParserError) as e:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        UnicodeDecodeError,
+        zlib.error,
+        pd.errors.ParserError,
+    ) as e:
         raise DataError(
             f"{path}: not a CSV of 784 pixels and a label per row ({str(e).splitlines()[0][:200]})"
         ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: no rows") from None
     if rows.shape[1] != 785:
-        raise DataError(f"{path}: {rows.shape[1]} columns per row, expected 785 (784 pixels and a label)")
+        raise DataError(
+            f"{path}: {rows.shape[1]} columns per row, expected 785 (784 pixels and a label)"
+        )
     if len(rows) == 0:
         raise DataError(f"{path}: no rows")
 
     def label_like(col: int) -> bool:
         return bool(rows[:, col].min() >= 0 and rows[:, col].max() <= 9 and rows[:, col].any())
 
-    named = [i for i in (0, 784) if header and cells[i] in ("label", "labels", "class", "target", "y", "digit")]
+    named = [
+        i
+        for i in (0, 784)
+        if header and cells[i] in ("label", "labels", "class", "target", "y", "digit")
+    ]
     first_is_label = named[0] == 0 if named else label_like(0)
     if not named and label_like(0) and label_like(784):
         raise DataError(
@@ -128,7 +148,10 @@ def read_digits_csv(path: str | Path) -> Split:
     labels, pixels = (rows[:, 0], rows[:, 1:]) if first_is_label else (rows[:, 784], rows[:, :784])
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise DataError(f"{path}: pixels must be 0-255 and labels 0-9")
-    return Split(torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, 28, 28), torch.from_numpy(labels.copy()))
+    return Split(
+        torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, 28, 28),
+        torch.from_numpy(labels.copy()),
+    )
 
 
 # ----------------------------------------------------------------------------- HF datasets and torchvision
@@ -160,11 +183,15 @@ def load_hf(name: str, hf_path: str | None, split: str) -> Split:
         ) from None
     missing = {"image", "label"} - set(ds.column_names)
     if missing:
-        raise DataError(f"HF dataset {path!r} has no column(s) {sorted(missing)}; expected the ylecun/mnist schema")
+        raise DataError(
+            f"HF dataset {path!r} has no column(s) {sorted(missing)}; expected the ylecun/mnist schema"
+        )
     # Decode every PNG once, here; the loop only ever sees uint8 tensors.
     images = np.stack([np.asarray(img.convert("L"), dtype=np.uint8) for img in ds["image"]])
     if images.shape[1:] != (28, 28):
-        raise DataError(f"HF dataset {path!r}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
+        raise DataError(
+            f"HF dataset {path!r}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28"
+        )
     labels = torch.tensor(ds["label"], dtype=torch.long)
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"HF dataset {path!r}: labels outside 0-9")
@@ -174,7 +201,9 @@ def load_hf(name: str, hf_path: str | None, split: str) -> Split:
 def load_torchvision(name: str, root: str | None, split: str) -> Split:
     import torchvision
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[
+        name
+    ]
     root = root or os.path.join(os.path.expanduser("~"), ".cache", "mnist_dist", "torchvision")
     try:
         ds = cls(root, train=(split == "train"), download=True)
@@ -242,7 +271,9 @@ def load_datasets(cfg) -> Datasets:
     val = None
     if cfg.val_size:
         if cfg.val_size >= len(train):
-            raise DataError(f"data.val_size={cfg.val_size} leaves no training images (train has {len(train)})")
+            raise DataError(
+                f"data.val_size={cfg.val_size} leaves no training images (train has {len(train)})"
+            )
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
         val_idx, train_idx = perm[: cfg.val_size], perm[cfg.val_size :]
         val = Split(train.images[val_idx], train.labels[val_idx])
@@ -261,7 +292,9 @@ def fingerprint(datasets: Datasets) -> dict:
         split = getattr(datasets, name)
         if split is not None:
             digest = hashlib.sha256(split.images.contiguous().numpy().data)
-            digest.update(split.labels.to(torch.uint8).numpy().data)  # labels are 0-9 whatever their dtype
+            digest.update(
+                split.labels.to(torch.uint8).numpy().data
+            )  # labels are 0-9 whatever their dtype
             out[name] = {"size": len(split), "sha256": digest.hexdigest()}
     return out
 
@@ -269,7 +302,9 @@ def fingerprint(datasets: Datasets) -> dict:
 # ----------------------------------------------------------------------------- on-device transforms
 
 
-def normalize(images_u8: torch.Tensor, mean: float, std: float, dtype=torch.float32) -> torch.Tensor:
+def normalize(
+    images_u8: torch.Tensor, mean: float, std: float, dtype=torch.float32
+) -> torch.Tensor:
     """uint8 [B, 28, 28] -> normalised float [B, 1, 28, 28], on whatever device the images are."""
     return ((images_u8.to(dtype) / 255.0 - mean) / std).unsqueeze(1)
 
@@ -283,7 +318,9 @@ def augment(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torc
     scale = 0.9 + 0.2 * r[:, 1]
     shift = (r[:, 2:] - 0.5) * (2 * 2 * max_shift / 28)  # in affine_grid units: [-1, 1] spans 28 px
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     bg = x.amin()
     return F.grid_sample(x - bg, grid, align_corners=False, padding_mode="zeros") + bg
@@ -304,11 +341,26 @@ class DeviceLoader:
     """
 
     def __init__(
-        self, split: Split, per_device_batch_size: int, accum: int, rank: int, world_size: int, seed: int, device
+        self,
+        split: Split,
+        per_device_batch_size: int,
+        accum: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device,
     ):
         self.split = split.to(device)
-        self.batch, self.accum, self.rank, self.world, self.seed = per_device_batch_size, accum, rank, world_size, seed
-        self.global_samples_per_step = per_device_batch_size * accum * world_size  # every rank and micro-batch
+        self.batch, self.accum, self.rank, self.world, self.seed = (
+            per_device_batch_size,
+            accum,
+            rank,
+            world_size,
+            seed,
+        )
+        self.global_samples_per_step = (
+            per_device_batch_size * accum * world_size
+        )  # every rank and micro-batch
         n = len(split)
         tail = n % self.global_samples_per_step
         self.steps_per_epoch = n // self.global_samples_per_step + (1 if tail >= world_size else 0)
@@ -319,8 +371,13 @@ class DeviceLoader:
     def epoch(self, epoch: int, start_step: int = 0):
         perm = epoch_permutation(len(self.split), self.seed, epoch).to(self.split.images.device)
         for step in range(start_step, self.steps_per_epoch):
-            chunk = perm[step * self.global_samples_per_step : (step + 1) * self.global_samples_per_step]
-            lo, hi = self.rank * len(chunk) // self.world, (self.rank + 1) * len(chunk) // self.world
+            chunk = perm[
+                step * self.global_samples_per_step : (step + 1) * self.global_samples_per_step
+            ]
+            lo, hi = (
+                self.rank * len(chunk) // self.world,
+                (self.rank + 1) * len(chunk) // self.world,
+            )
             mine = chunk[lo:hi]
             micro = [(self.split.images[i], self.split.labels[i]) for i in mine.split(self.batch)]
             yield micro, self.world / len(chunk)
@@ -329,7 +386,9 @@ class DeviceLoader:
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The epoch's sample order: made on the CPU from (seed, epoch) alone, identical on every rank and device,
     and the same again after a resume."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(torch_seed(seed * 100_003 + epoch)))
+    return torch.randperm(
+        n, generator=torch.Generator().manual_seed(torch_seed(seed * 100_003 + epoch))
+    )
 
 
 def torch_seed(mixed: int) -> int:
@@ -358,7 +417,15 @@ class EpochSampler(torch.utils.data.Sampler):
 class TorchLoader:
     """The standard PyTorch DataLoader (per-sample indexing + collate), sharded by Accelerate's prepare()."""
 
-    def __init__(self, split: Split, per_device_batch_size: int, accum: int, seed: int, num_workers: int, prepare):
+    def __init__(
+        self,
+        split: Split,
+        per_device_batch_size: int,
+        accum: int,
+        seed: int,
+        num_workers: int,
+        prepare,
+    ):
         from torch.utils.data import DataLoader, TensorDataset
 
         self.sampler = EpochSampler(len(split), seed)

@@ -98,7 +98,9 @@ def from_hf(name: str, folder: Path) -> None:
 def from_torchvision(name: str, folder: Path) -> None:
     root = folder / ".torchvision"
     try:
-        write_splits(folder, {s: data.load_torchvision(name, str(root), s) for s in ("train", "test")})
+        write_splits(
+            folder, {s: data.load_torchvision(name, str(root), s) for s in ("train", "test")}
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -172,7 +174,9 @@ def run(args) -> int:
     if out.is_dir() and any(out.iterdir()):
         problems = mismatches(args.name, out)
         if not problems and sorted(p.name for p in out.iterdir()) == sorted(OFFICIAL[args.name]):
-            print(f"{out} already holds the four official {args.name} files (sizes and MD5 checked); nothing to do")
+            print(
+                f"{out} already holds the four official {args.name} files (sizes and MD5 checked); nothing to do"
+            )
             return 0
         raise UserError(
             f"{out} exists and holds other files ({'; '.join(problems) or 'extra files'}); nothing "
@@ -182,17 +186,23 @@ def run(args) -> int:
         raise UserError(f"{out} exists and is not a folder; nothing changed: choose a new folder")
     order = SOURCES[args.name] if args.source == "auto" else [args.source]
     if args.source not in ("auto", *SOURCES[args.name]):
-        raise UserError(f"--source {args.source} has no {args.name}; its sources are {', '.join(SOURCES[args.name])}")
+        raise UserError(
+            f"--source {args.source} has no {args.name}; its sources are {', '.join(SOURCES[args.name])}"
+        )
     errors = []
     with contextlib.ExitStack() as staging:
         try:
-            tmp = staging.enter_context(atomic.replacing_folder(out))  # an empty DIR (checked above) is replaced
+            tmp = staging.enter_context(
+                atomic.replacing_folder(out)
+            )  # an empty DIR (checked above) is replaced
         except OSError as e:
             raise UserError(f"cannot create {out} ({e.strerror}: {e.filename})") from None
         for source in order:
             try:
                 FETCH[source](args.name, tmp)
-            except OSError as e:  # a full disk or an unwritable folder ends the download: no other source helps
+            except (
+                OSError
+            ) as e:  # a full disk or an unwritable folder ends the download: no other source helps
                 raise UserError(
                     f"cannot write {args.name} into {out.parent} ({e.strerror}); nothing left behind"
                 ) from None

@@ -39,23 +39,33 @@ def format_result(result: dict, classes: list[str], split: str) -> str:
         "per-class accuracy:",
     ]
     lines += [
-        f"  {i} {name:<12s} {acc:.4f}" for i, (name, acc) in enumerate(zip(classes, result["per_class_accuracy"]))
+        f"  {i} {name:<12s} {acc:.4f}"
+        for i, (name, acc) in enumerate(zip(classes, result["per_class_accuracy"]))
     ]
     lines.append("confusion matrix (rows: true, columns: predicted):")
     lines.append("      " + " ".join(f"{i:>5d}" for i in range(10)))
-    lines += [f"  {i:>2d}  " + " ".join(f"{v:>5d}" for v in row) for i, row in enumerate(result["confusion"])]
+    lines += [
+        f"  {i:>2d}  " + " ".join(f"{v:>5d}" for v in row)
+        for i, row in enumerate(result["confusion"])
+    ]
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    model_path = rundir.pick_model(hub.resolve(args.model), args.best)  # a folder, checkpoint or Hub repo id
+    model_path = rundir.pick_model(
+        hub.resolve(args.model), args.best
+    )  # a folder, checkpoint or Hub repo id
     model, model_info = artifact.load_model(model_path)
     cfg = rundir.load_run_config(model_path, args.overrides)
     if cfg.data.name != model_info["dataset"]:
         print(f"note: model was trained on {model_info['dataset']}, evaluating on {cfg.data.name}")
     accelerator = runtime.make_accelerator(cfg)
     with accelerator.local_main_process_first():
-        split = data.load_test(cfg.data) if args.split == "test" else getattr(data.load_datasets(cfg.data), args.split)
+        split = (
+            data.load_test(cfg.data)
+            if args.split == "test"
+            else getattr(data.load_datasets(cfg.data), args.split)
+        )
     if split is None:
         raise config.ConfigError("--split val needs data.val_size > 0")
     model = accelerator.prepare_model(model, evaluation_mode=True)
@@ -64,11 +74,17 @@ def run(args) -> int:
     )
     if accelerator.is_main_process:
         result = {"split": args.split, "world_size": accelerator.num_processes, **result}
-        print(json.dumps(result) if args.json else format_result(result, model_info["classes"], args.split))
+        print(
+            json.dumps(result)
+            if args.json
+            else format_result(result, model_info["classes"], args.split)
+        )
         if args.png:
             from mnist_dist import plots
 
             plots.confusion_matrix(result["confusion"], model_info["classes"], args.png)
-        tracking.log_evaluation(cfg, model_path, model_info, result, args.model if hub.is_repo_id(args.model) else None)
+        tracking.log_evaluation(
+            cfg, model_path, model_info, result, args.model if hub.is_repo_id(args.model) else None
+        )
     runtime.end_distributed(accelerator)
     return 0

@@ -40,7 +40,9 @@ def add_arguments(p):
         "for --format hub the folder (default: the model's own folder)",
     )
     p.add_argument("out_folder", nargs="?", metavar="OUT", help="the same as --out")
-    p.add_argument("--onnx", action="store_true", help="with --format hub: add model.onnx to the folder")
+    p.add_argument(
+        "--onnx", action="store_true", help="with --format hub: add model.onnx to the folder"
+    )
 
 
 def run(args) -> int:
@@ -101,7 +103,9 @@ def export_onnx(model: torch.nn.Module, model_info: dict, out: Path) -> float | 
     try:
         import onnx
     except ModuleNotFoundError:
-        raise ExportError("ONNX export needs the optional extra: pip install 'mnist-dist[onnx]'") from None
+        raise ExportError(
+            "ONNX export needs the optional extra: pip install 'mnist-dist[onnx]'"
+        ) from None
     with atomic.replacing(out) as tmp:
         with warnings.catch_warnings():
             # The TorchScript-based exporter needs only `onnx`; the newer dynamo one would also need onnxscript.
@@ -135,7 +139,9 @@ def export_torchscript(model: torch.nn.Module, model_info: dict, out: Path) -> f
     """Write a traced TorchScript module (the models have no data-dependent control flow); return the max
     |logit| difference of the reloaded file to the original."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(model, sample_input(2))
         with atomic.replacing(out) as tmp:
             torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(model_info)})
@@ -150,7 +156,9 @@ def check_close(logits, model: torch.nn.Module, x: torch.Tensor) -> float:
         expected = model(x)
     max_diff = float((torch.as_tensor(logits) - expected).abs().max())
     if max_diff > 1e-3:  # float32 reorderings give ~1e-6; more means the export changed the model
-        raise ExportError(f"exported model disagrees with PyTorch (max |logit diff| {max_diff:.2e})")
+        raise ExportError(
+            f"exported model disagrees with PyTorch (max |logit diff| {max_diff:.2e})"
+        )
     return max_diff
 
 

@@ -128,7 +128,10 @@ def card_text(model_info: dict, run_dir: Path | None, best: bool) -> str:
             ("per-device batch size", s.get("per_device_batch_size")),
             ("epochs", s.get("epochs")),
             ("optimizer steps", s.get("global_step")),
-            ("training time", f"{s['train_seconds']:.1f} s" if s.get("train_seconds") is not None else None),
+            (
+                "training time",
+                f"{s['train_seconds']:.1f} s" if s.get("train_seconds") is not None else None,
+            ),
             (
                 "hardware",
                 f"{s.get('device')} on {len(set(s.get('hostnames') or [])) or '?'} node(s), "
@@ -145,7 +148,11 @@ def card_text(model_info: dict, run_dir: Path | None, best: bool) -> str:
                 (
                     "best model",
                     f"{b.get('metric')} {b.get('value')} at step {b.get('global_step')}"
-                    + (f", test accuracy {b['test_accuracy']:.4f}" if b.get("test_accuracy") is not None else ""),
+                    + (
+                        f", test accuracy {b['test_accuracy']:.4f}"
+                        if b.get("test_accuracy") is not None
+                        else ""
+                    ),
                 )
             )
         lines += ["## Training", "", "| | |", "|---|---|"]
@@ -173,7 +180,9 @@ def card_text(model_info: dict, run_dir: Path | None, best: bool) -> str:
 def _recipe(run_dir: Path | None) -> str | None:
     """config.yaml without the machine's own places (data.dir, run.dir) and without tracking (names of people's
     W&B entities and projects are theirs to publish)."""
-    cfg = rundir.read_config(run_dir / rundir.CONFIG) if run_dir else None  # a damaged file: one line naming it
+    cfg = (
+        rundir.read_config(run_dir / rundir.CONFIG) if run_dir else None
+    )  # a damaged file: one line naming it
     if cfg is None:
         return None
     cfg.pop("tracking", None)
@@ -189,7 +198,9 @@ def _recipe(run_dir: Path | None) -> str | None:
 def export(source: Path, run_dir: Path | None, out: Path, best: bool) -> list[Path]:
     """Write the Hub layout of the model folder `source` (a run folder or its best/) into `out` (which may be
     `source` itself); returns the files written."""
-    _, model_info = artifact.load_model(source)  # refuses a damaged model before anything is written
+    _, model_info = artifact.load_model(
+        source
+    )  # refuses a damaged model before anything is written
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in (rundir.MODEL_FILE, rundir.MODEL_META):
@@ -217,7 +228,11 @@ def resolve(model: str | Path) -> Path:
     id staged into a temporary folder with the model.json and config.yaml they lack (a Hub repo is downloaded
     once into the Hub cache; with HF_HUB_OFFLINE=1 only the cache is read)."""
     path = Path(model)
-    if path.is_dir() and (path / checkpoint.STATE_FILE).is_file() and not (path / rundir.MODEL_META).is_file():
+    if (
+        path.is_dir()
+        and (path / checkpoint.STATE_FILE).is_file()
+        and not (path / rundir.MODEL_META).is_file()
+    ):
         return _stage_checkpoint(path)
     if not is_repo_id(str(model)):
         return path
@@ -232,15 +247,21 @@ def resolve(model: str | Path) -> Path:
             f"{model}: no such folder here, and not loadable as a Hub model repo{hint} ({_one_line(e)})"
         ) from None
     if not (snapshot / rundir.MODEL_FILE).is_file():
-        raise HubError(f"{model}: the Hub repo has no {rundir.MODEL_FILE} (not an mnist-dist model)")
-    info_file = snapshot / (rundir.MODEL_META if (snapshot / rundir.MODEL_META).is_file() else HUB_CONFIG)
+        raise HubError(
+            f"{model}: the Hub repo has no {rundir.MODEL_FILE} (not an mnist-dist model)"
+        )
+    info_file = snapshot / (
+        rundir.MODEL_META if (snapshot / rundir.MODEL_META).is_file() else HUB_CONFIG
+    )
     model_info = rundir.read_json(info_file) or {}
     folder = _staging()
     os.symlink(snapshot / rundir.MODEL_FILE, folder / rundir.MODEL_FILE)
     shutil.copyfile(info_file, folder / rundir.MODEL_META)
     # eval's data defaults: the dataset the model was trained on (overrides still win)
     if model_info.get("dataset"):
-        atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": model_info["dataset"]}}))
+        atomic.write_text(
+            folder / rundir.CONFIG, yaml.safe_dump({"data": {"name": model_info["dataset"]}})
+        )
     return folder
 
 
@@ -271,7 +292,10 @@ def _stage_checkpoint(ckpt: Path) -> Path:
     dataset = cfg["data"]["name"]
     mean, std = data.STATS[dataset]
     folder = _staging()
-    tensors = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in load_file(str(weights)).items()}
+    tensors = {
+        k.removeprefix("module.").removeprefix("_orig_mod."): v
+        for k, v in load_file(str(weights)).items()
+    }
     save_file(
         {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()},
         str(folder / rundir.MODEL_FILE),
@@ -286,7 +310,9 @@ def _stage_checkpoint(ckpt: Path) -> Path:
         "checkpoint": {"global_step": state.get("global_step"), "epoch": state.get("epoch")},
     }
     atomic.write_text(folder / rundir.MODEL_META, json.dumps(model_info, indent=2))
-    atomic.write_text(folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg}))
+    atomic.write_text(
+        folder / rundir.CONFIG, yaml.safe_dump({k: cfg[k] for k in ("data", "train") if k in cfg})
+    )
     return folder
 
 
@@ -298,7 +324,10 @@ def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), allow_patterns=list(HUB_FILES), commit_message=message
+            repo_id=repo_id,
+            folder_path=str(folder),
+            allow_patterns=list(HUB_FILES),
+            commit_message=message,
         )
     except Exception as e:
         raise HubError(f"push to {repo_id} failed ({_one_line(e)})") from None

@@ -35,14 +35,24 @@ def _gunzip(path: Path, cache: bool) -> bytearray | memoryview:
 
 
 def _open_idx(folder: Path, stem: str, cache: bool = False) -> tuple[Path, bytearray | memoryview]:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         path = folder / name
         if path.is_file():
             try:
                 with path.open("rb") as f:
                     gzipped = f.read(2) == b"\x1f\x8b"
                 return path, _gunzip(path, cache) if gzipped else idx_cache.read_buffer(path)
-            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # zlib: bytes flipped inside
+            except (
+                OSError,
+                EOFError,
+                gzip.BadGzipFile,
+                zlib.error,
+            ) as e:  # zlib: bytes flipped inside
                 raise DataError(f"{path}: cannot read ({e})") from None
     raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
 
@@ -63,7 +73,9 @@ def read_idx_images(folder: Path, stem: str, cache: bool = False) -> torch.Tenso
             f"{path}: size {len(raw)} bytes does not match header ({n} images of {rows}x{cols} "
             f"need {16 + n * rows * cols}); the file is truncated or corrupt"
         )
-    return torch.frombuffer(raw, dtype=torch.uint8, offset=16, count=n * rows * cols).view(n, rows, cols)
+    return torch.frombuffer(raw, dtype=torch.uint8, offset=16, count=n * rows * cols).view(
+        n, rows, cols
+    )
 
 
 def read_idx_labels(folder: Path, stem: str, cache: bool = False) -> torch.Tensor:
@@ -74,23 +86,30 @@ def read_idx_labels(folder: Path, stem: str, cache: bool = False) -> torch.Tenso
     if magic != 0x00000801:
         raise DataError(f"{path}: not an IDX label file (magic {magic:#010x}, expected 0x00000801)")
     if len(raw) != 8 + n:
-        raise DataError(f"{path}: size {len(raw)} bytes does not match header ({n} labels need {8 + n})")
+        raise DataError(
+            f"{path}: size {len(raw)} bytes does not match header ({n} labels need {8 + n})"
+        )
     labels = (
-        torch.frombuffer(raw, dtype=torch.uint8, offset=8, count=n).long() if n else torch.zeros(0, dtype=torch.long)
+        torch.frombuffer(raw, dtype=torch.uint8, offset=8, count=n).long()
+        if n
+        else torch.zeros(0, dtype=torch.long)
     )
     if n and labels.max() > 9:
         raise DataError(f"{path}: label {int(labels.max())} outside 0-9")
     return labels
 
 
-def write_idx(folder: str | Path, split: str, images: torch.Tensor, labels: torch.Tensor, gz: bool = False):
+def write_idx(
+    folder: str | Path, split: str, images: torch.Tensor, labels: torch.Tensor, gz: bool = False
+):
     """Write a split in IDX format (used by tests and to export data for offline clusters)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img_stem, lbl_stem = IDX_NAMES[split]
     n, rows, cols = images.shape
     blobs = {
-        img_stem: struct.pack(">IIII", 0x803, n, rows, cols) + images.to(torch.uint8).numpy().tobytes(),
+        img_stem: struct.pack(">IIII", 0x803, n, rows, cols)
+        + images.to(torch.uint8).numpy().tobytes(),
         lbl_stem: struct.pack(">II", 0x801, n) + labels.to(torch.uint8).numpy().tobytes(),
     }
     for stem, blob in blobs.items():

@@ -38,7 +38,11 @@ def get(source: Path, decompress: Callable[[], bytearray]) -> bytearray | memory
     if len(content) % 2**32 == _gzip_size(source):  # else several gzip members: not cached
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            head = CACHE_MAGIC + zlib.crc32(content).to_bytes(4, "big") + len(content).to_bytes(8, "big")
+            head = (
+                CACHE_MAGIC
+                + zlib.crc32(content).to_bytes(4, "big")
+                + len(content).to_bytes(8, "big")
+            )
             atomic.write_bytes(entry, head + content)
         except OSError:
             pass
@@ -50,7 +54,10 @@ def _entry(source: Path) -> Path:
     replaced source never meets an old entry (ctime: a file rewritten in place with its mtime put back)."""
     st = source.stat()
     key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
-    return cache_dir() / f"{source.name.removesuffix('.gz')}-{zlib.crc32(key.encode()):08x}{len(key):04x}"
+    return (
+        cache_dir()
+        / f"{source.name.removesuffix('.gz')}-{zlib.crc32(key.encode()):08x}{len(key):04x}"
+    )
 
 
 def _gzip_size(path: Path) -> int | None:

@@ -32,8 +32,13 @@ class Layout:
     find_digit: bool  # crop to the digit's strokes, not to all ink: ruled lines and drawn frames are dropped
 
 
-LAYOUTS = {"mnist": Layout(20, "mass", True, True), "fashion_mnist": Layout(28, "box", False, False)}
-LABEL_SIDE = 256  # strokes are grouped (connected components) on a copy at most this big: cheap, and enough
+LAYOUTS = {
+    "mnist": Layout(20, "mass", True, True),
+    "fashion_mnist": Layout(28, "box", False, False),
+}
+LABEL_SIDE = (
+    256  # strokes are grouped (connected components) on a copy at most this big: cheap, and enough
+)
 
 
 class ImageError(Exception):
@@ -42,7 +47,11 @@ class ImageError(Exception):
 
 def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
-    from PIL import Image, ImageOps, UnidentifiedImageError  # here: every `mnist-dist` start builds this parser
+    from PIL import (
+        Image,
+        ImageOps,
+        UnidentifiedImageError,
+    )  # here: every `mnist-dist` start builds this parser
 
     if not path.is_file():
         raise ImageError(why_not_a_file(path))
@@ -50,7 +59,9 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
+            warnings.simplefilter(
+                "ignore", Image.DecompressionBombWarning
+            )  # our own limit below says it better
             img: Image.Image = Image.open(path)  # an ImageFile until the conversions below
         with img:
             w, h = img.size  # from the header: nothing is decoded yet
@@ -59,8 +70,12 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
                     f"{max_pixels / 1e6:g} (--max-pixels); shrink it first"
                 )
-            img.draft("RGB", (WORK_SIDE, WORK_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
-            img = ImageOps.exif_transpose(img)  # phone photos are stored sideways with a rotation tag
+            img.draft(
+                "RGB", (WORK_SIDE, WORK_SIDE)
+            )  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
+            img = ImageOps.exif_transpose(
+                img
+            )  # phone photos are stored sideways with a rotation tag
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 # A transparent background is paper: drawings exported from apps are ink on nothing, the ink
                 # dark or light. Paper of the other brightness keeps it visible (white ink on white is nothing).
@@ -70,7 +85,9 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                 # 16-bit grey: convert("L") would clip everything above 255 to white; scale the range instead.
                 grey16 = np.asarray(img, dtype=np.float64)
                 full = 65535.0 if img.mode != "I" or grey16.max() > 255 else 255.0
-                img = Image.fromarray(np.round(np.clip(grey16 / full, 0, 1) * 255).astype(np.uint8), "L")
+                img = Image.fromarray(
+                    np.round(np.clip(grey16 / full, 0, 1) * 255).astype(np.uint8), "L"
+                )
             img = img.convert("L")
             img.thumbnail((WORK_SIDE, WORK_SIDE))
             return np.asarray(img, dtype=np.float32) / 255.0
@@ -79,7 +96,9 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise ImageError(f"refused as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
-        raise ImageError("not an image file PIL can read (expected PNG, JPEG, BMP or GIF)") from None
+        raise ImageError(
+            "not an image file PIL can read (expected PNG, JPEG, BMP or GIF)"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageError(f"cannot decode the image ({type(e).__name__}: {e})") from None
 
@@ -133,12 +152,17 @@ def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
     # Antialiased resize: shrinking a 2000 px photo must average the strokes, not sample them.
     small = (
         F.interpolate(
-            torch.from_numpy(np.ascontiguousarray(ink))[None, None], size=(h, w), mode="bicubic", antialias=True
+            torch.from_numpy(np.ascontiguousarray(ink))[None, None],
+            size=(h, w),
+            mode="bicubic",
+            antialias=True,
         )[0, 0]
         .clamp(0, 1)
         .numpy()
     )
-    if layout.full_ink:  # after the resize: a thin pen stroke shrunk from a photo is faint until stretched
+    if (
+        layout.full_ink
+    ):  # after the resize: a thin pen stroke shrunk from a photo is faint until stretched
         small = small / small.max()
 
     if layout.centre == "mass":
@@ -182,7 +206,9 @@ def _components(mask: np.ndarray) -> np.ndarray:
                 np.minimum(smallest, padded[dy : dy + h, dx : dx + w], out=smallest)
         smallest = np.where(mask, smallest, none)
         flat = smallest.reshape(-1)
-        flat[flat_index] = flat[flat[flat_index] - 1]  # jump: the label of the pixel that the label names
+        flat[flat_index] = flat[
+            flat[flat_index] - 1
+        ]  # jump: the label of the pixel that the label names
         if np.array_equal(smallest, labels):
             return np.where(mask, labels, 0)
         labels = smallest
@@ -198,7 +224,9 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
     h, w = ink.shape
     step = max(1, -(-max(h, w) // LABEL_SIDE))
     small = (
-        F.avg_pool2d(torch.from_numpy(ink.astype(np.float32))[None, None], step, ceil_mode=True)[0, 0].numpy()
+        F.avg_pool2d(torch.from_numpy(ink.astype(np.float32))[None, None], step, ceil_mode=True)[
+            0, 0
+        ].numpy()
         if step > 1
         else ink
     )

@@ -19,10 +19,19 @@ class Predictions(NamedTuple):
     probs: torch.Tensor  # float32 [N, 10]
 
 
-def forward(model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float, batch_size: int, device):
+def forward(
+    model: torch.nn.Module,
+    images_u8: torch.Tensor,
+    mean: float,
+    std: float,
+    batch_size: int,
+    device,
+):
     """Yields float32 logits for consecutive batches of `images_u8` (call under torch.no_grad, model in eval)."""
     for i in range(0, len(images_u8), batch_size):
-        yield model(data.normalize(images_u8[i : i + batch_size].to(device, non_blocking=True), mean, std)).float()
+        yield model(
+            data.normalize(images_u8[i : i + batch_size].to(device, non_blocking=True), mean, std)
+        ).float()
 
 
 @torch.no_grad()
@@ -36,14 +45,23 @@ def predict(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    probs = [torch.softmax(logits, 1).cpu() for logits in forward(model, images_u8, mean, std, batch_size, device)]
+    probs = [
+        torch.softmax(logits, 1).cpu()
+        for logits in forward(model, images_u8, mean, std, batch_size, device)
+    ]
     model.train(was_training)
     return torch.cat(probs) if probs else torch.zeros(0, 10)
 
 
 @torch.no_grad()
 def exact_metrics(
-    accelerator, model, split: data.Split, mean: float, std: float, batch_size: int, keep_probs: int = 0
+    accelerator,
+    model,
+    split: data.Split,
+    mean: float,
+    std: float,
+    batch_size: int,
+    keep_probs: int = 0,
 ) -> tuple[dict, torch.Tensor | None]:
     """Exact loss/accuracy/confusion over `split`: each rank takes a contiguous share, then sums are reduced.
 
@@ -68,13 +86,17 @@ def exact_metrics(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     confusion = torch.zeros(10, 10, device=device, dtype=torch.long)
     kept = []
-    for i, logits in zip(range(0, len(images), batch_size), forward(model, images, mean, std, batch_size, device)):
+    for i, logits in zip(
+        range(0, len(images), batch_size), forward(model, images, mean, std, batch_size, device)
+    ):
         logits = logits[: max(0, real - i)]  # the padding's logits count nowhere
         y = labels[i : i + batch_size].to(device, non_blocking=True)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         confusion += metrics.confusion_matrix(logits.argmax(1), y)
         if i < keep_probs:
-            kept.append(torch.softmax(logits[: keep_probs - i], 1).cpu())  # a host sync, only where asked
+            kept.append(
+                torch.softmax(logits[: keep_probs - i], 1).cpu()
+            )  # a host sync, only where asked
     # Sums and counts, not means, cross the process boundary: the result is exact for any world size.
     loss_sum, confusion = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(confusion, "sum")
     model.train()

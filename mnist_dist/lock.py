@@ -21,7 +21,10 @@ from mnist_dist.rundir import LOCK, slurm_job_id
 def _elastic_job() -> tuple[str, int] | None:
     """(job, attempt) of torchrun's elastic agent this process is a worker of: the rendezvous id
     (TORCHELASTIC_RUN_ID; for the default id "none", the agent itself, as host:pid:start) and its restart count."""
-    run_id, attempt = os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("TORCHELASTIC_RESTART_COUNT", "")
+    run_id, attempt = (
+        os.environ.get("TORCHELASTIC_RUN_ID"),
+        os.environ.get("TORCHELASTIC_RESTART_COUNT", ""),
+    )
     if not run_id or not attempt.isdigit():
         return None
     if run_id == "none":
@@ -115,7 +118,9 @@ class RunLock:
             return
         try:
             os.close(fd)
-            if self._stale(self._inspect()) is not None:  # still the stale one, not a fresh lock of a faster taker
+            if (
+                self._stale(self._inspect()) is not None
+            ):  # still the stale one, not a fresh lock of a faster taker
                 print(f"mnist-dist: taking over {self.path}: {why}", flush=True)
                 _remove(self.path)
         finally:
@@ -151,10 +156,14 @@ class RunLock:
             holder = json.loads(raw)
         except ValueError:
             holder = None
-        pid, host = (holder.get("pid"), holder.get("host")) if isinstance(holder, dict) else (None, None)
+        pid, host = (
+            (holder.get("pid"), holder.get("host")) if isinstance(holder, dict) else (None, None)
+        )
         if not (isinstance(pid, int) and isinstance(host, str)):
             text = raw.decode("utf-8", "replace")
-            return _LockFile(None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s)
+            return _LockFile(
+                None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s
+            )
         return _LockFile(holder, "", age_s)
 
     def _stale(self, found: _LockFile | None) -> str | None:
@@ -195,7 +204,11 @@ class RunLock:
         """Delete the lock if it is still ours (a run that lost it, say to a takeover, leaves the new one alone)."""
         self._stop.set()
         found = self._inspect()
-        if found is not None and found.holder is not None and found.holder.get("pid") == os.getpid():
+        if (
+            found is not None
+            and found.holder is not None
+            and found.holder.get("pid") == os.getpid()
+        ):
             self.path.unlink(missing_ok=True)
 
 

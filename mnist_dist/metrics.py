@@ -3,7 +3,9 @@
 import torch
 
 
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+def confusion_matrix(
+    preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10
+) -> torch.Tensor:
     """[true, predicted] counts, int64, on the inputs' device (no host sync)."""
     return torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).view(
         num_classes, num_classes

@@ -78,7 +78,11 @@ def tutorial_cnn():
 def stage(cin: int, cout: int, pool_first: bool) -> list[nn.Module]:
     """conv-BN-ReLU then a 2x2 max-pool; with pool_first conv -> pool -> BN -> ReLU, so BN and ReLU (memory-bound,
     about a quarter of a CPU step) run on a map 4x smaller."""
-    conv, norm, act = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    conv, norm, act = (
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
     if pool_first:
         return [nn.Sequential(conv, nn.MaxPool2d(2), norm, act)]
     return [nn.Sequential(conv, norm, act), nn.MaxPool2d(2)]

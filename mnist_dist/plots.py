@@ -54,7 +54,9 @@ def curves(records: list[dict], path: str | Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def confusion_matrix(matrix, classes: list[str], path: str | Path, title: str = "confusion matrix") -> Path:
+def confusion_matrix(
+    matrix, classes: list[str], path: str | Path, title: str = "confusion matrix"
+) -> Path:
     """Counts [true, predicted]; colour is the row share, so classes of different sizes compare fairly."""
     counts = np.asarray(matrix, dtype=np.int64)
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -86,7 +88,14 @@ def confusion_matrix(matrix, classes: list[str], path: str | Path, title: str = 
 
 
 def samples(
-    images_u8, labels, preds, confidences, classes: list[str], path: str | Path, columns: int = 8, title: str = ""
+    images_u8,
+    labels,
+    preds,
+    confidences,
+    classes: list[str],
+    path: str | Path,
+    columns: int = 8,
+    title: str = "",
 ) -> Path:
     """A grid of test images titled `predicted (confidence)`, with `true: X` and a red frame on mistakes.
 
@@ -99,7 +108,9 @@ def samples(
     rows = max(1, -(-n // columns))
     gap_x, above, below = 10, 9, 9  # mosaic pixels around each image: room for the two captions
     cell_w, cell_h = side + gap_x, side + above + below
-    mosaic = np.full((rows * cell_h, columns * cell_w), 255, dtype=np.uint8)  # white paper between images
+    mosaic = np.full(
+        (rows * cell_h, columns * cell_w), 255, dtype=np.uint8
+    )  # white paper between images
     top = 0.4 if title else 0.0  # inches for the title
     px = 1 / 26  # inches per mosaic pixel: 7-point captions fit a 38-pixel cell
     fig = _figure(columns * cell_w * px, rows * cell_h * px + top)
@@ -128,7 +139,11 @@ def samples(
                 fontsize=7,
                 color=MISTAKE,
             )
-            ax.add_patch(Rectangle((x0 - 1, y0 - 1), side + 1, side + 1, fill=False, edgecolor=MISTAKE, linewidth=2))
+            ax.add_patch(
+                Rectangle(
+                    (x0 - 1, y0 - 1), side + 1, side + 1, fill=False, edgecolor=MISTAKE, linewidth=2
+                )
+            )
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -137,24 +152,36 @@ def samples(
     return _save(fig, path)
 
 
-def comparison(rows: list[dict], keys: list[str], metric: str, path: str | Path, title: str = "") -> Path:
+def comparison(
+    rows: list[dict], keys: list[str], metric: str, path: str | Path, title: str = ""
+) -> Path:
     """`mnist-dist compare`'s picture: the metric against train seconds, and against each swept value."""
     fig = _figure(4.0 * (1 + len(keys)), 3.4)
     axes = fig.subplots(1, 1 + len(keys), squeeze=False)[0]
     done = [r for r in rows if r["metric"] is not None]
     ax = axes[0]
-    ax.scatter([r["train_seconds"] or 0 for r in done], [r["metric"] for r in done], color=COLORS["val"])
+    ax.scatter(
+        [r["train_seconds"] or 0 for r in done], [r["metric"] for r in done], color=COLORS["val"]
+    )
     for r in done:
         ax.annotate(
-            r["run"], (r["train_seconds"] or 0, r["metric"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            r["run"],
+            (r["train_seconds"] or 0, r["metric"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
         )
     ax.set_xlabel("train seconds")
     ax.set_ylabel(metric)
     for ax, key in zip(axes[1:], keys):
         values = [r["values"][key] for r in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        labels = sorted({str(v) for v in values}, key=lambda s: float(s) if numeric else s)  # dicts, None: as text
-        ax.scatter([labels.index(str(v)) for v in values], [r["metric"] for r in done], color=COLORS["val"])
+        labels = sorted(
+            {str(v) for v in values}, key=lambda s: float(s) if numeric else s
+        )  # dicts, None: as text
+        ax.scatter(
+            [labels.index(str(v)) for v in values], [r["metric"] for r in done], color=COLORS["val"]
+        )
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(key)
     fig.suptitle(title)

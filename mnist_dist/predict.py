@@ -35,14 +35,24 @@ def add_arguments(p):
         "inputs",
         nargs="+",
         metavar="IMAGE_OR_FOLDER",
-        help="image files, or folders (their " + "/".join(sorted(IMAGE_SUFFIXES)) + " files, not recursive)",
+        help="image files, or folders (their "
+        + "/".join(sorted(IMAGE_SUFFIXES))
+        + " files, not recursive)",
     )
-    p.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (default 3)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image (JSON Lines)")
     p.add_argument(
-        "--show", metavar="DIR", help="write DIR/<file>.png: the 28x28 input the model saw and its prediction"
+        "--top-k", type=int, default=3, help="how many classes to print per image (default 3)"
     )
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per image (JSON Lines)"
+    )
+    p.add_argument(
+        "--show",
+        metavar="DIR",
+        help="write DIR/<file>.png: the 28x28 input the model saw and its prediction",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="images per forward pass (default 256)"
+    )
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -57,9 +67,13 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
             if not found:
-                errors.append((name, "folder has no " + "/".join(sorted(IMAGE_SUFFIXES)) + " files"))
+                errors.append(
+                    (name, "folder has no " + "/".join(sorted(IMAGE_SUFFIXES)) + " files")
+                )
             files += found
         else:
             files.append(path)
@@ -79,7 +93,9 @@ def run(args) -> int:
     show_dir = Path(args.show) if args.show else None
     if show_dir:
         if show_dir.exists() and not show_dir.is_dir():
-            raise UserError(f"--show {show_dir}: a file is there; --show names a folder for the pictures")
+            raise UserError(
+                f"--show {show_dir}: a file is there; --show names a folder for the pictures"
+            )
         show_dir.mkdir(parents=True, exist_ok=True)
     failed, shown = len(errors), set[str]()
 
@@ -95,7 +111,9 @@ def run(args) -> int:
         if not good:
             continue
         batch = torch.from_numpy(np.stack(inputs))
-        probs = inference.predict(model, batch, model_info["mean"], model_info["std"], batch_size=len(batch))
+        probs = inference.predict(
+            model, batch, model_info["mean"], model_info["std"], batch_size=len(batch)
+        )
         top_p, top_i = probs.topk(top_k, dim=1)
         for n, path in enumerate(good):
             ranked = [(classes[i], p) for i, p in zip(top_i[n].tolist(), top_p[n].tolist())]
@@ -123,10 +141,17 @@ def run(args) -> int:
 
 
 def save_picture(
-    show_dir: Path, path: Path, image: np.ndarray, probs: list[float], classes: list[str], shown: set[str]
+    show_dir: Path,
+    path: Path,
+    image: np.ndarray,
+    probs: list[float],
+    classes: list[str],
+    shown: set[str],
 ) -> Path:
     """The model's 28x28 input beside a bar chart of its class probabilities, as DIR/<file name>.png."""
-    from matplotlib.figure import Figure  # no pyplot: no display, no global backend state (Agg canvas)
+    from matplotlib.figure import (
+        Figure,
+    )  # no pyplot: no display, no global backend state (Agg canvas)
 
     name = path.name + ".png"
     n = 1
@@ -141,7 +166,9 @@ def save_picture(
     ax_img.set_xticks([]), ax_img.set_yticks([])
     best = int(np.argmax(probs))
     ax_bar.barh(
-        range(len(classes)), probs, color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))]
+        range(len(classes)),
+        probs,
+        color=["tab:orange" if i == best else "tab:blue" for i in range(len(probs))],
     )
     ax_bar.set_yticks(range(len(classes)), classes, fontsize=8)
     ax_bar.invert_yaxis()

@@ -60,7 +60,9 @@ def me() -> tuple[int, str | None]:
 
 
 def alive(pid: int, started: str | None) -> bool:
-    if not Path("/proc/self/stat").exists():  # macOS: no /proc, so no start time; the pid alone must do
+    if not Path(
+        "/proc/self/stat"
+    ).exists():  # macOS: no /proc, so no start time; the pid alone must do
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

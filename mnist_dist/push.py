@@ -11,9 +11,13 @@ from mnist_dist import hub, rundir
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN_DIR", help="a run folder")
-    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub model repo, owner/name (created if missing)")
     p.add_argument(
-        "--best", action="store_true", help="push the best model by validation (RUN_DIR/best/) instead of the final one"
+        "repo_id", metavar="REPO_ID", help="the Hub model repo, owner/name (created if missing)"
+    )
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="push the best model by validation (RUN_DIR/best/) instead of the final one",
     )
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--message", default="Upload model from mnist-dist", help="the commit message")
@@ -26,5 +30,7 @@ def run(args) -> int:
         raise hub.HubError(f"{source}: push takes a run folder")
     hub.export(source, rundir.of_model(source), source, args.best)
     url = hub.push(source, args.repo_id, args.private, args.message)
-    print(f"pushed {', '.join(n for n in hub.HUB_FILES if (source / n).is_file())} to {args.repo_id}: {url}")
+    print(
+        f"pushed {', '.join(n for n in hub.HUB_FILES if (source / n).is_file())} to {args.repo_id}: {url}"
+    )
     return 0

@@ -15,5 +15,8 @@ def run(args) -> int:
     found = config.recipes()
     width = max(map(len, found), default=0)
     for name, path in found.items():
-        print(f"{name:<{width}}  {config.recipe_summary(path)}" + (f"\n{'':<{width}}  {path}" if args.paths else ""))
+        print(
+            f"{name:<{width}}  {config.recipe_summary(path)}"
+            + (f"\n{'':<{width}}  {path}" if args.paths else "")
+        )
     return 0

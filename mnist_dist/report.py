@@ -20,7 +20,9 @@ from mnist_dist.rundir import CONFUSION, CURVES, METRICS, MODEL_FILE, REPORT, SA
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a run folder (with metrics.jsonl, model.safetensors, config.yaml)"
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a run folder (with metrics.jsonl, model.safetensors, config.yaml)",
     )
 
 

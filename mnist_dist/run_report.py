@@ -13,9 +13,20 @@ from pathlib import Path
 from mnist_dist import artifact, atomic, data, inference, plots, rundir
 from mnist_dist.errors import UserError
 from mnist_dist.inference import Predictions
-from mnist_dist.rundir import CONFIG, CONFUSION, CURVES, METRICS, MODEL_META, REPORT, SAMPLES, SUMMARY
+from mnist_dist.rundir import (
+    CONFIG,
+    CONFUSION,
+    CURVES,
+    METRICS,
+    MODEL_META,
+    REPORT,
+    SAMPLES,
+    SUMMARY,
+)
 
-NUM_SAMPLES = 48  # the first test images, always the same ones, so runs can be compared picture to picture
+NUM_SAMPLES = (
+    48  # the first test images, always the same ones, so runs can be compared picture to picture
+)
 
 
 def _predictions(run_dir: Path, run_cfg) -> Predictions:
@@ -25,7 +36,9 @@ def _predictions(run_dir: Path, run_cfg) -> Predictions:
         raise UserError(f"{run_dir / CONFIG}: missing; it says which data the run used")
     test = data.load_test(run_cfg.data)
     images, labels = test.images[:NUM_SAMPLES], test.labels[:NUM_SAMPLES]
-    return Predictions(images, labels, inference.predict(model, images, model_info["mean"], model_info["std"]))
+    return Predictions(
+        images, labels, inference.predict(model, images, model_info["mean"], model_info["std"])
+    )
 
 
 def build_report(run_dir: str | Path, predictions: Predictions | None = None) -> list[str]:
@@ -59,21 +72,30 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
     )
     dataset = (model_info or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
     classes = data.CLASSES.get(dataset, [str(i) for i in range(10)])
-    title = f"{run_dir.name}: {summary.get('model') or (model_info or {}).get('name', '')} on {dataset}"
+    title = (
+        f"{run_dir.name}: {summary.get('model') or (model_info or {}).get('name', '')} on {dataset}"
+    )
 
     if records:
         plots.curves(records, run_dir / CURVES, title=title)
         last = records[-1]
         if "test_confusion" in last:
             plots.confusion_matrix(
-                last["test_confusion"], classes, run_dir / CONFUSION, title=f"test, epoch {last['epoch']:.3g}"
+                last["test_confusion"],
+                classes,
+                run_dir / CONFUSION,
+                title=f"test, epoch {last['epoch']:.3g}",
             )
     else:
         problems.append(f"{run_dir / METRICS}: missing or empty; no {CURVES} or {CONFUSION}")
 
     try:
         p = predictions if predictions is not None else _predictions(run_dir, run_cfg)
-        images, labels, probs = p.images[:NUM_SAMPLES], p.labels[:NUM_SAMPLES], p.probs[:NUM_SAMPLES]
+        images, labels, probs = (
+            p.images[:NUM_SAMPLES],
+            p.labels[:NUM_SAMPLES],
+            p.probs[:NUM_SAMPLES],
+        )
         confidence, preds = probs.max(1)
         wrong = int((preds != labels).sum())
         plots.samples(
@@ -97,7 +119,13 @@ def _epochs(value) -> str | None:
 
 
 def _fmt(value, digits=4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return (
+        "n/a"
+        if value is None
+        else f"{value:.{digits}f}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: list[str]) -> Path:
@@ -134,7 +162,10 @@ def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: l
             else None,
         ),
         ("train time", f"{summary['train_seconds']:.1f} s" if "train_seconds" in summary else None),
-        ("git revision", f"`{summary.get('git_revision')}`" if summary.get("git_revision") else "unknown"),
+        (
+            "git revision",
+            f"`{summary.get('git_revision')}`" if summary.get("git_revision") else "unknown",
+        ),
         ("torch", summary.get("torch_version")),
     ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None] + [""]
@@ -147,7 +178,9 @@ def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: l
             lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if "test_per_class_accuracy" in last:
         lines += ["## Per-class test accuracy", "", "| class | accuracy |", "|---|---|"]
-        lines += [f"| {c} | {a:.4f} |" for c, a in zip(classes, last["test_per_class_accuracy"])] + [""]
+        lines += [
+            f"| {c} | {a:.4f} |" for c, a in zip(classes, last["test_per_class_accuracy"])
+        ] + [""]
     cfg_path = run_dir / CONFIG
     if cfg_path.is_file():
         lines += [
@@ -174,4 +207,7 @@ def write_after_training(run_dir: Path, predictions: Predictions | None) -> None
     except Exception as e:  # a plotting bug must not turn a finished run into a failed one
         problems = [f"{type(e).__name__}: {e}"]
     for line in problems:
-        print(f"mnist-dist: warning: report: {line}; rebuild with `mnist-dist report {run_dir}`", file=sys.stderr)
+        print(
+            f"mnist-dist: warning: report: {line}; rebuild with `mnist-dist report {run_dir}`",
+            file=sys.stderr,
+        )

@@ -24,12 +24,29 @@ from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
-LOCK, BEST = ".lock", "best"  # BEST: the best model by checkpoint.best_metric, a folder like the run's own model
-TRACKER_RUN_ID = ".tracker_run_id"  # the run folder's W&B run id, chosen once (tracking.choose_run_id)
-SWEEP_FILE, SWEEP_POINT = "sweep.yaml", "sweep_point.json"  # a sweep folder's file; a point's overrides and status
-CURVES, CONFUSION, SAMPLES, REPORT = "curves.png", "confusion_matrix.png", "samples.png", "report.md"
+LOCK, BEST = (
+    ".lock",
+    "best",
+)  # BEST: the best model by checkpoint.best_metric, a folder like the run's own model
+TRACKER_RUN_ID = (
+    ".tracker_run_id"  # the run folder's W&B run id, chosen once (tracking.choose_run_id)
+)
+SWEEP_FILE, SWEEP_POINT = (
+    "sweep.yaml",
+    "sweep_point.json",
+)  # a sweep folder's file; a point's overrides and status
+CURVES, CONFUSION, SAMPLES, REPORT = (
+    "curves.png",
+    "confusion_matrix.png",
+    "samples.png",
+    "report.md",
+)
 PICTURES = (CURVES, CONFUSION, SAMPLES)
-HUB_CARD, HUB_CONFIG, HUB_ONNX = "README.md", "config.json", "model.onnx"  # hub.export's, beside a model
+HUB_CARD, HUB_CONFIG, HUB_ONNX = (
+    "README.md",
+    "config.json",
+    "model.onnx",
+)  # hub.export's, beside a model
 
 
 def check_usable(run_dir: Path, name: str | None = None) -> None:
@@ -135,11 +152,15 @@ def _text(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise RunFileError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+        raise RunFileError(
+            f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})"
+        ) from None
 
 
 def _kind(value) -> str:
-    return "a list" if isinstance(value, list) else f"the {type(value).__name__} {str(value)[:40]!r}"
+    return (
+        "a list" if isinstance(value, list) else f"the {type(value).__name__} {str(value)[:40]!r}"
+    )
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -190,7 +211,9 @@ def read_json(path: Path) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise RunFileError(f"{path}: not valid JSON ({e}); the file was cut off, edited or damaged") from None
+        raise RunFileError(
+            f"{path}: not valid JSON ({e}); the file was cut off, edited or damaged"
+        ) from None
     if not isinstance(value, dict):
         raise RunFileError(f"{path}: holds {_kind(value)}, not a JSON object")
     return value
@@ -234,13 +257,17 @@ def _record_problem(record: dict) -> str | None:
         isinstance(confusion, list)
         and len(confusion) == 10
         and all(
-            isinstance(row, list) and len(row) == 10 and all(_is_number(v) and v == int(v) >= 0 for v in row)
+            isinstance(row, list)
+            and len(row) == 10
+            and all(_is_number(v) and v == int(v) >= 0 for v in row)
             for row in confusion
         )
     ):
         return "has a test_confusion that is not 10 rows of 10 counts"
     per_class = record.get("test_per_class_accuracy")
-    if per_class is not None and not (isinstance(per_class, list) and all(_is_number(v) for v in per_class)):
+    if per_class is not None and not (
+        isinstance(per_class, list) and all(_is_number(v) for v in per_class)
+    ):
         return "has a test_per_class_accuracy that is not a list of numbers"
     return None
 
@@ -270,7 +297,9 @@ def truncate_jsonl(path: Path, max_global_step: int) -> None:
     """Keep only records with global_step <= max_global_step (a resume drops what its checkpoint does not cover)."""
     if not path.exists():
         return
-    keep = [line for line, record in _records(path) if record.get("global_step", 0) <= max_global_step]
+    keep = [
+        line for line, record in _records(path) if record.get("global_step", 0) <= max_global_step
+    ]
     atomic.write_text(path, "".join(line + "\n" for line in keep))
 
 

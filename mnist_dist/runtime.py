@@ -47,11 +47,15 @@ def refuse_sharded_launch(env=os.environ) -> None:
         if env.get(var, "").strip().lower() in ("1", "true", "yes", "y", "on", "t")
     ]
     asked += [
-        f"{name}_size={env[var]}" for var, name in SHARDED_SIZES.items() if env.get(var, "1").strip() not in ("", "1")
+        f"{name}_size={env[var]}"
+        for var, name in SHARDED_SIZES.items()
+        if env.get(var, "1").strip() not in ("", "1")
     ]
     if asked:
         if env.get("RANK", "0") != "0":
-            raise SystemExit(2)  # every rank decides the same from the same environment: rank 0 says why, once
+            raise SystemExit(
+                2
+            )  # every rank decides the same from the same environment: rank 0 says why, once
         raise UserError(
             f"the launch asked for {' and '.join(asked)}, which mnist-dist does not run: models this small "
             f"(at most a few million parameters) gain nothing from sharding, and on a CPU Accelerate "
@@ -67,7 +71,9 @@ def cpu_bf16_features() -> list[str]:
     return [name for name, check in checks.items() if getattr(torch.cpu, check, lambda: False)()]
 
 
-def choose_mixed_precision(asked: str, on_cpu: bool, launcher: str | None, cpu_bf16: list[str]) -> tuple[str, str]:
+def choose_mixed_precision(
+    asked: str, on_cpu: bool, launcher: str | None, cpu_bf16: list[str]
+) -> tuple[str, str]:
     """(the precision to run: no, bf16 or fp16, and why) for train.mixed_precision=`asked`. launcher: what
     `accelerate launch` said (ACCELERATE_MIXED_PRECISION, from --mixed_precision or its YAML), None without one.
     auto on a CPU without a launcher's word: bf16 autocast where the CPU has native bf16 (fast_fashion trains
@@ -85,7 +91,9 @@ def choose_mixed_precision(asked: str, on_cpu: bool, launcher: str | None, cpu_b
 
 def mixed_precision_choice(cfg: config.Config, on_cpu: bool) -> tuple[str, str]:
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower() or None
-    return choose_mixed_precision(cfg.train.mixed_precision, on_cpu, launcher, cpu_bf16_features() if on_cpu else [])
+    return choose_mixed_precision(
+        cfg.train.mixed_precision, on_cpu, launcher, cpu_bf16_features() if on_cpu else []
+    )
 
 
 def keep_freed_memory() -> bool:
@@ -117,10 +125,14 @@ def make_accelerator(cfg: config.Config):
             "or use train.device=auto"
         )
     if want == "mps" and not torch.backends.mps.is_available():
-        raise UserError("train.device=mps but MPS is not available on this machine; use train.device=auto")
+        raise UserError(
+            "train.device=mps but MPS is not available on this machine; use train.device=auto"
+        )
     # Without CUDA or MPS, cpu=True is what makes a multi-process launch real DDP over gloo; a plain
     # Accelerator() would run N independent single-process copies.
-    cpu = want == "cpu" or (want == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
+    cpu = want == "cpu" or (
+        want == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    )
     mp, _ = mixed_precision_choice(cfg, cpu)
     if mp == "fp16" and cpu:
         # `accelerate launch --mixed_precision fp16` says it through the environment; on a CPU nothing would run
@@ -175,7 +187,9 @@ def init_elastic_process_group(cpu: bool, timeout: timedelta) -> None:
     store = torch.distributed.PrefixStore(
         f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store
     )
-    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    torch.distributed.init_process_group(
+        backend, store=store, rank=rank, world_size=world, timeout=timeout
+    )
 
 
 def elastic_restart_count() -> int | None:
@@ -195,10 +209,14 @@ def prepare(accelerator, *objects):
     # (ours never have any): its own decision asks model_has_dtensor, whose import of torch.distributed.tensor
     # (and sympy) costs ~0.4 s of every start-up. FSDP decides for itself.
     placement = (
-        None if accelerator.distributed_type == DistributedType.FSDP else [accelerator.device_placement] * len(objects)
+        None
+        if accelerator.distributed_type == DistributedType.FSDP
+        else [accelerator.device_placement] * len(objects)
     )
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning
+        )
         return accelerator.prepare(*objects, device_placement=placement)
 
 
@@ -233,7 +251,9 @@ def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
         allreduce = shm_allreduce.SharedMemoryAllReduce(max_bytes, timeout_s=rc.dist_timeout_s)
     except OSError as e:  # every rank gets the same verdict: the check inside is a collective
         if rc.cpu_allreduce == "shared_memory":
-            raise UserError(f"run.cpu_allreduce=shared_memory: {e}; use run.cpu_allreduce=auto") from None
+            raise UserError(
+                f"run.cpu_allreduce=shared_memory: {e}; use run.cpu_allreduce=auto"
+            ) from None
         return "gloo"
     model.register_comm_hook(None, allreduce.hook)
     return "shared_memory"

@@ -59,9 +59,14 @@ def write(files: dict[str, Path], target: Path) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "name", nargs="?", metavar="FILE", help="print this file (e.g. slurm/cpu.sbatch); without it, list them"
+        "name",
+        nargs="?",
+        metavar="FILE",
+        help="print this file (e.g. slurm/cpu.sbatch); without it, list them",
     )
-    parser.add_argument("--write", metavar="DIR", help="write them all into DIR/slurm/ and DIR/configs/accelerate/")
+    parser.add_argument(
+        "--write", metavar="DIR", help="write them all into DIR/slurm/ and DIR/configs/accelerate/"
+    )
 
 
 def run(args) -> int:

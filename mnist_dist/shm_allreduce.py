@@ -54,12 +54,16 @@ class SharedMemoryAllReduce:
         size = header + 2 * self.world * self.slot_bytes
         self.mm = self._map_shared_file(size)
         # Every rank's (pid, start time): the ranks share a host, so a wait can tell a dead peer from a slow one.
-        self.peers: list[Any] = [None] * self.world  # all_gather_object fills in each rank's (pid, start time)
+        self.peers: list[Any] = [
+            None
+        ] * self.world  # all_gather_object fills in each rank's (pid, start time)
         dist.all_gather_object(self.peers, procs.me())
-        self.seq = np.frombuffer(self.mm, dtype=np.int64, count=header // 8).reshape(self.world, -1)[:, 0]
-        self.slots = torch.frombuffer(self.mm, dtype=torch.uint8, offset=header, count=size - header).view(
-            2, self.world, self.slot_bytes
-        )
+        self.seq = np.frombuffer(self.mm, dtype=np.int64, count=header // 8).reshape(
+            self.world, -1
+        )[:, 0]
+        self.slots = torch.frombuffer(
+            self.mm, dtype=torch.uint8, offset=header, count=size - header
+        ).view(2, self.world, self.slot_bytes)
         self.calls = 0
 
     def _map_shared_file(self, size: int) -> mmap.mmap:
@@ -110,10 +114,14 @@ class SharedMemoryAllReduce:
         k, nbytes = self.calls, t.numel() * t.element_size()
         slots = self.slots[k % 2, :, :nbytes].view(t.dtype)
         slots[self.rank].copy_(t.view(-1))
-        self.seq[self.rank] = k  # after the copy: TSO keeps the two stores in this order for other cores
+        self.seq[self.rank] = (
+            k  # after the copy: TSO keeps the two stores in this order for other cores
+        )
         self._wait_for_all(k)
         out = t.view(-1)
-        if self.world == 2:  # a + b == b + a exactly: each rank adds the other's slot to its own gradient
+        if (
+            self.world == 2
+        ):  # a + b == b + a exactly: each rank adds the other's slot to its own gradient
             out.add_(slots[1 - self.rank])
         else:  # the same order on every rank: the same bits on every rank
             out.copy_(slots[0])
@@ -132,7 +140,10 @@ class SharedMemoryAllReduce:
             if spins % 1024 == 0:
                 os.sched_yield()
                 now = time.monotonic()
-                deadline, next_check = deadline or now + self.timeout_s, next_check or now + PEER_CHECK_S
+                deadline, next_check = (
+                    deadline or now + self.timeout_s,
+                    next_check or now + PEER_CHECK_S,
+                )
                 late = [r for r in range(self.world) if self.seq[r] < k]
                 if now > next_check:
                     next_check = now + PEER_CHECK_S
@@ -148,7 +159,9 @@ class SharedMemoryAllReduce:
                         f"rank(s) {late}: a rank died or hangs"
                     )
 
-    def hook(self, state, bucket):  # no annotations: DDP rejects the string ones `annotations` would make
+    def hook(
+        self, state, bucket
+    ):  # no annotations: DDP rejects the string ones `annotations` would make
         """DDP communication hook (model.register_comm_hook(None, allreduce.hook))."""
         fut = torch.futures.Future()
         fut.set_result(self.mean_(bucket.buffer()))

@@ -35,7 +35,9 @@ class StopFlags:
         self.signal_received = None
         self.previous = {}  # restored by restore(): a notebook or library caller gets its own handlers back
         for name in signal_names:
-            self.previous[getattr(signal, name)] = signal.signal(getattr(signal, name), self._handler)
+            self.previous[getattr(signal, name)] = signal.signal(
+                getattr(signal, name), self._handler
+            )
         self.previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, self._interrupt))
 
     def __enter__(self) -> StopFlags:
@@ -64,7 +66,10 @@ class StopFlags:
     def agree(self, accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
         """(preempt, non_finite) as agreed by every rank. A host-device sync point."""
         local = torch.stack(
-            [torch.tensor(float(self.signal_received is not None), device=non_finite.device), non_finite.float()]
+            [
+                torch.tensor(float(self.signal_received is not None), device=non_finite.device),
+                non_finite.float(),
+            ]
         )
         if accelerator.num_processes > 1:
             local = accelerator.reduce(local, reduction="sum")
@@ -73,15 +78,24 @@ class StopFlags:
 
 
 def requeue_slurm_job(accelerator) -> None:
-    job = rundir.slurm_job_id()  # an array task is requeued by its own id (ARRAYJOB_TASK), not the array's
+    job = (
+        rundir.slurm_job_id()
+    )  # an array task is requeued by its own id (ARRAYJOB_TASK), not the array's
     if not job or not accelerator.is_main_process:
         return
     try:
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
-        accelerator.print(f"requeue of SLURM job {job} failed ({e}); resubmit with the same run.dir to resume")
+        accelerator.print(
+            f"requeue of SLURM job {job} failed ({e}); resubmit with the same run.dir to resume"
+        )
         return
-    accelerator.print(f"requeue of SLURM job {job}: " + ("ok" if result.returncode == 0 else result.stderr.strip()))
+    accelerator.print(
+        f"requeue of SLURM job {job}: "
+        + ("ok" if result.returncode == 0 else result.stderr.strip())
+    )
 
 
 def end_elastic_agent() -> None:
@@ -92,7 +106,9 @@ def end_elastic_agent() -> None:
     preemption signal), and exits itself. With no restarts left (max_restarts 0, as the shipped YAMLs) the agent
     ends on its own, and is left alone."""
     env = os.environ
-    restarts_left = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) - int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    restarts_left = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0")) - int(
+        env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    )
     if env.get("TORCHELASTIC_RUN_ID") and env.get("LOCAL_RANK") == "0" and restarts_left > 0:
         print(
             f"mnist-dist: preempted: stopping torchrun's elastic agent (pid {os.getppid()}) instead of letting it "

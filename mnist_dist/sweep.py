@@ -36,16 +36,24 @@ POINT_DIR = "point_{:03d}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="SWEEP_YAML", help="a sweep file, e.g. configs/sweeps/debug_grid.yaml")
+    parser.add_argument(
+        "file", metavar="SWEEP_YAML", help="a sweep file, e.g. configs/sweeps/debug_grid.yaml"
+    )
     parser.add_argument("--dir", help="the sweep folder (default: runs/sweeps/<file name>)")
     parser.add_argument(
         "--count",
         type=int,
         help="how many points: a random search draws this many (default 4), a grid runs its first COUNT (default all)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random search: the seed that draws the points")
-    parser.add_argument("--index", type=int, help="run only this point (0-based), e.g. $SLURM_ARRAY_TASK_ID")
-    parser.add_argument("--list", action="store_true", help="print the points and their overrides, then exit")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random search: the seed that draws the points"
+    )
+    parser.add_argument(
+        "--index", type=int, help="run only this point (0-based), e.g. $SLURM_ARRAY_TASK_ID"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="print the points and their overrides, then exit"
+    )
     parser.add_argument(
         "--launcher",
         default="",
@@ -71,7 +79,9 @@ def run(args) -> int:
     text = Path(args.file).read_text(encoding="utf-8")
     saved = folder / rundir.SWEEP_FILE
     if saved.is_file() and saved.read_text(encoding="utf-8") != text:
-        raise UserError(f"{folder} holds another sweep ({saved} differs from {args.file}); use another --dir")
+        raise UserError(
+            f"{folder} holds another sweep ({saved} differs from {args.file}); use another --dir"
+        )
     if not saved.is_file():
         atomic.write_text(saved, text)  # array tasks starting together write the same text
     launcher = shlex.split(args.launcher) or [sys.executable]
@@ -91,21 +101,28 @@ def run(args) -> int:
                     flush=True,
                 )
                 continue
-            atomic.write_text(run_dir / rundir.SWEEP_POINT, json.dumps({**previous, "status": "killed"}))
+            atomic.write_text(
+                run_dir / rundir.SWEEP_POINT, json.dumps({**previous, "status": "killed"})
+            )
             print(
                 f"sweep {sweep.name}: point {i} was killed with its sweep (process {previous.get('pid')} is gone); "
                 f"running it again",
                 flush=True,
             )
         words = sweep_file.overrides(points[i])
-        print(f"sweep {sweep.name}: point {i + 1}/{len(points)} ({' '.join(words)}) -> {run_dir}", flush=True)
+        print(
+            f"sweep {sweep.name}: point {i + 1}/{len(points)} ({' '.join(words)}) -> {run_dir}",
+            flush=True,
+        )
         run_dir.mkdir(exist_ok=True)
         record = {"index": i, "overrides": words, "exit_code": None, "status": "starting"}
         atomic.write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
 
         # record and run_dir bound now: the callback belongs to this point, not to the loop's last one.
         def started(pid: int, record: dict = record, run_dir: Path = run_dir) -> None:
-            record.update(status="running", host=socket.gethostname(), pid=pid, started=procs.start_time(pid))
+            record.update(
+                status="running", host=socket.gethostname(), pid=pid, started=procs.start_time(pid)
+            )
             atomic.write_text(run_dir / rundir.SWEEP_POINT, json.dumps(record))
 
         code = run_point(
@@ -123,7 +140,8 @@ def run(args) -> int:
             on_start=started,
         )
         atomic.write_text(
-            run_dir / rundir.SWEEP_POINT, json.dumps({**record, "exit_code": code, "status": ending(code)})
+            run_dir / rundir.SWEEP_POINT,
+            json.dumps({**record, "exit_code": code, "status": ending(code)}),
         )
         if code in (PREEMPTED_EXIT_CODE, INTERRUPTED_EXIT_CODE):
             print(
@@ -134,7 +152,11 @@ def run(args) -> int:
             return code
         if code != 0:
             failed.append(i)
-            print(f"sweep {sweep.name}: point {i} failed (exit {code}); going on", file=sys.stderr, flush=True)
+            print(
+                f"sweep {sweep.name}: point {i} failed (exit {code}); going on",
+                file=sys.stderr,
+                flush=True,
+            )
     if failed:
         print(
             f"sweep {sweep.name}: {len(failed)} point(s) failed: {failed}; compare: mnist-dist compare {folder}",
@@ -147,9 +169,11 @@ def run(args) -> int:
 
 def ending(code: int) -> str:
     """How a point ended, from its exit status (negative: killed by that signal)."""
-    return {0: "finished", PREEMPTED_EXIT_CODE: "preempted", INTERRUPTED_EXIT_CODE: "interrupted"}.get(
-        code, "killed" if code < 0 else "failed"
-    )
+    return {
+        0: "finished",
+        PREEMPTED_EXIT_CODE: "preempted",
+        INTERRUPTED_EXIT_CODE: "interrupted",
+    }.get(code, "killed" if code < 0 else "failed")
 
 
 def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
@@ -161,7 +185,9 @@ def run_point(cmd: list[str], launched: bool, on_start=lambda pid: None) -> int:
     read_end, write_end = os.pipe()  # not inheritable: only this process holds the write end
     # A session of its own: Ctrl-C and a kill of the sweep's process group do not reach the watchdog.
     watchdog = subprocess.Popen(
-        [sys.executable, "-c", "from mnist_dist import sweep; sweep.watch()"], stdin=read_end, start_new_session=True
+        [sys.executable, "-c", "from mnist_dist import sweep; sweep.watch()"],
+        stdin=read_end,
+        start_new_session=True,
     )
     os.close(read_end)
     try:
@@ -220,7 +246,11 @@ def watch() -> None:
         frozen += new
     for p in frozen:
         _signal(p, signal.SIGKILL)
-    print(f"mnist-dist sweep: the sweep died; killed its point's processes {frozen}", file=sys.stderr, flush=True)
+    print(
+        f"mnist-dist sweep: the sweep died; killed its point's processes {frozen}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -63,10 +63,19 @@ class Sweep:
         `count` random ones (default 4, seeded)."""
         if self.method == "grid":
             keys = list(self.parameters)
-            values = [spec["values"] if "values" in spec else [spec["value"]] for spec in self.parameters.values()]
-            return [dict(zip(keys, combo)) for combo in itertools.islice(itertools.product(*values), count)]
+            values = [
+                spec["values"] if "values" in spec else [spec["value"]]
+                for spec in self.parameters.values()
+            ]
+            return [
+                dict(zip(keys, combo))
+                for combo in itertools.islice(itertools.product(*values), count)
+            ]
         rng = random.Random(seed)
-        return [{key: _draw(spec, rng) for key, spec in self.parameters.items()} for _ in range(count or 4)]
+        return [
+            {key: _draw(spec, rng) for key, spec in self.parameters.items()}
+            for _ in range(count or 4)
+        ]
 
 
 def _draw(spec: dict, rng: random.Random):
@@ -87,7 +96,9 @@ def check_metric(name: str, what: str) -> None:
     if name not in RECORDED_METRICS:
         close = difflib.get_close_matches(name, RECORDED_METRICS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{what} {name!r} is not a metric a run records{hint} (one of {', '.join(RECORDED_METRICS)})")
+        raise ConfigError(
+            f"{what} {name!r} is not a metric a run records{hint} (one of {', '.join(RECORDED_METRICS)})"
+        )
 
 
 def overrides(point: dict) -> list[str]:
@@ -104,31 +115,48 @@ def load(path: str | Path) -> Sweep:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read the sweep file ({str(e).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{path}: cannot read the sweep file ({str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a sweep file is a mapping with method, metric, parameters and command")
+        raise ConfigError(
+            f"{path}: a sweep file is a mapping with method, metric, parameters and command"
+        )
     method = raw.get("method")
     if method not in ("grid", "random"):
-        raise ConfigError(f"{path}: method must be grid or random, got {method!r} (bayes needs a W&B server)")
+        raise ConfigError(
+            f"{path}: method must be grid or random, got {method!r} (bayes needs a W&B server)"
+        )
     metric = raw.get("metric") or {}
     if (
         not isinstance(metric, dict)
         or not isinstance(metric.get("name"), str)
         or metric.get("goal", "maximize") not in ("maximize", "minimize")
     ):
-        raise ConfigError(f"{path}: metric must be {{name: val_accuracy, goal: maximize | minimize}}")
+        raise ConfigError(
+            f"{path}: metric must be {{name: val_accuracy, goal: maximize | minimize}}"
+        )
     check_metric(metric["name"], f"{path}: metric.name")
     params = raw.get("parameters")
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{path}: parameters must map dotted config keys to {{values: [...]}} or {{value: x}}")
+        raise ConfigError(
+            f"{path}: parameters must map dotted config keys to {{values: [...]}} or {{value: x}}"
+        )
     known = set(config.all_keys())
     for key, spec in params.items():
         if key not in known:
-            raise ConfigError(f"{path}: parameters: {key!r} is not a config key (see mnist-dist train --help)")
+            raise ConfigError(
+                f"{path}: parameters: {key!r} is not a config key (see mnist-dist train --help)"
+            )
         ok = isinstance(spec, dict) and (
             ("values" in spec and isinstance(spec["values"], list) and spec["values"])
             or "value" in spec
-            or (method == "random" and spec.get("distribution") in DISTRIBUTIONS and "min" in spec and "max" in spec)
+            or (
+                method == "random"
+                and spec.get("distribution") in DISTRIBUTIONS
+                and "min" in spec
+                and "max" in spec
+            )
         )
         if not ok:
             raise ConfigError(
@@ -142,9 +170,12 @@ def load(path: str | Path) -> Sweep:
         if "distribution" in spec and "values" not in spec and "value" not in spec:
             lo, hi, dist = spec["min"], spec["max"], spec["distribution"]
             kinds = int if dist == "int_uniform" else (int, float)
-            if not (isinstance(lo, kinds) and isinstance(hi, kinds) and not isinstance(lo, bool) and lo < hi) or (
-                dist == "log_uniform_values" and lo <= 0
-            ):
+            if not (
+                isinstance(lo, kinds)
+                and isinstance(hi, kinds)
+                and not isinstance(lo, bool)
+                and lo < hi
+            ) or (dist == "log_uniform_values" and lo <= 0):
                 raise ConfigError(
                     f"{path}: parameters.{key}: {dist} needs min < max"
                     + (", both integers" if dist == "int_uniform" else "")
@@ -153,7 +184,16 @@ def load(path: str | Path) -> Sweep:
                 )
     command = raw.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
     if "${args_no_hyphens}" not in command:
-        raise ConfigError(f"{path}: the command must pass the parameters as ${{args_no_hyphens}} (key=value words)")
+        raise ConfigError(
+            f"{path}: the command must pass the parameters as ${{args_no_hyphens}} (key=value words)"
+        )
     start = command.index("${program}") + 1 if "${program}" in command else 0
     base = [str(word) for word in command[start:] if str(word) not in MACROS]
-    return Sweep(path.stem, method, metric["name"], metric.get("goal", "maximize") == "maximize", params, base)
+    return Sweep(
+        path.stem,
+        method,
+        metric["name"],
+        metric.get("goal", "maximize") == "maximize",
+        params,
+        base,
+    )

@@ -39,7 +39,9 @@ from mnist_dist.inference import Predictions
 
 MISCLASSIFIED_ROWS = 64  # rows of the W&B table of wrong test predictions, per evaluation
 SAMPLE_IMAGES = 32  # images in the W&B grid of sample predictions, per evaluation
-SCAN_LIMIT = 5000  # test images (rank 0's share of the evaluation) scanned for mistakes per evaluation
+SCAN_LIMIT = (
+    5000  # test images (rank 0's share of the evaluation) scanned for mistakes per evaluation
+)
 
 
 def wandb_mode() -> str | None:
@@ -63,7 +65,9 @@ def _has_wandb_credentials() -> bool:
         from wandb.sdk.lib.wbauth import wbnetrc
 
         return wbnetrc.read_netrc_auth(host=_wandb_base_url()) is not None
-    except Exception:  # a private wandb API that moved, or an unreadable .netrc: treat as no credentials
+    except (
+        Exception
+    ):  # a private wandb API that moved, or an unreadable .netrc: treat as no credentials
         return False
 
 
@@ -80,7 +84,15 @@ def _wandb_server_unreachable(timeout_s: float = 5.0) -> str | None:
     tell (a proxy is set: only wandb's own client knows the way). Online, wandb.init would wait ~90 s and then
     fail, and the run would have no tracking at all; offline it keeps everything for `wandb sync`."""
     if any(
-        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+        os.environ.get(v)
+        for v in (
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        )
     ):
         return None
     try:
@@ -160,8 +172,15 @@ def _scalars(record: dict, classes: list[str]) -> dict:
         if key.endswith("_per_class_accuracy"):
             split = key.split("_", 1)[0]
             # "/" would nest W&B keys (T-shirt/top): one panel per class needs a flat name.
-            out.update({f"{split}/per_class_accuracy/{c.replace('/', '_')}": a for c, a in zip(classes, value)})
-        elif (key.endswith(("_confusion", "_count")) or key in ("train_loss", "global_step")) or value is None:
+            out.update(
+                {
+                    f"{split}/per_class_accuracy/{c.replace('/', '_')}": a
+                    for c, a in zip(classes, value)
+                }
+            )
+        elif (
+            key.endswith(("_confusion", "_count")) or key in ("train_loss", "global_step")
+        ) or value is None:
             continue  # matrix: drawn separately; counts: in the summary; train_loss: per step; global_step: W&B's step
         elif isinstance(value, (int, float)):
             out[_section(key)] = value
@@ -234,7 +253,11 @@ def model_artifact(run_id: str, folder: Path, metadata: dict):
 
 def job_type(run_dir: Path) -> str:
     """sweep: a point of a W&B sweep agent or of `mnist-dist sweep` (its folder holds sweep_point.json)."""
-    return "sweep" if os.environ.get("WANDB_SWEEP_ID") or (run_dir / rundir.SWEEP_POINT).is_file() else "train"
+    return (
+        "sweep"
+        if os.environ.get("WANDB_SWEEP_ID") or (run_dir / rundir.SWEEP_POINT).is_file()
+        else "train"
+    )
 
 
 def default_group() -> str | None:
@@ -259,7 +282,11 @@ class WandbTracker:
     def log(self, values: dict, step: int) -> None:
         self.last_step = step
         _guarded(
-            self, "log", self.run.log, {"global_step": step, **{_section(k): v for k, v in values.items()}}, step=step
+            self,
+            "log",
+            self.run.log,
+            {"global_step": step, **{_section(k): v for k, v in values.items()}},
+            step=step,
         )
 
     def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
@@ -268,7 +295,11 @@ class WandbTracker:
             self,
             "log_eval",
             lambda: self.run.log(
-                {"global_step": step, **_scalars(record, self.classes), **self._media(record, step, predictions)},
+                {
+                    "global_step": step,
+                    **_scalars(record, self.classes),
+                    **self._media(record, step, predictions),
+                },
                 step=step,
             ),
         )
@@ -310,7 +341,15 @@ class WandbTracker:
         ]
         wrong = torch.nonzero(preds != p.labels).flatten()[:MISCLASSIFIED_ROWS].tolist()
         table = wandb.Table(
-            columns=["index", "image", "true", "predicted", "confidence", "p_true", *[f"p_{c}" for c in self.classes]]
+            columns=[
+                "index",
+                "image",
+                "true",
+                "predicted",
+                "confidence",
+                "p_true",
+                *[f"p_{c}" for c in self.classes],
+            ]
         )
         for k in wrong:
             table.add_data(
@@ -333,7 +372,9 @@ class WandbTracker:
 
         run, run_dir = self.run, self.run_dir
         if summary is not None:
-            run.summary.update({**dashboard_summary(summary), **best_of_history(run_dir / rundir.METRICS)})
+            run.summary.update(
+                {**dashboard_summary(summary), **best_of_history(run_dir / rundir.METRICS)}
+            )
             pictures = {
                 f"report/{name[:-4]}": wandb.Image(str(run_dir / name))
                 for name in rundir.PICTURES
@@ -344,9 +385,15 @@ class WandbTracker:
             if self.log_model:
                 # One artifact name, two versions: the best model first, so that `latest` is the final one. When
                 # both are the same weights, W&B keeps one version with all three aliases.
-                for folder, aliases in ((run_dir / rundir.BEST, ["best"]), (run_dir, ["latest", "final"])):
+                for folder, aliases in (
+                    (run_dir / rundir.BEST, ["best"]),
+                    (run_dir, ["latest", "final"]),
+                ):
                     if (folder / rundir.MODEL_FILE).is_file():
-                        run.log_artifact(model_artifact(run.id, folder, dashboard_summary(summary)), aliases=aliases)
+                        run.log_artifact(
+                            model_artifact(run.id, folder, dashboard_summary(summary)),
+                            aliases=aliases,
+                        )
         offline = run.settings.mode == "offline"
         sync_dir = run.settings.sync_dir
         # W&B's contract for a run that will come back: mark_preempting(), then a non-zero exit code (the run shows
@@ -355,7 +402,9 @@ class WandbTracker:
             run.mark_preempting()
         run.finish(exit_code=0 if summary is not None else PREEMPTED_EXIT_CODE if preempted else 1)
         if offline:
-            _say(f"W&B run {run.id} saved offline in {sync_dir}; upload it with: wandb sync {sync_dir}")
+            _say(
+                f"W&B run {run.id} saved offline in {sync_dir}; upload it with: wandb sync {sync_dir}"
+            )
 
 
 def _init_kwargs(tc: config.TrackingConfig, init: dict) -> dict:
@@ -372,7 +421,9 @@ def _init_kwargs(tc: config.TrackingConfig, init: dict) -> dict:
     return {**init, **{k: v for k, v in tc.init_kwargs.items() if k in known}}
 
 
-def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -> Tracker | WandbTracker:
+def _start_wandb(
+    cfg: config.Config, run_dir: Path, run_id: str, launch: dict
+) -> Tracker | WandbTracker:
     import wandb
 
     tc = cfg.tracking
@@ -395,11 +446,15 @@ def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -
         if not _has_wandb_credentials():
             # Online without credentials would prompt for a key (or fail): go offline into the run folder instead.
             init["mode"] = "offline"
-            _say("no W&B credentials (WANDB_API_KEY or ~/.netrc): W&B logs offline into the run folder")
+            _say(
+                "no W&B credentials (WANDB_API_KEY or ~/.netrc): W&B logs offline into the run folder"
+            )
         elif why := _wandb_server_unreachable():
             init["mode"] = "offline"
             _say(f"W&B server {why}: W&B logs offline into the run folder")
-    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)  # wandb falls back to /tmp if dir does not exist
+    (run_dir / "wandb").mkdir(
+        parents=True, exist_ok=True
+    )  # wandb falls back to /tmp if dir does not exist
     # Tables are staged as artifact files under WANDB_DATA_DIR (default ~/.local/share/wandb) until synced:
     # keep them with the run unless the user chose a place.
     os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb" / "data"))
@@ -426,22 +481,34 @@ def model_artifact_ref(model_path: Path) -> str | None:
     except OSError:
         return None
     return (
-        f"model-{run_id}:{'best' if folder.name == rundir.BEST and folder != run_dir else 'final'}" if run_id else None
+        f"model-{run_id}:{'best' if folder.name == rundir.BEST and folder != run_dir else 'final'}"
+        if run_id
+        else None
     )
 
 
-def log_evaluation(cfg: config.Config, model_path: Path, model_info: dict, result: dict, hub_repo: str | None) -> None:
+def log_evaluation(
+    cfg: config.Config, model_path: Path, model_info: dict, result: dict, hub_repo: str | None
+) -> None:
     """`mnist-dist eval` with tracking.backend=wandb: a W&B run of its own (job_type eval) with the result, that
     uses the model's artifact: online its lineage links the evaluation to the training run; offline wandb cannot
     use an artifact, so the run's config names it (model.artifact). Never fails the evaluation."""
-    if cfg.tracking.backend != "wandb" or wandb_mode() == "disabled" or importlib.util.find_spec("wandb") is None:
+    if (
+        cfg.tracking.backend != "wandb"
+        or wandb_mode() == "disabled"
+        or importlib.util.find_spec("wandb") is None
+    ):
         return
     import wandb
 
     tc, ref = cfg.tracking, model_artifact_ref(model_path)
     run_dir = rundir.of_model(model_path)
     # beside the training run's own W&B folder; a model without a run folder: wandb's default, ./wandb
-    where = run_dir if (run_dir / rundir.SUMMARY).is_file() and os.access(run_dir, os.W_OK) else Path.cwd()
+    where = (
+        run_dir
+        if (run_dir / rundir.SUMMARY).is_file() and os.access(run_dir, os.W_OK)
+        else Path.cwd()
+    )
     split = result["split"]
     init = _init_kwargs(
         tc,
@@ -481,14 +548,21 @@ def log_evaluation(cfg: config.Config, model_path: Path, model_info: dict, resul
             f"the evaluation is not tracked"
         )
         return
-    tracker = types.SimpleNamespace(name="wandb", broken=False)  # for _guarded: the first error warns, once
+    tracker = types.SimpleNamespace(
+        name="wandb", broken=False
+    )  # for _guarded: the first error warns, once
     classes = model_info["classes"]
     values = {f"{split}/{k}": result[k] for k in ("accuracy", "loss", "count")}
     values.update(
-        {f"{split}/per_class_accuracy/{c.replace('/', '_')}": a for c, a in zip(classes, result["per_class_accuracy"])}
+        {
+            f"{split}/per_class_accuracy/{c.replace('/', '_')}": a
+            for c, a in zip(classes, result["per_class_accuracy"])
+        }
     )
     if ref and run.settings.mode != "offline":
-        _guarded(tracker, "use_artifact", run.use_artifact, ref if "/" in ref else f"{run.project}/{ref}")
+        _guarded(
+            tracker, "use_artifact", run.use_artifact, ref if "/" in ref else f"{run.project}/{ref}"
+        )
     _guarded(tracker, "log", run.log, values)
     _guarded(tracker, "finish", run.finish)
     if run.settings.mode == "offline":
@@ -519,7 +593,13 @@ class TensorBoardTracker:
 
     def log(self, values: dict, step: int) -> None:
         self.last_step = step
-        _guarded(self, "log", self._scalars, {_section(k): v for k, v in values.items() if v is not None}, step)
+        _guarded(
+            self,
+            "log",
+            self._scalars,
+            {_section(k): v for k, v in values.items() if v is not None},
+            step,
+        )
 
     def log_eval(self, record: dict, step: int, predictions: Predictions | None = None) -> None:
         self.last_step = step
@@ -538,17 +618,25 @@ class TensorBoardTracker:
                 if (self.run_dir / name).is_file():
                     with Image.open(self.run_dir / name) as img:
                         self.writer.add_image(
-                            f"report/{name[:-4]}", np.asarray(img.convert("RGB")), self.last_step, dataformats="HWC"
+                            f"report/{name[:-4]}",
+                            np.asarray(img.convert("RGB")),
+                            self.last_step,
+                            dataformats="HWC",
                         )
         self.writer.close()
 
 
-def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str | None) -> Tracker | TensorBoardTracker:
+def _start_tensorboard(
+    cfg: config.Config, run_dir: Path, run_id: str | None
+) -> Tracker | TensorBoardTracker:
     try:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.flatten(cfg).items()}
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in config.flatten(cfg).items()
+        }
         writer.add_hparams(hparams, metric_dict={}, run_name=".")
     except Exception as e:
         _warn_failed("tensorboard", "init", e)
@@ -591,7 +679,11 @@ def start(
     gave (WANDB_RUN_ID), else the run folder's own (choose_run_id).
     """
     backend = cfg.tracking.backend
-    run_id = resume_run_id or os.environ.get("WANDB_RUN_ID") or choose_run_id(Path(run_dir), is_main_process)
+    run_id = (
+        resume_run_id
+        or os.environ.get("WANDB_RUN_ID")
+        or choose_run_id(Path(run_dir), is_main_process)
+    )
     if not is_main_process or backend == "none":
         return Tracker(run_id)
     if backend == "wandb" and wandb_mode() == "disabled":
@@ -599,7 +691,9 @@ def start(
         return Tracker(run_id)
     module = {"wandb": "wandb", "tensorboard": "tensorboard"}[backend]
     if importlib.util.find_spec(module) is None:
-        _warn(f"tracking.backend={backend} but the {backend} package is not installed; no experiment tracking")
+        _warn(
+            f"tracking.backend={backend} but the {backend} package is not installed; no experiment tracking"
+        )
         return Tracker(run_id)
     run_dir = Path(run_dir)
     if backend == "wandb":

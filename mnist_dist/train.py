@@ -85,11 +85,15 @@ def make_optimizer(cfg: config.TrainConfig, params):
 def make_scheduler(cfg: config.TrainConfig, optimizer, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25
+        )
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=steps_per_epoch, gamma=cfg.step_gamma)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=steps_per_epoch, gamma=cfg.step_gamma
+        )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -162,8 +166,12 @@ class Loop:
     flags: stopping.StopFlags
     window: LossWindow
     aug_gen: torch.Generator  # augmentation's own generator, seeded per step
-    first_step_unix: float | None = None  # when this process's first optimizer step ended (start-up, bench/run.py)
-    data_fingerprint: dict = dataclasses.field(default_factory=dict)  # data.fingerprint: saved in each checkpoint
+    first_step_unix: float | None = (
+        None  # when this process's first optimizer step ended (start-up, bench/run.py)
+    )
+    data_fingerprint: dict = dataclasses.field(
+        default_factory=dict
+    )  # data.fingerprint: saved in each checkpoint
 
 
 def build_loop(
@@ -171,7 +179,9 @@ def build_loop(
 ) -> tuple[Loop, int, str]:
     """The loop's parts prepared by Accelerate, the parameter count and which all-reduce averages gradients."""
     loader = make_loader(cfg, split, accelerator)
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(
+        cfg.train.seed
+    )  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = models.build(cfg.model.name, **cfg.model.kwargs)
     n_params = models.num_parameters(model)
     if cfg.model.channels_last:
@@ -183,11 +193,25 @@ def build_loop(
     if cfg.model.compile:
         # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
         # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
-        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))  # an OptimizedModule: still a Module
+        model = cast(
+            torch.nn.Module, torch.compile(model, dynamic=False)
+        )  # an OptimizedModule: still a Module
     mean, std = data.STATS[cfg.data.name]
-    aug_gen = torch.Generator(device=accelerator.device if accelerator.device.type != "mps" else "cpu")
+    aug_gen = torch.Generator(
+        device=accelerator.device if accelerator.device.type != "mps" else "cpu"
+    )
     loop = Loop(
-        cfg, accelerator, model, optimizer, scheduler, loader, mean, std, flags, LossWindow(accelerator.device), aug_gen
+        cfg,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        mean,
+        std,
+        flags,
+        LossWindow(accelerator.device),
+        aug_gen,
     )
     return loop, n_params, allreduce
 
@@ -203,10 +227,14 @@ def train_step(loop: Loop, state: TrainState, micro_batches: list, scale: float)
     rank = accelerator.process_index
     torch.manual_seed(data.torch_seed(cfg.train.seed * 1_000_003 + state.global_step * 97 + rank))
     if cfg.data.augment:
-        loop.aug_gen.manual_seed(data.torch_seed(cfg.train.seed * 7919 + state.global_step * 31 + rank))
+        loop.aug_gen.manual_seed(
+            data.torch_seed(cfg.train.seed * 7919 + state.global_step * 31 + rank)
+        )
     # Ranks only compare non-finite flags at guard steps: other steps skip the flag's device work.
     guard_step = (state.global_step + 1) % cfg.run.guard_every_steps == 0
-    non_finite = torch.zeros((), dtype=torch.bool, device=accelerator.device) if guard_step else None
+    non_finite = (
+        torch.zeros((), dtype=torch.bool, device=accelerator.device) if guard_step else None
+    )
     for i, (xb, yb) in enumerate(micro_batches):
         x = data.normalize(xb.to(accelerator.device, non_blocking=True), loop.mean, loop.std)
         y = yb.to(accelerator.device, non_blocking=True)
@@ -218,8 +246,12 @@ def train_step(loop: Loop, state: TrainState, micro_batches: list, scale: float)
         last = i == len(micro_batches) - 1
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             logits = model(x)
-            loss_sum = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=cfg.train.label_smoothing)
-            accelerator.backward(loss_sum * scale)  # scale: the step's gradient is the mean over its global samples
+            loss_sum = F.cross_entropy(
+                logits.float(), y, reduction="sum", label_smoothing=cfg.train.label_smoothing
+            )
+            accelerator.backward(
+                loss_sum * scale
+            )  # scale: the step's gradient is the mean over its global samples
         loop.window.add(loss_sum.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
         state.samples_seen += len(y)
         if guard_step:
@@ -276,7 +308,9 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
     ) as bar:
         for micro_batches, scale in loop.loader.epoch(state.epoch, state.step_in_epoch):
             if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
-                return Stop.MAX_STEPS  # a resume at (or lowered below) max_steps trains no further step
+                return (
+                    Stop.MAX_STEPS
+                )  # a resume at (or lowered below) max_steps trains no further step
             stop = train_step(loop, state, micro_batches, scale)
             if stop is Stop.NON_FINITE:
                 return stop
@@ -296,16 +330,24 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
                     },
                     step=state.global_step,
                 )
-                bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False)  # shown with the next paced update
+                bar.set_postfix(
+                    loss=f"{train_loss:.4f}", refresh=False
+                )  # shown with the next paced update
                 t_log = time.perf_counter()
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
                 save_checkpoint(loop, state, logger.tracker.run_id)
             if stop is Stop.PREEMPTED:
                 return stop
-            if max_steps_reached(cfg, state) and state.step_in_epoch < steps_per_epoch:  # else: the epoch's end
-                loop.window.drain(accelerator, state)  # the record's train loss covers the steps since the last log
+            if (
+                max_steps_reached(cfg, state) and state.step_in_epoch < steps_per_epoch
+            ):  # else: the epoch's end
+                loop.window.drain(
+                    accelerator, state
+                )  # the record's train loss covers the steps since the last log
                 return Stop.MAX_STEPS
-        loop.window.drain(loop.accelerator, state)  # the epoch's last train loss covers the steps since the last log
+        loop.window.drain(
+            loop.accelerator, state
+        )  # the epoch's last train loss covers the steps since the last log
     state.epoch, state.step_in_epoch = state.epoch + 1, 0
     return None
 
@@ -317,7 +359,9 @@ def eval_record(
     probabilities of the first `keep_probs` test images (this rank's share) from the same forward pass."""
     steps_per_epoch = len(loop.loader)
     record = {
-        "epoch": state.epoch if state.step_in_epoch == 0 else state.epoch + state.step_in_epoch / steps_per_epoch,
+        "epoch": state.epoch
+        if state.step_in_epoch == 0
+        else state.epoch + state.step_in_epoch / steps_per_epoch,
         "global_step": state.global_step,
         "train_loss": state.last_train_loss,
         "train_accuracy": state.last_train_accuracy,
@@ -350,7 +394,11 @@ def update_best(cfg: config.Config, state: TrainState, record: dict) -> bool:
     if record.get(metric) is None:
         return False
     if cfg.checkpoint.better(record[metric], state.best_value, cfg.train.early_stop_min_delta):
-        state.best_value, state.best_epoch, state.best_step = record[metric], record["epoch"], record["global_step"]
+        state.best_value, state.best_epoch, state.best_step = (
+            record[metric],
+            record["epoch"],
+            record["global_step"],
+        )
         state.evals_since_best = 0
         return True
     state.evals_since_best += 1
@@ -365,9 +413,13 @@ def keep_best_and_count_patience(loop: Loop, state: TrainState, record: dict) ->
     if update_best(cfg, state, record) and accelerator.is_main_process:
         try:
             save_run_model(loop, best_dir)
-        except OSError as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
+        except (
+            OSError
+        ) as e:  # main process only: the next checkpoint, a collective, stops every rank if need be
             print(
-                f"mnist-dist: warning: could not save the best model to {best_dir} ({e})", file=sys.stderr, flush=True
+                f"mnist-dist: warning: could not save the best model to {best_dir} ({e})",
+                file=sys.stderr,
+                flush=True,
             )
     if cfg.train.early_stop_patience and state.evals_since_best >= cfg.train.early_stop_patience:
         state.stopped_early = True
@@ -378,7 +430,9 @@ def max_steps_reached(cfg: config.Config, state: TrainState) -> bool:
     return bool(cfg.train.max_steps) and state.global_step >= cfg.train.max_steps
 
 
-def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: data.Split) -> dict | None:
+def test_best_model(
+    loop: Loop, state: TrainState, record: dict, test_split: data.Split
+) -> dict | None:
     """The best model's test numbers beside the final one's (Lightning's test(ckpt_path="best")): the last record's
     when the best is the final model, else one more exact evaluation of run.dir/best/, read by every rank (the run
     folder is shared, as for checkpoints) into a copy of the model. The state is the same on every rank, so all
@@ -394,11 +448,18 @@ def test_best_model(loop: Loop, state: TrainState, record: dict, test_split: dat
 
     from safetensors.torch import load_file
 
-    best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))  # the final model is saved after this
+    best_model = copy.deepcopy(
+        eager.unwrap_model(loop.accelerator, loop.model)
+    )  # the final model is saved after this
     # Read on the CPU (safetensors refuses Accelerate's "cpu:0"); load_state_dict copies onto the model's device.
     best_model.load_state_dict(load_file(str(best_file)))
     result, _ = inference.exact_metrics(
-        loop.accelerator, best_model, test_split, loop.mean, loop.std, loop.cfg.train.eval_batch_size
+        loop.accelerator,
+        best_model,
+        test_split,
+        loop.mean,
+        loop.std,
+        loop.cfg.train.eval_batch_size,
     )
     return {"test_accuracy": result["accuracy"], "test_loss": result["loss"]}
 
@@ -407,12 +468,16 @@ def save_run_model(loop: Loop, folder: Path) -> None:
     """The model as a run folder holds it (model.safetensors + model.json): the final one and run.dir/best/."""
     cfg = loop.cfg
     model = eager.unwrap_model(loop.accelerator, loop.model)
-    artifact.save_model(folder, model, cfg.model.name, cfg.model.kwargs, cfg.data.name, loop.mean, loop.std)
+    artifact.save_model(
+        folder, model, cfg.model.name, cfg.model.kwargs, cfg.data.name, loop.mean, loop.std
+    )
 
 
 def samples_seen_per_rank(accelerator: Accelerator, state: TrainState) -> list[int]:
     """Every rank's own samples_seen (they differ by a few when a step's samples do not split evenly)."""
-    return accelerator.gather(torch.tensor([state.samples_seen], device=accelerator.device)).tolist()
+    return accelerator.gather(
+        torch.tensor([state.samples_seen], device=accelerator.device)
+    ).tolist()
 
 
 def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -> Path:
@@ -426,7 +491,9 @@ def save_checkpoint(loop: Loop, state: TrainState, tracker_run_id: str | None) -
         "config": config.to_dict(loop.cfg),
         "data": loop.data_fingerprint,
     }
-    return checkpoint.save(loop.accelerator, Path(loop.cfg.run.dir), state_json, keep=loop.cfg.checkpoint.keep)
+    return checkpoint.save(
+        loop.accelerator, Path(loop.cfg.run.dir), state_json, keep=loop.cfg.checkpoint.keep
+    )
 
 
 def resume(
@@ -439,7 +506,9 @@ def resume(
     run_dir = Path(cfg.run.dir)
     set_aside = []
     for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
-        why = checkpoint.agreed_damage(accelerator, ckpt)  # a collective: every rank takes the same branch
+        why = checkpoint.agreed_damage(
+            accelerator, ckpt
+        )  # a collective: every rank takes the same branch
         if why is None:
             state_json = checkpoint.read_state_json(ckpt)
             check_resumable(cfg, accelerator, ckpt, state_json, fingerprint, source)
@@ -448,7 +517,9 @@ def resume(
             why = checkpoint.load(accelerator, ckpt)  # a collective too
             if why is None:
                 return (
-                    TrainState.from_state_json(state_json, accelerator.process_index, accelerator.num_processes),
+                    TrainState.from_state_json(
+                        state_json, accelerator.process_index, accelerator.num_processes
+                    ),
                     ckpt,
                     state_json,
                 )
@@ -477,13 +548,20 @@ def resume(
 
 
 def check_resumable(
-    cfg: config.Config, accelerator: Accelerator, ckpt: Path, state_json: dict, fingerprint: dict, source: str
+    cfg: config.Config,
+    accelerator: Accelerator,
+    ckpt: Path,
+    state_json: dict,
+    fingerprint: dict,
+    source: str,
 ) -> None:
     """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
     another trajectory config, or other data (the data may move; the arrays may not change)."""
     saved_train = state_json.get("config", {}).get("train", {})
     saved_global = config.global_batch(
-        saved_train.get("per_device_batch_size", 0), saved_train.get("grad_accum_steps", 1), state_json["world_size"]
+        saved_train.get("per_device_batch_size", 0),
+        saved_train.get("grad_accum_steps", 1),
+        state_json["world_size"],
     )
     # Same world, per_device_batch_size given: resume_conflicts lists a change. Otherwise the batch is derived here.
     derived = state_json["world_size"] != accelerator.num_processes or cfg.train.global_batch_size
@@ -507,7 +585,9 @@ def check_resumable(
             f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
             f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
         )
-    saved = state_json.get("data") or {}  # checkpoints from before fingerprints have none: not checked
+    saved = (
+        state_json.get("data") or {}
+    )  # checkpoints from before fingerprints have none: not checked
     for name in ("train", "val", "test") if saved else ():
         old, new = saved.get(name) or {}, fingerprint.get(name) or {}
         if old != new:
@@ -521,7 +601,10 @@ def check_resumable(
 
 # ----------------------------------------------------------------------------- the run
 
-RANKS_AGREE = (stopping.Preempted, NonFiniteLoss)  # endings every rank reaches at the same step, together
+RANKS_AGREE = (
+    stopping.Preempted,
+    NonFiniteLoss,
+)  # endings every rank reaches at the same step, together
 
 
 def train(cfg: config.Config) -> int:
@@ -573,29 +656,45 @@ def end_processes(cfg: config.Config, accelerator: Accelerator):
 
 
 def run_training(
-    cfg: config.Config, accelerator: Accelerator, flags: stopping.StopFlags, teardown: contextlib.ExitStack
+    cfg: config.Config,
+    accelerator: Accelerator,
+    flags: stopping.StopFlags,
+    teardown: contextlib.ExitStack,
 ) -> None:
     t_start = time.perf_counter()
     if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
         # Under a W&B sweep agent each point trains into a folder of its own: RUN_DIR/<the agent's run id>.
         cfg = dataclasses.replace(
-            cfg, run=dataclasses.replace(cfg.run, dir=str(Path(cfg.run.dir) / os.environ["WANDB_RUN_ID"]))
+            cfg,
+            run=dataclasses.replace(
+                cfg.run, dir=str(Path(cfg.run.dir) / os.environ["WANDB_RUN_ID"])
+            ),
         )
     run_dir = Path(cfg.run.dir)
     world = accelerator.num_processes
-    cfg = dataclasses.replace(cfg, train=cfg.train.for_world(world))  # train.global_batch_size -> per-device
+    cfg = dataclasses.replace(
+        cfg, train=cfg.train.for_world(world)
+    )  # train.global_batch_size -> per-device
     global_batch_size = cfg.train.global_batch(world)
 
     rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
-    if accelerator.is_main_process:  # one writer per folder: a second run into it stops here, having written nothing
+    if (
+        accelerator.is_main_process
+    ):  # one writer per folder: a second run into it stops here, having written nothing
         run_dir.mkdir(parents=True, exist_ok=True)
         teardown.callback(lock.RunLock.acquire(run_dir).release)
-        checkpoint.clean_partial(run_dir)  # what a crash or a full disk left: it holds space a resume needs
+        checkpoint.clean_partial(
+            run_dir
+        )  # what a crash or a full disk left: it holds space a resume needs
 
     # ------------------------------------------------------------------ data (downloads once per node)
     # A download or HF cache is written by the node's first rank while the others wait; local IDX files are read
     # by all at once (waiting cost a 2-process CPU start-up ~0.4 s).
-    with contextlib.nullcontext() if data.reads_idx_folder(cfg.data) else accelerator.local_main_process_first():
+    with (
+        contextlib.nullcontext()
+        if data.reads_idx_folder(cfg.data)
+        else accelerator.local_main_process_first()
+    ):
         datasets = data.load_datasets(cfg.data)
     eval_splits = {"val": datasets.val, "test": datasets.test}
 
@@ -604,20 +703,28 @@ def run_training(
     loop.data_fingerprint = data.fingerprint(datasets)
 
     # ------------------------------------------------------------------ resume
-    state, resume_from, resumed_state_json = resume(cfg, accelerator, loop.data_fingerprint, datasets.source)
+    state, resume_from, resumed_state_json = resume(
+        cfg, accelerator, loop.data_fingerprint, datasets.source
+    )
 
     # ------------------------------------------------------------------ run folder, tracking
     if accelerator.is_main_process:
-        if resume_from is None:  # a fresh run in an old folder: what an earlier run left is kept, not mixed in
+        if (
+            resume_from is None
+        ):  # a fresh run in an old folder: what an earlier run left is kept, not mixed in
             if (kept := rundir.set_aside(run_dir)) is not None:
-                print(f"mnist-dist: an earlier run's files in {run_dir} moved to {kept}", flush=True)
+                print(
+                    f"mnist-dist: an earlier run's files in {run_dir} moved to {kept}", flush=True
+                )
         else:  # drop the records the checkpoint does not cover
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         atomic.write_text(run_dir / rundir.CONFIG, config.dump(cfg))
     launch = {
         "world_size": world,
         "mixed_precision": accelerator.mixed_precision,
-        "mixed_precision_why": runtime.mixed_precision_choice(cfg, accelerator.device.type == "cpu")[1],
+        "mixed_precision_why": runtime.mixed_precision_choice(
+            cfg, accelerator.device.type == "cpu"
+        )[1],
         "distributed_type": accelerator.distributed_type.value,
         "global_batch_size": global_batch_size,
         "elastic_restart_count": runtime.elastic_restart_count(),
@@ -626,22 +733,39 @@ def run_training(
         cfg, run_dir, resumed_state_json.get("tracker_run_id"), launch, accelerator.is_main_process
     )
 
-    def close_tracker(exc_type, exc, tb) -> None:  # a finished run's tracker is finished with the summary, below
+    def close_tracker(
+        exc_type, exc, tb
+    ) -> None:  # a finished run's tracker is finished with the summary, below
         if exc is not None:
             tracker.finish(None, preempted=isinstance(exc, stopping.Preempted))
 
     teardown.push(close_tracker)
-    logger = tracking.MetricLogger(run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker)
+    logger = tracking.MetricLogger(
+        run_dir / rundir.METRICS if accelerator.is_main_process else None, tracker
+    )
     # The first test images' class probabilities, kept from each evaluation for the report and W&B media.
-    keep_probs = max(run_report.NUM_SAMPLES, tracker.predictions_wanted) if accelerator.is_main_process else 0
-    facts = {**launch, "allreduce": allreduce, "data_source": datasets.source, "parameters": n_params}
+    keep_probs = (
+        max(run_report.NUM_SAMPLES, tracker.predictions_wanted)
+        if accelerator.is_main_process
+        else 0
+    )
+    facts = {
+        **launch,
+        "allreduce": allreduce,
+        "data_source": datasets.source,
+        "parameters": n_params,
+    }
     accelerator.print(start_text(loop, datasets, facts, state.global_step, resume_from))
 
     # ------------------------------------------------------------------ the loop
     record = predictions = None
     t_train = time.perf_counter() - state.train_seconds
     # A run that ended (every epoch, an early stop, or max_steps, each checkpointed) trains no further step.
-    while state.epoch < cfg.train.epochs and not state.stopped_early and not max_steps_reached(cfg, state):
+    while (
+        state.epoch < cfg.train.epochs
+        and not state.stopped_early
+        and not max_steps_reached(cfg, state)
+    ):
         stop = train_one_epoch(loop, state, logger)
         state.train_seconds = time.perf_counter() - t_train
         if stop is Stop.NON_FINITE:
@@ -656,7 +780,9 @@ def run_training(
         keep_best_and_count_patience(loop, state, record)
         logger.log_eval(record, predictions)
         accelerator.print(epoch_text(record))
-        save_checkpoint(loop, state, tracker.run_id)  # at max_steps too: a rerun of the ended run trains nothing
+        save_checkpoint(
+            loop, state, tracker.run_id
+        )  # at max_steps too: a rerun of the ended run trains nothing
         if stop is Stop.MAX_STEPS:
             break
         if state.stopped_early:
@@ -667,10 +793,14 @@ def run_training(
             )
 
     # ------------------------------------------------------------------ the end
-    if record is None:  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
+    if (
+        record is None
+    ):  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
         record, predictions = eval_record(loop, state, eval_splits, keep_probs)
     best_test = test_best_model(loop, state, record, datasets.test)  # collectives too
-    samples_per_rank = samples_seen_per_rank(accelerator, state)  # collectives: before the main-process block
+    samples_per_rank = samples_seen_per_rank(
+        accelerator, state
+    )  # collectives: before the main-process block
     from accelerate.utils import gather_object
 
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
@@ -679,7 +809,9 @@ def run_training(
         facts["wall_seconds"] = time.perf_counter() - t_start
         summary = build_summary(loop, state, record, best_test, facts, samples_per_rank, hostnames)
         atomic.write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
-        run_report.write_after_training(run_dir, predictions)  # curves/confusion/samples PNGs + report.md
+        run_report.write_after_training(
+            run_dir, predictions
+        )  # curves/confusion/samples PNGs + report.md
         tracker.finish(summary)
     accelerator.print(
         f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
@@ -687,7 +819,9 @@ def run_training(
     )
 
 
-def start_text(loop: Loop, datasets: data.Datasets, facts: dict, global_step: int, resume_from: Path | None) -> str:
+def start_text(
+    loop: Loop, datasets: data.Datasets, facts: dict, global_step: int, resume_from: Path | None
+) -> str:
     """The start-up lines: where and how the run trains (habit 4: the effective global batch size is among them)."""
     cfg, accelerator = loop.cfg, loop.accelerator
     elastic = facts["elastic_restart_count"]
@@ -711,7 +845,9 @@ def start_text(loop: Loop, datasets: data.Datasets, facts: dict, global_step: in
 
 def epoch_text(record: dict) -> str:
     """One evaluation as a line of the log."""
-    train_loss = record["train_loss"] if record["train_loss"] is None else round(record["train_loss"], 4)
+    train_loss = (
+        record["train_loss"] if record["train_loss"] is None else round(record["train_loss"], 4)
+    )
     val = f"val_acc {record['val_accuracy']:.4f} " if "val_accuracy" in record else ""
     return (
         f"epoch {record['epoch']:.2f} step {record['global_step']}: train_loss {train_loss} {val}"
@@ -721,7 +857,11 @@ def epoch_text(record: dict) -> str:
 
 def non_finite_loss(run_dir: Path, global_step: int) -> NonFiniteLoss:
     complete = checkpoint.complete_checkpoints(run_dir)
-    kept = f"The last good checkpoint, {complete[-1]}, is kept" if complete else "No checkpoint was written before it"
+    kept = (
+        f"The last good checkpoint, {complete[-1]}, is kept"
+        if complete
+        else "No checkpoint was written before it"
+    )
     return NonFiniteLoss(
         f"non-finite training loss at global_step {global_step}; stopped all ranks before the optimizer step. "
         f"{kept}; lower train.lr or set train.grad_clip"
@@ -792,8 +932,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="YAML_OR_RECIPE",
         help="a YAML file, or a recipe by name (`mnist-dist recipes`; defaults < YAML < overrides)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="smoke test: 1 epoch, 5 steps, no progress bars")
-    parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="smoke test: 1 epoch, 5 steps, no progress bars"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the merged config and exit"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -11,7 +11,14 @@ import pytest
 
 from mnist_dist import idx
 
-from helpers import FASHION_AVAILABLE, FASHION_DIR, MNIST_AVAILABLE, MNIST_DIR, make_digits, real_digits_csv
+from helpers import (
+    FASHION_AVAILABLE,
+    FASHION_DIR,
+    MNIST_AVAILABLE,
+    MNIST_DIR,
+    make_digits,
+    real_digits_csv,
+)
 
 # Decoded-dataset cache of this test session (runs spawned by tests inherit it): never the user's ~/.cache.
 os.environ["MNIST_DIST_CACHE"] = tempfile.mkdtemp(prefix="mnist-dist-test-cache-")
