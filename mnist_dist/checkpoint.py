@@ -12,12 +12,16 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mnist_dist import atomic
 from mnist_dist.errors import UserError
 from mnist_dist.rundir import file_digest
+
+if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
+    from accelerate import Accelerator
 
 
 class CheckpointError(UserError):
@@ -78,7 +82,7 @@ class TrainState:
         return state
 
 
-def save(accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
+def save(accelerator: Accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
     root = run_dir / CKPT_DIR
     name = f"step_{state_json['global_step']:08d}"
     final, tmp = root / name, root / f".tmp-{name}"
@@ -120,7 +124,7 @@ def save(accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
     return final
 
 
-def _any_rank(accelerator, flag: bool) -> bool:
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
     """A collective: whether `flag` is true on some rank."""
     return bool(
         accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item()
@@ -147,7 +151,7 @@ def _commit(tmp: Path, final: Path) -> None:
     shutil.rmtree(replaced, ignore_errors=True)
 
 
-def _give_up(accelerator, tmp: Path, cause: Exception | None):
+def _give_up(accelerator: Accelerator, tmp: Path, cause: Exception | None):
     """A checkpoint that could not be written: its partial folder goes (it holds the space the next try needs),
     the committed ones stay, and the run stops in one line."""
     if accelerator.is_main_process:
@@ -275,7 +279,7 @@ def read_state_json(ckpt: Path) -> dict:
         raise CheckpointError(f"{ckpt}: not a complete mnist-dist checkpoint ({e})") from None
 
 
-def load(accelerator, ckpt: Path) -> str | None:
+def load(accelerator: Accelerator, ckpt: Path) -> str | None:
     """Accelerate's load_state, whose torch.load calls use weights_only=True: a pickle that would run code
     (or anything but tensors and plain containers) is refused. A collective: returns why some rank could not
     load it (one line), or None when every rank did."""
@@ -293,7 +297,7 @@ def load(accelerator, ckpt: Path) -> str | None:
     return None
 
 
-def agreed_damage(accelerator, ckpt: Path) -> str | None:
+def agreed_damage(accelerator: Accelerator, ckpt: Path) -> str | None:
     """damage() as every rank sees it (a collective): a folder damaged for one rank is damaged for all."""
     why = damage(ckpt)
     if _any_rank(accelerator, why is not None):

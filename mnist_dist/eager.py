@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
+    from accelerate import Accelerator
 
 _UNWRAPPED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 _O = TypeVar("_O", bound=torch.optim.Optimizer)
@@ -47,7 +50,7 @@ Adam = _without_dynamo(torch.optim.Adam)
 AdamW = _without_dynamo(torch.optim.AdamW)
 
 
-def unwrap_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """accelerator.unwrap_model without importing torch._dynamo (and FSDP, which sharded launches never reach):
     a model cannot be compiled while dynamo was never imported, so only DDP's wrapper is left to take off."""
     if "torch._dynamo" in sys.modules:

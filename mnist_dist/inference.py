@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from mnist_dist import data, metrics
+
+if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
+    from accelerate import Accelerator
 
 
 class Predictions(NamedTuple):
@@ -55,7 +58,7 @@ def predict(
 
 @torch.no_grad()
 def exact_metrics(
-    accelerator,
+    accelerator: Accelerator,
     model,
     split: data.Split,
     mean: float,

@@ -11,11 +11,15 @@ import os
 import platform
 import warnings
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import torch
 
 from mnist_dist import config, shm_allreduce
 from mnist_dist.errors import PeerLost, UserError
+
+if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
+    from accelerate import Accelerator
 
 # What gloo says when the other end of a collective has died (its TCP connection reset or closed).
 GLOO_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")
@@ -112,7 +116,7 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) & bool(mallopt(m_trim_threshold, 1 << 30))
 
 
-def make_accelerator(cfg: config.Config):
+def make_accelerator(cfg: config.Config) -> Accelerator:
     refuse_sharded_launch()  # before anything is built or read
     keep_freed_memory()
     from accelerate import Accelerator
@@ -199,7 +203,7 @@ def elastic_restart_count() -> int | None:
     return int(count) if count is not None and count.isdigit() else None
 
 
-def prepare(accelerator, *objects):
+def prepare(accelerator: Accelerator, *objects):
     """accelerator.prepare, without torch 2.14's warning that DDP's broadcast_buffers is renamed
     forward_sync_buffers (Accelerate cannot pass the new name yet; what we ask for, no buffer broadcast per
     forward, is the same under both, and the warning, twice per rank on every DDP run, would only alarm)."""
@@ -220,7 +224,7 @@ def prepare(accelerator, *objects):
         return accelerator.prepare(*objects, device_placement=placement)
 
 
-def end_distributed(accelerator, wait: bool = True) -> None:
+def end_distributed(accelerator: Accelerator, wait: bool = True) -> None:
     """Tear the process group down. wait: every rank arrives first (a rank that destroys it while another still
     works, writing files or requeueing, can abort with gloo's 'terminate called without an active exception').
     After an error on this rank alone the others may never arrive: then leave at once and let the launcher end
@@ -230,7 +234,7 @@ def end_distributed(accelerator, wait: bool = True) -> None:
     accelerator.end_training()
 
 
-def attach_cpu_allreduce(rc: config.RunConfig, accelerator, model) -> str:
+def attach_cpu_allreduce(rc: config.RunConfig, accelerator: Accelerator, model) -> str:
     """Gives multi-process CPU DDP the shared-memory all-reduce where asked or possible; returns which all-reduce
     averages the gradients ("none" in a single process, "nccl"/"gloo"/... from the process group otherwise)."""
     from accelerate.utils import DistributedType

@@ -7,11 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
 from mnist_dist import rundir
 from mnist_dist.errors import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
+
+if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
+    from accelerate import Accelerator
 
 
 class Preempted(Exception):
@@ -63,7 +67,7 @@ class StopFlags:
             flush=True,
         )
 
-    def agree(self, accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
+    def agree(self, accelerator: Accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
         """(preempt, non_finite) as agreed by every rank. A host-device sync point."""
         local = torch.stack(
             [
@@ -77,7 +81,7 @@ class StopFlags:
         return preempt > 0, bad > 0
 
 
-def requeue_slurm_job(accelerator) -> None:
+def requeue_slurm_job(accelerator: Accelerator) -> None:
     job = (
         rundir.slurm_job_id()
     )  # an array task is requeued by its own id (ARRAYJOB_TASK), not the array's
