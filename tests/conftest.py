@@ -70,3 +70,12 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    """A small IDX folder: 50 training digits (raw) and 20 test digits (gzipped)."""
+    images, labels = make_digits(50, seed=3)
+    idx.write_idx(tmp_path, "train", images, labels)
+    idx.write_idx(tmp_path, "test", images[:20], labels[:20], gz=True)
+    return tmp_path

@@ -447,3 +447,15 @@ def usr1_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path) -> 
     saved = re.search(r"preempted by SIGUSR1: checkpoint saved at global_step (\d+)", log)
     assert saved, log[-5000:]
     return int(saved.group(1)), log
+
+
+def one_line_error(capsys, argv: list[str], *words: str) -> str:
+    """cli.main(argv) in this process: exit 2 and one stderr line, no traceback, holding every word."""
+    from mnist_dist import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err

@@ -8,19 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dist import cli
-
-from helpers import read_jsonl, run_cli, tiny_overrides, tmpfs
-
-
-def one_line_error(capsys, argv: list[str], *words: str) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
-
+from helpers import one_line_error, read_jsonl, run_cli, tiny_overrides, tmpfs
 
 # ----------------------------------------------------------------------------- run.dir, before any data is read
 

@@ -4,17 +4,9 @@ line from `mnist-dist train`, and `mnist-dist convert` turns real digits in a CS
 import pytest
 import torch
 
-from mnist_dist import data, idx
+from mnist_dist import data
 
-from helpers import make_digits, real_digits_csv, run_cli
-
-
-@pytest.fixture
-def idx_dir(tmp_path):
-    images, labels = make_digits(50, seed=3)
-    idx.write_idx(tmp_path, "train", images, labels)
-    idx.write_idx(tmp_path, "test", images[:20], labels[:20], gz=True)
-    return tmp_path
+from helpers import real_digits_csv, run_cli
 
 
 def test_cli_corrupt_file_is_one_line(idx_dir, tmp_path):

@@ -10,17 +10,7 @@ import torch
 from mnist_dist import artifact, cli, config, data, idx, models, rundir
 from mnist_dist.errors import DataError
 
-from helpers import make_digits
-
-
-def one_line_error(capsys, argv: list[str], *words: str) -> str:
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
-
+from helpers import make_digits, one_line_error
 
 # ----------------------------------------------------------------------------- config
 
@@ -157,5 +147,3 @@ def test_export_out_on_a_folder_is_one_line_and_leaves_nothing(capsys, model_dir
 
 
 # ----------------------------------------------------------------------------- the launcher's fp16 on a CPU
-
-

@@ -16,14 +16,6 @@ from mnist_dist.errors import DataError
 from helpers import make_digits
 
 
-@pytest.fixture
-def idx_dir(tmp_path):
-    images, labels = make_digits(50, seed=3)
-    idx.write_idx(tmp_path, "train", images, labels)
-    idx.write_idx(tmp_path, "test", images[:20], labels[:20], gz=True)
-    return tmp_path
-
-
 def test_idx_round_trip_raw_and_gz(idx_dir):
     images, labels = make_digits(50, seed=3)
     train, test = data.load_idx(idx_dir, "train"), data.load_idx(idx_dir, "test")

@@ -82,17 +82,3 @@ def test_make_optimizer_builds_these_classes():
     for name in ("sgd", "adam", "adamw"):
         optimizer = train.make_optimizer(config.TrainConfig(optimizer=name), tiny_model(0).parameters())
         assert type(optimizer) in (eager.SGD, eager.Adam, eager.AdamW)
-
-
-PROBE = """
-import sys, torch
-from mnist_dist import config, train
-model = torch.nn.Linear(4, 2)
-for name in ("sgd", "adam", "adamw"):
-    optimizer = train.make_optimizer(config.TrainConfig(optimizer=name), model.parameters())
-    model(torch.randn(3, 4)).sum().backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    optimizer.load_state_dict(optimizer.state_dict())
-print(sorted(m for m in ("torch._dynamo", "sympy", "triton") if m in sys.modules))
-"""

@@ -6,7 +6,10 @@ that the MNIST layout (20 px box, centre of mass centred) is invariant to the sa
 non-image, an empty file, a blank image, a truncated file and huge images are each reported for that file;
 and, through the installed `mnist-dist` script, the output format (lines, JSON, --show) and exit codes.
 """
+import json
+import re
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -193,6 +196,52 @@ def test_truncated_and_blank_images_raise_a_clear_error(tmp_path):
     Image.new("RGB", (64, 64), "white").save(blank)
     with pytest.raises(images.ImageError, match="no ink found"):
         images.preprocess(blank, images.LAYOUTS["mnist"])
+
+
+def test_cli_lines_json_show_and_exit_codes(tmp_path, model_dir, test_split):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    originals = test_split.images[:5].numpy()
+    for k, img in enumerate(originals):
+        distort(img, "inverted", rng).save(folder / f"item{k}.png")
+    (folder / "readme.txt").write_text("not scanned: a folder is searched for image suffixes only")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    expected = [data.CLASSES["fashion_mnist"][i]
+                for i in classify(model_dir, np.stack([images.preprocess(folder / f"item{k}.png",
+                                                                          images.LAYOUTS["fashion_mnist"])
+                                                       for k in range(5)]))]
+
+    # Lines: the good files all print (in order, across batches of 2) although one file is broken: exit 1.
+    r = subprocess.run([str(MNIST_DIST), "predict", str(model_dir), str(folder), str(broken), "--top-k", "2",
+                        "--batch-size", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 5
+    for k, line in enumerate(lines):
+        m = re.fullmatch(r"(.+): (.+) (\d+\.\d)%, (.+) (\d+\.\d)%", line)
+        assert m, line
+        assert m[1] == str(folder / f"item{k}.png") and m[2] == expected[k]
+        assert float(m[3]) >= float(m[5])
+    assert r.stderr.strip() == f"{broken}: not an image file PIL can read (expected PNG, JPEG, BMP or GIF)"
+
+    # JSON Lines and --show on good files only: exit 0, one picture per image.
+    show = tmp_path / "seen"
+    r = subprocess.run([str(MNIST_DIST), "predict", str(model_dir / "model.safetensors"), str(folder), "--json",
+                        "--top-k", "3", "--show", str(show)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["class"] for rec in records] == expected
+    for rec in records:
+        probs = [t["prob"] for t in rec["top_k"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-5
+        assert rec["top_k"][0] == {"class": rec["class"], "index": rec["index"], "prob": rec["prob"]}
+    pictures = sorted(p.name for p in show.iterdir())
+    assert pictures == [f"item{k}.png.png" for k in range(5)]
+    with Image.open(show / pictures[0]) as im:
+        assert im.size[0] > 100  # a real rendered figure, not an empty file
+
 
 
 def test_bad_model_path_is_one_line_exit_2(tmp_path, capsys):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mnist_dist import artifact, cli, config, models, rundir
 
-from helpers import ROOT, tiny_overrides
+from helpers import ROOT, run_cli, tiny_overrides
 
 
 def record(epoch: int, step: int) -> dict:
@@ -163,4 +163,59 @@ def test_a_damaged_file_is_one_line_naming_it(good_run, tmp_path, capsys, comman
     assert line.startswith(f"mnist-dist {argv(command, folder)[0]}: error: "), line
 
 
+@pytest.mark.parametrize("command", sorted(READS))
+def test_the_undamaged_folder_works_with_every_command(good_run, tmp_path, command):
+    """The control: through the installed script, as a user runs it."""
+    folder, _ = damaged_copy(good_run, tmp_path, command, "summary_broken")
+    (folder / ("point_000" if command == "compare_sweep" else "") / rundir.SUMMARY).write_bytes(
+        (good_run / rundir.SUMMARY).read_bytes())
+    proc = run_cli(argv(command, folder), timeout=120)
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command, damage", [("report", "summary_broken"), ("eval", "config_list"),
+                                             ("predict", "model_json_truncated"), ("export", "model_json_list"),
+                                             ("compare", "metrics_no_epoch"), ("compare_sweep", "point_record_broken")])
+def test_the_installed_script_prints_the_same_one_line(good_run, tmp_path, command, damage):
+    folder, path = damaged_copy(good_run, tmp_path, command, damage)
+    proc = run_cli(argv(command, folder), check=False, timeout=120)
+    assert proc.returncode == 2
+    one_line_naming(proc.stderr, path)
+
+
+# ----------------------------------------------------------------------------- convert's output folder
+
+
+@pytest.mark.parametrize("case", ["parent_is_a_file", "under_proc", "empty_csv", "blank_lines_csv"])
+def test_convert_refuses_a_bad_output_folder_or_an_empty_csv_in_one_line(tmp_path, case):
+    csv = tmp_path / "good.csv"
+    csv.write_text(",".join(["0"] * 784 + ["3"]) + "\n")
+    out = tmp_path / "new"
+    if case == "parent_is_a_file":
+        (tmp_path / "afile").write_text("mine")
+        out, named = tmp_path / "afile" / "sub", tmp_path / "afile"
+    elif case == "under_proc":
+        out, named = Path("/proc/mnist-dist-test"), Path("/proc")
+    else:
+        csv.write_text("" if case == "empty_csv" else "\n\n")
+        named = csv
+    proc = run_cli(["convert", str(csv), str(out)], check=False, timeout=120)
+    assert proc.returncode == 2
+    one_line_naming(proc.stderr, named)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 # ----------------------------------------------------------------------------- train on resume
+
+
+def test_a_resume_with_a_damaged_metrics_file_is_one_line_and_writes_nothing(tiny_idx, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", *tiny_overrides(tiny_idx, run_dir, "checkpoint.every_steps=5", "train.max_steps=10")]
+    run_cli(args)
+    metrics = run_dir / rundir.METRICS
+    metrics.write_text("5\n" + metrics.read_text())
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    proc = run_cli(args, check=False)
+    assert proc.returncode == 2
+    assert "line 1 holds the int '5'" in one_line_naming(proc.stderr, metrics)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
