@@ -93,9 +93,8 @@ def save(accelerator: Accelerator, run_dir: Path, state_json: dict, keep: int) -
     accelerator.wait_for_everyone()
     failure = None
     try:
-        accelerator.save_state(
-            str(tmp)
-        )  # model, optimizer, scheduler, scaler, every rank's RNG states
+        # model, optimizer, scheduler, scaler, every rank's RNG states
+        accelerator.save_state(str(tmp))
         if (
             accelerator.is_main_process
         ):  # inside the uncommitted folder: nothing loads it before the rename

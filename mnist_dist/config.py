@@ -89,9 +89,8 @@ def _check_range(section: str, obj) -> None:
         bounds, value = f.metadata.get("range") or {}, getattr(obj, f.name)
         crossed = {k: b for k, b in bounds.items() if not BOUNDS[k][1](value, b)}
         if crossed:
-            shown = (
-                bounds if set(bounds) == {"ge", "lt"} else crossed
-            )  # an interval reads better whole
+            # an interval reads better whole
+            shown = bounds if set(bounds) == {"ge", "lt"} else crossed
             # A bound of 0 needs no reason; `at most 256 (processes per rank)` does.
             why = (
                 f" ({f.metadata['range_why']})"
@@ -102,9 +101,8 @@ def _check_range(section: str, obj) -> None:
 
 
 MAX_WORKERS = 256  # DataLoader worker processes per rank: more would only exhaust the host
-MAX_TIMEOUT_S = (
-    365 * 86400
-)  # a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
+# a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
+MAX_TIMEOUT_S = 365 * 86400
 
 # Why a key may change on resume, said once for the keys that share the reason.
 MOVED_DATA = "where the data are read from: they may move; the checkpoint's data fingerprint refuses other arrays"
@@ -171,9 +169,10 @@ class ModelConfig:
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
 
     def __post_init__(self):
+        # models imports torch: only a config that is built pays for it
         from mnist_dist.models import (
             MODELS,
-        )  # models imports torch: only a config that is built pays for it
+        )
 
         if self.name not in MODELS:
             raise ConfigError(
@@ -832,9 +831,10 @@ def reference() -> str:
 if __name__ == "__main__":  # python -m mnist_dist.config --reference > docs/configuration.md
     import sys
 
+    # the package's module, not a second copy of this one as __main__
     from mnist_dist.config import (
         reference,
-    )  # the package's module, not a second copy of this one as __main__
+    )
 
     if sys.argv[1:] != ["--reference"]:
         sys.exit("usage: python -m mnist_dist.config --reference > docs/configuration.md")

@@ -41,9 +41,8 @@ def run(args) -> int:
         raise UserError(
             f"{out} exists and is not an empty folder; nothing overwritten: choose a new folder"
         )
-    rundir.check_usable(
-        out, name=str(out)
-    )  # a file on the way, /proc, a read-only mount: before the CSV is read
+    # a file on the way, /proc, a read-only mount: before the CSV is read
+    rundir.check_usable(out, name=str(out))
     digits = data.read_digits_csv(args.csv)
     if not 0 <= args.test_size < len(digits):
         raise UserError(

@@ -26,9 +26,8 @@ from mnist_dist.errors import DataError
 # Per-dataset pixel statistics of the training sets (after scaling to [0, 1]).
 STATS = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 HF_IDS = {"mnist": "ylecun/mnist", "fashion_mnist": "zalando-datasets/fashion_mnist"}
-LOCAL_DIRS = {
-    "fashion_mnist": ["/usr/share/datasets/fashion-mnist"]
-}  # Debian's dataset-fashion-mnist
+# Debian's dataset-fashion-mnist
+LOCAL_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": [
@@ -292,9 +291,8 @@ def fingerprint(datasets: Datasets) -> dict:
         split = getattr(datasets, name)
         if split is not None:
             digest = hashlib.sha256(split.images.contiguous().numpy().data)
-            digest.update(
-                split.labels.to(torch.uint8).numpy().data
-            )  # labels are 0-9 whatever their dtype
+            # labels are 0-9 whatever their dtype
+            digest.update(split.labels.to(torch.uint8).numpy().data)
             out[name] = {"size": len(split), "sha256": digest.hexdigest()}
     return out
 
@@ -358,9 +356,8 @@ class DeviceLoader:
             world_size,
             seed,
         )
-        self.global_samples_per_step = (
-            per_device_batch_size * accum * world_size
-        )  # every rank and micro-batch
+        # every rank and micro-batch
+        self.global_samples_per_step = per_device_batch_size * accum * world_size
         n = len(split)
         tail = n % self.global_samples_per_step
         self.steps_per_epoch = n // self.global_samples_per_step + (1 if tail >= world_size else 0)

@@ -192,9 +192,8 @@ def run(args) -> int:
     errors = []
     with contextlib.ExitStack() as staging:
         try:
-            tmp = staging.enter_context(
-                atomic.replacing_folder(out)
-            )  # an empty DIR (checked above) is replaced
+            # an empty DIR (checked above) is replaced
+            tmp = staging.enter_context(atomic.replacing_folder(out))
         except OSError as e:
             raise UserError(f"cannot create {out} ({e.strerror}: {e.filename})") from None
         for source in order:

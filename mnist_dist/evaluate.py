@@ -52,9 +52,8 @@ def format_result(result: dict, classes: list[str], split: str) -> str:
 
 
 def run(args) -> int:
-    model_path = rundir.pick_model(
-        hub.resolve(args.model), args.best
-    )  # a folder, checkpoint or Hub repo id
+    # a folder, checkpoint or Hub repo id
+    model_path = rundir.pick_model(hub.resolve(args.model), args.best)
     model, model_info = artifact.load_model(model_path)
     cfg = rundir.load_run_config(model_path, args.overrides)
     if cfg.data.name != model_info["dataset"]:

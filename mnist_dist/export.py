@@ -139,9 +139,8 @@ def export_torchscript(model: torch.nn.Module, model_info: dict, out: Path) -> f
     """Write a traced TorchScript module (the models have no data-dependent control flow); return the max
     |logit| difference of the reloaded file to the original."""
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", FutureWarning
-        )  # torch.jit is deprecated in favour of torch.export
+        # torch.jit is deprecated in favour of torch.export
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, sample_input(2))
         with atomic.replacing(out) as tmp:
             torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(model_info)})

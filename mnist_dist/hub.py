@@ -180,9 +180,8 @@ def card_text(model_info: dict, run_dir: Path | None, best: bool) -> str:
 def _recipe(run_dir: Path | None) -> str | None:
     """config.yaml without the machine's own places (data.dir, run.dir) and without tracking (names of people's
     W&B entities and projects are theirs to publish)."""
-    cfg = (
-        rundir.read_config(run_dir / rundir.CONFIG) if run_dir else None
-    )  # a damaged file: one line naming it
+    # a damaged file: one line naming it
+    cfg = rundir.read_config(run_dir / rundir.CONFIG) if run_dir else None
     if cfg is None:
         return None
     cfg.pop("tracking", None)
@@ -198,9 +197,8 @@ def _recipe(run_dir: Path | None) -> str | None:
 def export(source: Path, run_dir: Path | None, out: Path, best: bool) -> list[Path]:
     """Write the Hub layout of the model folder `source` (a run folder or its best/) into `out` (which may be
     `source` itself); returns the files written."""
-    _, model_info = artifact.load_model(
-        source
-    )  # refuses a damaged model before anything is written
+    # refuses a damaged model before anything is written
+    _, model_info = artifact.load_model(source)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in (rundir.MODEL_FILE, rundir.MODEL_META):

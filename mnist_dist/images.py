@@ -47,11 +47,12 @@ class ImageError(Exception):
 
 def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
+    # here: every `mnist-dist` start builds this parser
     from PIL import (
         Image,
         ImageOps,
         UnidentifiedImageError,
-    )  # here: every `mnist-dist` start builds this parser
+    )
 
     if not path.is_file():
         raise ImageError(why_not_a_file(path))
@@ -59,9 +60,8 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", Image.DecompressionBombWarning
-            )  # our own limit below says it better
+            # our own limit below says it better
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(path)  # an ImageFile until the conversions below
         with img:
             w, h = img.size  # from the header: nothing is decoded yet
@@ -70,12 +70,10 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                     f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
                     f"{max_pixels / 1e6:g} (--max-pixels); shrink it first"
                 )
-            img.draft(
-                "RGB", (WORK_SIDE, WORK_SIDE)
-            )  # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
-            img = ImageOps.exif_transpose(
-                img
-            )  # phone photos are stored sideways with a rotation tag
+            # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
+            img.draft("RGB", (WORK_SIDE, WORK_SIDE))
+            # phone photos are stored sideways with a rotation tag
+            img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 # A transparent background is paper: drawings exported from apps are ink on nothing, the ink
                 # dark or light. Paper of the other brightness keeps it visible (white ink on white is nothing).
@@ -171,10 +169,11 @@ def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
         cx = (small.sum(0) * np.arange(w)).sum() / total
         top_px, left_px = round((SIDE - 1) / 2 - cy), round((SIDE - 1) / 2 - cx)
     else:
+        # odd margins: one more px above/left, as Zalando did
         top_px, left_px = (
             (SIDE - h + 1) // 2,
             (SIDE - w + 1) // 2,
-        )  # odd margins: one more px above/left, as Zalando did
+        )
     # A lopsided shape could be pushed off the field by centring its mass: keep it whole instead.
     top_px, left_px = min(max(top_px, 0), SIDE - h), min(max(left_px, 0), SIDE - w)
     out = np.zeros((SIDE, SIDE), np.float32)
@@ -206,9 +205,8 @@ def _components(mask: np.ndarray) -> np.ndarray:
                 np.minimum(smallest, padded[dy : dy + h, dx : dx + w], out=smallest)
         smallest = np.where(mask, smallest, none)
         flat = smallest.reshape(-1)
-        flat[flat_index] = flat[
-            flat[flat_index] - 1
-        ]  # jump: the label of the pixel that the label names
+        # jump: the label of the pixel that the label names
+        flat[flat_index] = flat[flat[flat_index] - 1]
         if np.array_equal(smallest, labels):
             return np.where(mask, labels, 0)
         labels = smallest

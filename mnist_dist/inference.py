@@ -97,9 +97,8 @@ def exact_metrics(
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         confusion += metrics.confusion_matrix(logits.argmax(1), y)
         if i < keep_probs:
-            kept.append(
-                torch.softmax(logits[: keep_probs - i], 1).cpu()
-            )  # a host sync, only where asked
+            # a host sync, only where asked
+            kept.append(torch.softmax(logits[: keep_probs - i], 1).cpu())
     # Sums and counts, not means, cross the process boundary: the result is exact for any world size.
     loss_sum, confusion = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(confusion, "sum")
     model.train()

@@ -108,9 +108,8 @@ def samples(
     rows = max(1, -(-n // columns))
     gap_x, above, below = 10, 9, 9  # mosaic pixels around each image: room for the two captions
     cell_w, cell_h = side + gap_x, side + above + below
-    mosaic = np.full(
-        (rows * cell_h, columns * cell_w), 255, dtype=np.uint8
-    )  # white paper between images
+    # white paper between images
+    mosaic = np.full((rows * cell_h, columns * cell_w), 255, dtype=np.uint8)
     top = 0.4 if title else 0.0  # inches for the title
     px = 1 / 26  # inches per mosaic pixel: 7-point captions fit a 38-pixel cell
     fig = _figure(columns * cell_w * px, rows * cell_h * px + top)
@@ -176,9 +175,8 @@ def comparison(
     for ax, key in zip(axes[1:], keys):
         values = [r["values"][key] for r in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        labels = sorted(
-            {str(v) for v in values}, key=lambda s: float(s) if numeric else s
-        )  # dicts, None: as text
+        # dicts, None: as text
+        labels = sorted({str(v) for v in values}, key=lambda s: float(s) if numeric else s)
         ax.scatter(
             [labels.index(str(v)) for v in values], [r["metric"] for r in done], color=COLORS["val"]
         )

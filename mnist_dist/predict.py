@@ -149,9 +149,10 @@ def save_picture(
     shown: set[str],
 ) -> Path:
     """The model's 28x28 input beside a bar chart of its class probabilities, as DIR/<file name>.png."""
+    # no pyplot: no display, no global backend state (Agg canvas)
     from matplotlib.figure import (
         Figure,
-    )  # no pyplot: no display, no global backend state (Agg canvas)
+    )
 
     name = path.name + ".png"
     n = 1

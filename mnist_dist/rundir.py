@@ -24,17 +24,19 @@ from mnist_dist.errors import UserError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
+# BEST: the best model by checkpoint.best_metric, a folder like the run's own model
 LOCK, BEST = (
     ".lock",
     "best",
-)  # BEST: the best model by checkpoint.best_metric, a folder like the run's own model
+)
 TRACKER_RUN_ID = (
     ".tracker_run_id"  # the run folder's W&B run id, chosen once (tracking.choose_run_id)
 )
+# a sweep folder's file; a point's overrides and status
 SWEEP_FILE, SWEEP_POINT = (
     "sweep.yaml",
     "sweep_point.json",
-)  # a sweep folder's file; a point's overrides and status
+)
 CURVES, CONFUSION, SAMPLES, REPORT = (
     "curves.png",
     "confusion_matrix.png",
@@ -42,11 +44,12 @@ CURVES, CONFUSION, SAMPLES, REPORT = (
     "report.md",
 )
 PICTURES = (CURVES, CONFUSION, SAMPLES)
+# hub.export's, beside a model
 HUB_CARD, HUB_CONFIG, HUB_ONNX = (
     "README.md",
     "config.json",
     "model.onnx",
-)  # hub.export's, beside a model
+)
 
 
 def check_usable(run_dir: Path, name: str | None = None) -> None:
@@ -70,6 +73,7 @@ def check_usable(run_dir: Path, name: str | None = None) -> None:
 def set_aside(run_dir: Path) -> Path | None:
     """Move what an earlier run left in run_dir (checkpoints, models, metrics, summary, pictures) into
     run_dir/previous-<time>/, so that a fresh start in an old folder neither mixes nor loses anything."""
+    # a card of the earlier run must not describe the new one
     names = [
         "checkpoints",
         BEST,
@@ -84,7 +88,7 @@ def set_aside(run_dir: Path) -> Path | None:
         HUB_CARD,
         HUB_CONFIG,
         HUB_ONNX,
-    ]  # a card of the earlier run must not describe the new one
+    ]
     present = [run_dir / n for n in names if (run_dir / n).exists()]
     if not any(p.name in ("checkpoints", BEST, METRICS, SUMMARY, MODEL_FILE) for p in present):
         return None

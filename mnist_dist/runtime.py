@@ -57,9 +57,8 @@ def refuse_sharded_launch(env=os.environ) -> None:
     ]
     if asked:
         if env.get("RANK", "0") != "0":
-            raise SystemExit(
-                2
-            )  # every rank decides the same from the same environment: rank 0 says why, once
+            # every rank decides the same from the same environment: rank 0 says why, once
+            raise SystemExit(2)
         raise UserError(
             f"the launch asked for {' and '.join(asked)}, which mnist-dist does not run: models this small "
             f"(at most a few million parameters) gain nothing from sharding, and on a CPU Accelerate "

@@ -82,9 +82,8 @@ class StopFlags:
 
 
 def requeue_slurm_job(accelerator: Accelerator) -> None:
-    job = (
-        rundir.slurm_job_id()
-    )  # an array task is requeued by its own id (ARRAYJOB_TASK), not the array's
+    # an array task is requeued by its own id (ARRAYJOB_TASK), not the array's
+    job = rundir.slurm_job_id()
     if not job or not accelerator.is_main_process:
         return
     try:

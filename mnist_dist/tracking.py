@@ -452,9 +452,8 @@ def _start_wandb(
         elif why := _wandb_server_unreachable():
             init["mode"] = "offline"
             _say(f"W&B server {why}: W&B logs offline into the run folder")
-    (run_dir / "wandb").mkdir(
-        parents=True, exist_ok=True
-    )  # wandb falls back to /tmp if dir does not exist
+    # wandb falls back to /tmp if dir does not exist
+    (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
     # Tables are staged as artifact files under WANDB_DATA_DIR (default ~/.local/share/wandb) until synced:
     # keep them with the run unless the user chose a place.
     os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb" / "data"))
@@ -548,9 +547,8 @@ def log_evaluation(
             f"the evaluation is not tracked"
         )
         return
-    tracker = types.SimpleNamespace(
-        name="wandb", broken=False
-    )  # for _guarded: the first error warns, once
+    # for _guarded: the first error warns, once
+    tracker = types.SimpleNamespace(name="wandb", broken=False)
     classes = model_info["classes"]
     values = {f"{split}/{k}": result[k] for k in ("accuracy", "loss", "count")}
     values.update(

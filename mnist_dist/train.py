@@ -169,9 +169,8 @@ class Loop:
     first_step_unix: float | None = (
         None  # when this process's first optimizer step ended (start-up, bench/run.py)
     )
-    data_fingerprint: dict = dataclasses.field(
-        default_factory=dict
-    )  # data.fingerprint: saved in each checkpoint
+    # data.fingerprint: saved in each checkpoint
+    data_fingerprint: dict = dataclasses.field(default_factory=dict)
 
 
 def build_loop(
@@ -179,9 +178,8 @@ def build_loop(
 ) -> tuple[Loop, int, str]:
     """The loop's parts prepared by Accelerate, the parameter count and which all-reduce averages gradients."""
     loader = make_loader(cfg, split, accelerator)
-    torch.manual_seed(
-        cfg.train.seed
-    )  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    torch.manual_seed(cfg.train.seed)
     model = models.build(cfg.model.name, **cfg.model.kwargs)
     n_params = models.num_parameters(model)
     if cfg.model.channels_last:
@@ -193,9 +191,8 @@ def build_loop(
     if cfg.model.compile:
         # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
         # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
-        model = cast(
-            torch.nn.Module, torch.compile(model, dynamic=False)
-        )  # an OptimizedModule: still a Module
+        # an OptimizedModule: still a Module
+        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
     mean, std = data.STATS[cfg.data.name]
     aug_gen = torch.Generator(
         device=accelerator.device if accelerator.device.type != "mps" else "cpu"
@@ -249,9 +246,8 @@ def train_step(loop: Loop, state: TrainState, micro_batches: list, scale: float)
             loss_sum = F.cross_entropy(
                 logits.float(), y, reduction="sum", label_smoothing=cfg.train.label_smoothing
             )
-            accelerator.backward(
-                loss_sum * scale
-            )  # scale: the step's gradient is the mean over its global samples
+            # scale: the step's gradient is the mean over its global samples
+            accelerator.backward(loss_sum * scale)
         loop.window.add(loss_sum.detach(), (logits.detach().argmax(1) == y).sum(), len(y))
         state.samples_seen += len(y)
         if guard_step:
@@ -308,9 +304,8 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
     ) as bar:
         for micro_batches, scale in loop.loader.epoch(state.epoch, state.step_in_epoch):
             if cfg.train.max_steps and state.global_step >= cfg.train.max_steps:
-                return (
-                    Stop.MAX_STEPS
-                )  # a resume at (or lowered below) max_steps trains no further step
+                # a resume at (or lowered below) max_steps trains no further step
+                return Stop.MAX_STEPS
             stop = train_step(loop, state, micro_batches, scale)
             if stop is Stop.NON_FINITE:
                 return stop
@@ -330,9 +325,8 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
                     },
                     step=state.global_step,
                 )
-                bar.set_postfix(
-                    loss=f"{train_loss:.4f}", refresh=False
-                )  # shown with the next paced update
+                # shown with the next paced update
+                bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False)
                 t_log = time.perf_counter()
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
                 save_checkpoint(loop, state, logger.tracker.run_id)
@@ -341,13 +335,11 @@ def train_one_epoch(loop: Loop, state: TrainState, logger: tracking.MetricLogger
             if (
                 max_steps_reached(cfg, state) and state.step_in_epoch < steps_per_epoch
             ):  # else: the epoch's end
-                loop.window.drain(
-                    accelerator, state
-                )  # the record's train loss covers the steps since the last log
+                # the record's train loss covers the steps since the last log
+                loop.window.drain(accelerator, state)
                 return Stop.MAX_STEPS
-        loop.window.drain(
-            loop.accelerator, state
-        )  # the epoch's last train loss covers the steps since the last log
+        # the epoch's last train loss covers the steps since the last log
+        loop.window.drain(loop.accelerator, state)
     state.epoch, state.step_in_epoch = state.epoch + 1, 0
     return None
 
@@ -448,9 +440,8 @@ def test_best_model(
 
     from safetensors.torch import load_file
 
-    best_model = copy.deepcopy(
-        eager.unwrap_model(loop.accelerator, loop.model)
-    )  # the final model is saved after this
+    # the final model is saved after this
+    best_model = copy.deepcopy(eager.unwrap_model(loop.accelerator, loop.model))
     # Read on the CPU (safetensors refuses Accelerate's "cpu:0"); load_state_dict copies onto the model's device.
     best_model.load_state_dict(load_file(str(best_file)))
     result, _ = inference.exact_metrics(
@@ -506,9 +497,8 @@ def resume(
     run_dir = Path(cfg.run.dir)
     set_aside = []
     for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
-        why = checkpoint.agreed_damage(
-            accelerator, ckpt
-        )  # a collective: every rank takes the same branch
+        # a collective: every rank takes the same branch
+        why = checkpoint.agreed_damage(accelerator, ckpt)
         if why is None:
             state_json = checkpoint.read_state_json(ckpt)
             check_resumable(cfg, accelerator, ckpt, state_json, fingerprint, source)
@@ -585,9 +575,8 @@ def check_resumable(
             f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
             f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
         )
-    saved = (
-        state_json.get("data") or {}
-    )  # checkpoints from before fingerprints have none: not checked
+    # checkpoints from before fingerprints have none: not checked
+    saved = state_json.get("data") or {}
     for name in ("train", "val", "test") if saved else ():
         old, new = saved.get(name) or {}, fingerprint.get(name) or {}
         if old != new:
@@ -601,10 +590,11 @@ def check_resumable(
 
 # ----------------------------------------------------------------------------- the run
 
+# endings every rank reaches at the same step, together
 RANKS_AGREE = (
     stopping.Preempted,
     NonFiniteLoss,
-)  # endings every rank reaches at the same step, together
+)
 
 
 def train(cfg: config.Config) -> int:
@@ -672,9 +662,8 @@ def run_training(
         )
     run_dir = Path(cfg.run.dir)
     world = accelerator.num_processes
-    cfg = dataclasses.replace(
-        cfg, train=cfg.train.for_world(world)
-    )  # train.global_batch_size -> per-device
+    # train.global_batch_size -> per-device
+    cfg = dataclasses.replace(cfg, train=cfg.train.for_world(world))
     global_batch_size = cfg.train.global_batch(world)
 
     rundir.check_usable(run_dir)  # a bad run.dir is one line now, not after seconds of data loading
@@ -683,9 +672,8 @@ def run_training(
     ):  # one writer per folder: a second run into it stops here, having written nothing
         run_dir.mkdir(parents=True, exist_ok=True)
         teardown.callback(lock.RunLock.acquire(run_dir).release)
-        checkpoint.clean_partial(
-            run_dir
-        )  # what a crash or a full disk left: it holds space a resume needs
+        # what a crash or a full disk left: it holds space a resume needs
+        checkpoint.clean_partial(run_dir)
 
     # ------------------------------------------------------------------ data (downloads once per node)
     # A download or HF cache is written by the node's first rank while the others wait; local IDX files are read
@@ -719,6 +707,7 @@ def run_training(
         else:  # drop the records the checkpoint does not cover
             rundir.truncate_jsonl(run_dir / rundir.METRICS, state.global_step)
         atomic.write_text(run_dir / rundir.CONFIG, config.dump(cfg))
+    # None outside torchrun's elastic agent
     launch = {
         "world_size": world,
         "mixed_precision": accelerator.mixed_precision,
@@ -728,7 +717,7 @@ def run_training(
         "distributed_type": accelerator.distributed_type.value,
         "global_batch_size": global_batch_size,
         "elastic_restart_count": runtime.elastic_restart_count(),
-    }  # None outside torchrun's elastic agent
+    }
     tracker = tracking.start(
         cfg, run_dir, resumed_state_json.get("tracker_run_id"), launch, accelerator.is_main_process
     )
@@ -780,9 +769,8 @@ def run_training(
         keep_best_and_count_patience(loop, state, record)
         logger.log_eval(record, predictions)
         accelerator.print(epoch_text(record))
-        save_checkpoint(
-            loop, state, tracker.run_id
-        )  # at max_steps too: a rerun of the ended run trains nothing
+        # at max_steps too: a rerun of the ended run trains nothing
+        save_checkpoint(loop, state, tracker.run_id)
         if stop is Stop.MAX_STEPS:
             break
         if state.stopped_early:
@@ -798,9 +786,8 @@ def run_training(
     ):  # resumed from a checkpoint written after the last epoch (or the early stop): nothing to train
         record, predictions = eval_record(loop, state, eval_splits, keep_probs)
     best_test = test_best_model(loop, state, record, datasets.test)  # collectives too
-    samples_per_rank = samples_seen_per_rank(
-        accelerator, state
-    )  # collectives: before the main-process block
+    # collectives: before the main-process block
+    samples_per_rank = samples_seen_per_rank(accelerator, state)
     from accelerate.utils import gather_object
 
     hostnames = gather_object([socket.gethostname()]) if world > 1 else [socket.gethostname()]
@@ -809,9 +796,8 @@ def run_training(
         facts["wall_seconds"] = time.perf_counter() - t_start
         summary = build_summary(loop, state, record, best_test, facts, samples_per_rank, hostnames)
         atomic.write_text(run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
-        run_report.write_after_training(
-            run_dir, predictions
-        )  # curves/confusion/samples PNGs + report.md
+        # curves/confusion/samples PNGs + report.md
+        run_report.write_after_training(run_dir, predictions)
         tracker.finish(summary)
     accelerator.print(
         f"done: test_accuracy {record['test_accuracy']:.4f} on {record['test_count']} images, "
