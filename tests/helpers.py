@@ -430,15 +430,29 @@ def submit(
     )
 
 
+def wait_for_first_checkpoint(slurm: LocalSlurm, job_id: str, run_dir: Path) -> None:
+    """Until the job's training has saved a checkpoint (any step: with checkpoint.keep the first one is pruned
+    a fraction of a second later, a window a loaded machine missed). The file is polled every 50 ms, the job every
+    2 s: a job that ended first fails at once, and a timeout says where the job stands (state, reason, log)."""
+    deadline, next_look = time.monotonic() + JOB_TIMEOUT_S, 0.0
+    while not any((run_dir / "checkpoints").glob("step_*/state.json")):
+        if time.monotonic() > next_look:
+            info, next_look = slurm.job(job_id), time.monotonic() + 2
+            if info.get("JobState") in ENDED or time.monotonic() > deadline:
+                out = Path(info.get("StdOut", ""))
+                log = out.read_text() if out.is_file() else "(no log yet)"
+                raise AssertionError(
+                    f"job {job_id} has no checkpoint in {run_dir}: JobState={info.get('JobState')} "
+                    f"Reason={info.get('Reason')} NodeList={info.get('NodeList')}\n{log[-5000:]}"
+                )
+        time.sleep(0.05)
+
+
 def usr1_and_wait_for_requeue(slurm: LocalSlurm, job_id: str, run_dir: Path) -> tuple[int, str]:
     """USR1 to the batch shell once the job (or array task, JOBID_TASK) has saved its first checkpoint, as
     `--signal=B:USR1@120` does before a time limit; returns (the step of the checkpoint the training saved before
     requeueing the job, the job's log)."""
-    wait_until(
-        lambda: (run_dir / "checkpoints/step_00000010/state.json").is_file(),
-        JOB_TIMEOUT_S,
-        f"job {job_id}'s first checkpoint",
-    )
+    wait_for_first_checkpoint(slurm, job_id, run_dir)
     slurm.run("scancel", "--signal=USR1", "--batch", job_id)
     # The training saves a checkpoint and requeues the job itself; SLURM holds it back for a while (BeginTime).
     info = slurm.wait_for(job_id, {"PENDING"} | ENDED, JOB_TIMEOUT_S, "after USR1 (expected a requeue)")
