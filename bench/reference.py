@@ -25,7 +25,8 @@ T_START = time.perf_counter()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_dist import data, idx, models  # noqa: E402
+from mnist_dist import models  # noqa: E402
+from mnist_dist.data import idx, sources
 
 TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
@@ -38,7 +39,7 @@ def torchvision_datasets(name: str, idx_dir: str, root: Path):
     raw = root / cls.__name__ / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
-        s = data.load_idx(idx_dir, split)
+        s = sources.load_idx(idx_dir, split)
         img_stem, lbl_stem = idx.IDX_NAMES[split]
         if not (raw / img_stem).exists():
             idx.write_idx(raw, split, s.images, s.labels)

@@ -11,8 +11,8 @@ Every figure comes from real processes started here, so start-up is counted:
   reference   bench/reference.py, the tutorial loop (torchvision + ToTensor + DataLoader(32) + tutorial_cnn +
               SGD 0.01), timed the same way, so every speed-up is a ratio taken side by side.
   throughput  bench/throughput.py: steady-state images/s of the real training loop per loader path and model.
-  ddp         (CPU) the same recipe and global batch with 1 process (2 threads) and 2 processes, with the
-              default (shared-memory) all-reduce and with gloo's, all started by accelerate launch.
+  ddp         (CPU) the same recipe and global batch with 1 process (2 threads) and 2 processes (gloo's
+              all-reduce), both started by accelerate launch.
 Writes OUT/<tag>.json and OUT/<tag>.png (test accuracy against wall-clock time) and prints a table.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import config, data, idx
+from mnist_dist import config
+from mnist_dist.data import idx, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,14 +252,13 @@ def suite_throughput(args, plan, work: Path, common: list[str]) -> dict:
     return out
 
 
-# key: (processes, overrides, label). "2" takes the default all-reduce (shared memory where it works), "2-gloo"
-# names gloo's, so the suite also measures what the shared-memory hook buys.
-DDP_VARIANTS = {"1": (1, [], "x1"), "2": (2, [], "x2"), "2-gloo": (2, ["run.cpu_allreduce=gloo"], "x2 gloo")}
+# key: (processes, overrides, label)
+DDP_VARIANTS = {"1": (1, [], "x1"), "2": (2, [], "x2")}
 
 
 def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
     """Same recipe, same global batch, same launcher (accelerate launch): 1 process with the machine's threads
-    vs 2 processes with the default all-reduce vs 2 with gloo's. The three alternate seed by seed, so a drift in
+    vs 2 processes (gloo's all-reduce). The two alternate seed by seed, so a drift in
     the machine's speed (a shared VM's is several percent over minutes) lands on all, and each seed gives paired
     ratios."""
     recipe = plan["ddp_recipe"]
@@ -286,8 +286,8 @@ def suite_ddp(args, plan, work: Path, common: list[str], targets) -> dict:
         s["failures"] = [r["log_tail"] for r in rs if r["returncode"] != 0]
         out[key] = s
     # 2 processes / 1 process, seed by seed (runs next to each other in time)
-    for key, name in (("2", "paired_ratios"), ("2-gloo", "paired_ratios_gloo")):
-        out[name] = [b / a for a, b in zip(out["1"]["train_images_per_s"], out[key]["train_images_per_s"]) if a and b]
+    pairs = zip(out["1"]["train_images_per_s"], out["2"]["train_images_per_s"])
+    out["paired_ratios"] = [b / a for a, b in pairs if a and b]
     return out
 
 
@@ -365,12 +365,12 @@ def ratios(result: dict) -> list[str]:
                     lines.append(f"{name}: {float(t) * 100:g}% after {mine:.1f}s wall = {mine / ref_epoch:.2f}x the "
                                  f"reference's first epoch ({ref_epoch:.1f}s wall, start-up included)")
     one = result.get("ddp", {}).get("1")
-    for key, paired_key in (("2", "paired_ratios"), ("2-gloo", "paired_ratios_gloo")):
+    for key, paired_key in (("2", "paired_ratios"),):
         two = result.get("ddp", {}).get(key)
         if not (one and two and one.get("train_images_per_s_median") and two.get("train_images_per_s_median")):
             continue
         a, b = one["train_images_per_s_median"], two["train_images_per_s_median"]
-        via = sorted(set(two.get("allreduce") or ["gloo"]) - {None})  # results before the hook have no field
+        via = sorted(set(two.get("allreduce") or ["gloo"]) - {None})
         paired = result["ddp"].get(paired_key) or []
         lines.append(f"ddp: training {b:.0f} images/s with 2 processes ({'/'.join(via)} all-reduce) vs {a:.0f} with "
                      f"1 process ({b / a - 1:+.1%}); whole-process wall {fmt(two['wall_seconds_median'])} vs "
@@ -479,7 +479,7 @@ def main(argv=None) -> int:
                                        ("debug dataloader", "debug", ["data.loader=dataloader"])],
                 "ddp_recipe": "debug"}
         common += ["data.val_size=64", "train.max_steps=4", "model.kwargs={width: 4}", "train.eval_batch_size=256"]
-    args.data_dir = args.data_dir or next(iter(data.LOCAL_DIRS.get(args.data, [])), None)
+    args.data_dir = args.data_dir or next(iter(sources.LOCAL_DIRS.get(args.data, [])), None)
     if not args.data_dir or not Path(args.data_dir).is_dir():
         print(f"bench: no IDX folder for {args.data}; pass --data-dir", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
-"""Steady-state training throughput of the real loop (mnist_dist.train.train_one_epoch), one process.
+"""Steady-state training throughput of the real loop (mnist_dist/train/loop.py, train_one_epoch), one process.
 
     python bench/throughput.py --config configs/train/fast_fashion.yaml [--steps 100] [key=value ...]
 
-Builds the loop's parts with train.build_loop, as train.train() does, runs `--warmup` optimizer steps
+Builds the loop's parts with loop.build_loop, as loop.train() does (the null writer: nothing is written), runs `--warmup` optimizer steps
 (start-up, cuDNN autotuning, torch.compile), then times `--steps` more with the device synchronised at both
 ends. Prints one JSON line: {"images_per_s": ..., ...}. No evaluation, no checkpoints.
 """
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mnist_dist import config, data, runtime, stopping, tracking, train
-from mnist_dist.checkpoint import TrainState
+from mnist_dist import config
+from mnist_dist.data import sources
+from mnist_dist.train import loop, runtime, stopping, writer
+from mnist_dist.train.resume import TrainState
 
 
 def sync(device) -> None:
@@ -41,18 +43,17 @@ def main() -> int:
                                         "train.log_every_steps=1000000", "checkpoint.every_steps=0"])
         accelerator = runtime.make_accelerator(cfg)
         cfg = dataclasses.replace(cfg, train=cfg.train.for_world(accelerator.num_processes))
-        datasets = data.load_datasets(cfg.data)
-        loop, _, _ = train.build_loop(cfg, accelerator, datasets.train, stopping.StopFlags([]))
+        datasets = sources.load_datasets(cfg.data)
+        parts = loop.build_loop(cfg, accelerator, datasets, stopping.StopFlags([]), writer.NullWriter())
         if cfg.model.compile:
             # Warm up past the first epoch end, so the last batch's (smaller) graph is compiled before timing.
-            args.warmup = max(args.warmup, len(loop.loader) + 1)
-        logger = tracking.MetricLogger(None, tracking.Tracker())
+            args.warmup = max(args.warmup, len(parts.loader) + 1)
         state = TrainState()
 
         def run_until(total_steps: int) -> None:
             cfg.train.max_steps = total_steps  # train_one_epoch returns at it
             while state.global_step < total_steps:
-                train.train_one_epoch(loop, state, logger)
+                loop.train_one_epoch(parts, state)
 
         run_until(args.warmup)
         sync(accelerator.device)

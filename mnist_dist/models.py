@@ -3,6 +3,7 @@
 Every model takes a float tensor [B, 1, 28, 28] (already normalised) and returns logits [B, 10].
 """
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,26 @@ def build(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](**kwargs)
+
+
+def check(name: str, kwargs: dict) -> str | None:
+    """What is wrong with building model `name` from `kwargs`, as `name: ...` or `kwargs ...` words, or None. The
+    model is built once on the meta device: no memory, no init work, and the global RNG the run seeds later is
+    left alone."""
+    if name not in MODELS:
+        return f"name: unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}"
+    try:
+        inspect.signature(MODELS[name]).bind(**kwargs)
+    except TypeError as e:
+        params = ", ".join(inspect.signature(MODELS[name]).parameters) or "none"
+        return f"kwargs {kwargs} do not fit {name} ({e}); its arguments: {params}"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            MODELS[name](**kwargs)
+    except Exception as e:
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        return f"kwargs {kwargs} cannot build {name} ({type(e).__name__}: {first})"
+    return None
 
 
 def mlp(*hidden: int, dropout: float = 0.0) -> nn.Module:

@@ -1,15 +1,14 @@
 """Fixtures only (what tests share besides fixtures is in helpers.py): tiny generated IDX data sets, the real
-MNIST and Fashion-MNIST folders, and one local SLURM; and the test session's own dataset cache."""
+MNIST and Fashion-MNIST folders, and one local SLURM."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from mnist_dist import idx
+from mnist_dist.data import idx
 
 from helpers import (
     FASHION_AVAILABLE,
@@ -20,8 +19,6 @@ from helpers import (
     real_digits_csv,
 )
 
-# Decoded-dataset cache of this test session (runs spawned by tests inherit it): never the user's ~/.cache.
-os.environ["MNIST_DIST_CACHE"] = tempfile.mkdtemp(prefix="mnist-dist-test-cache-")
 if os.environ.get("CI"):  # CI must not pass by skipping the real-data tests
     if not FASHION_AVAILABLE:
         raise RuntimeError(f"{FASHION_DIR} missing: .ci/setup must apt-get install dataset-fashion-mnist")

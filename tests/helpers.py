@@ -1,7 +1,7 @@
 """What the tests share, and the one place they share it from (no test module imports another; conftest.py holds
 fixtures only): the data sets they train on and the overrides that make a run seconds long; one way to run a
 process (the CLI, a launcher, any command) to its end or in the background; waits; one comparison of two runs'
-folders; the /proc scans that find a launcher's workers; the reader of a W&B run file; and SLURM job helpers
+folders; the process scans (psutil) that find a launcher's workers; the reader of a W&B run file; and SLURM job helpers
 (the cluster itself is slurm_cluster.py)."""
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_dist import artifact, checkpoint, data, idx, models, procs
+from mnist_dist import models
+from mnist_dist.data import idx, loaders, sources
+from mnist_dist.run import artifact, checkpoint, lock
 
 if TYPE_CHECKING:
     from slurm_cluster import LocalSlurm
@@ -68,16 +71,16 @@ def fashion_slice(folder: Path, n_train: int = 2000, n_test: int = 1000) -> Path
     if not FASHION_AVAILABLE:
         pytest.skip(f"{FASHION_DIR} missing (apt-get install dataset-fashion-mnist)")
     for split, n in (("train", n_train), ("test", n_test)):
-        s = data.load_idx(FASHION_DIR, split)
+        s = sources.load_idx(FASHION_DIR, split)
         idx.write_idx(folder, split, s.images[:n], s.labels[:n])
     return folder
 
 
-def train_in_process(run_dir: Path, name: str, kwargs: dict, split: data.Split, steps: int, lr: float) -> Path:
+def train_in_process(run_dir: Path, name: str, kwargs: dict, split: sources.Split, steps: int, lr: float) -> Path:
     """A few seconds of plain-torch training on real images, saved like a run (model.safetensors + model.json)."""
     torch.manual_seed(0)
-    mean, std = data.STATS["fashion_mnist"]
-    x, y = data.normalize(split.images, mean, std), split.labels
+    mean, std = sources.STATS["fashion_mnist"]
+    x, y = loaders.normalize(split.images, mean, std), split.labels
     model = models.build(name, **kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
@@ -237,43 +240,46 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: float = 
     wait_until(saved, timeout, f"a checkpoint at step {min_step} or later in {run_dir}", proc=proc, poll_s=0.02)
 
 
-# ----------------------------------------------------------------------------- /proc
+# ----------------------------------------------------------------------------- processes on this host (psutil)
 
 
 def process_environ(pid: int | str) -> dict[str, str] | None:
-    """A process's environment from /proc, or None if it is gone or not ours to read."""
+    """A process's environment, or None if it is gone or not ours to read."""
     try:
-        raw = Path(f"/proc/{pid}/environ").read_text()
-    except (OSError, ValueError):
+        return psutil.Process(int(pid)).environ()
+    except psutil.Error:
         return None
-    return dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
 
 
 def process_cmdline(pid: int | str) -> str | None:
-    """A process's command line from /proc (NUL-separated words), or None if it is gone."""
+    """A process's command line (NUL-separated words), or None if it is gone."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    except OSError:
+        return "\0".join(psutil.Process(int(pid)).cmdline())
+    except psutil.Error:
         return None
 
 
 def all_pids() -> list[int]:
     """Every process on this host."""
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return psutil.pids()
 
 
 def gone(pid: int) -> bool:
     """No such process, or only its zombie (a container's init may never reap it)."""
-    return procs.start_time(pid) is None
+    return not lock.alive(pid, None)
 
 
 def worker_pids(launcher_pid: int) -> dict[int, int]:
     """{rank: pid} of the training processes a launcher (accelerate launch, torchrun) started: its children with a RANK."""
     found = {}
-    for child, parent in procs.parents().items():
-        env = process_environ(child) if parent == launcher_pid else None
+    try:
+        children = psutil.Process(launcher_pid).children()
+    except psutil.Error:  # the launcher is gone
+        return found
+    for child in children:
+        env = process_environ(child.pid)
         if env is not None and "RANK" in env:
-            found[int(env["RANK"])] = child
+            found[int(env["RANK"])] = child.pid
     return found
 
 

@@ -9,13 +9,13 @@ if _spec and "RANK" in os.environ:  # a training process under a launcher, not t
     _rank, _step, *_attempt = (int(part) for part in _spec.split(":"))
     _this_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if int(os.environ["RANK"]) == _rank and (not _attempt or _attempt[0] == _this_attempt):
-        from mnist_dist import train
+        from mnist_dist.train import loop
 
-        _original = train.train_step
+        _original = loop.train_step
 
         def _train_step(loop, state, *args):
             if state.global_step == _step:
                 raise RuntimeError(f"injected fault on rank {_rank} (MNIST_DIST_INJECT_FAULT)")
             return _original(loop, state, *args)
 
-        train.train_step = _train_step
+        loop.train_step = _train_step

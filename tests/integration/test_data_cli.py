@@ -4,7 +4,7 @@ line from `mnist-dist train`, and `mnist-dist convert` turns real digits in a CS
 import pytest
 import torch
 
-from mnist_dist import data
+from mnist_dist.data import digits_csv, sources
 
 from helpers import real_digits_csv, run_cli
 
@@ -26,9 +26,9 @@ def test_convert_turns_real_digits_csv_into_an_idx_folder_with_a_held_out_split(
     out = tmp_path / "digits"
     proc = run_cli(["convert", str(csv), str(out), "--test-size", "1000", "--seed", "3"])
     assert "train 4000 images" in proc.stdout and "test 1000 images" in proc.stdout
-    train, test = data.load_idx(out, "train"), data.load_idx(out, "test")
+    train, test = sources.load_idx(out, "train"), sources.load_idx(out, "test")
     assert (len(train), len(test)) == (4000, 1000)
-    everything = data.read_digits_csv(csv)
+    everything = digits_csv.read_digits_csv(csv)
     together = torch.cat([train.images, test.images]).view(5000, -1)
     assert sorted(map(bytes, together.numpy())) == sorted(map(bytes, everything.images.view(5000, -1).numpy()))
     assert torch.bincount(test.labels, minlength=10).min() >= 70  # shuffled first: the CSV is sorted by label

@@ -41,8 +41,8 @@ def test_the_reference_and_help_show_every_key_with_the_same_policy(capsys):
         assert f"\n### `{row['key']}`\n" in page, row["key"]
         assert f"on resume: {row['resume_why']}" in page, row["key"]
         assert f"\n  {row['key']} = {row['default_text']}   ({row['type']}" in help_out, row["key"]
-    # The README's hand-written list had drifted from the code: data.cache may change, best_metric does not.
-    assert "### `data.cache`\n\n`bool` · default `true` · on resume: may change" in page
+    # The README's hand-written list had drifted from the code: data.dir may change, best_metric does not.
+    assert "### `data.dir`\n\n`str or null` · default `null` · on resume: may change" in page
     assert (
         "### `checkpoint.best_metric`\n\n`str` · default `val_accuracy` · one of `val_accuracy`, `val_loss`, "
         "`none` · on resume: must match (" in page

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_dist import artifact, hub
+from mnist_dist.outputs import hub
+from mnist_dist.run import artifact
 
 from helpers import fashion_slice, run_cli
 
@@ -125,8 +126,8 @@ def test_eval_and_predict_load_a_repo_id_from_the_hub_cache_offline(trained):
     image = tmp / "shoe.png"
     import numpy as np
 
-    from mnist_dist import data
-    Image.fromarray(data.load_idx(idx, "test").images[0].numpy().astype(np.uint8)).save(image)
+    from mnist_dist.data import sources
+    Image.fromarray(sources.load_idx(idx, "test").images[0].numpy().astype(np.uint8)).save(image)
     pred_id = cli(["predict", "someone/fashion-cnn", str(image), "--json"], env).stdout
     pred_folder = cli(["predict", str(run_dir), str(image), "--json"], env).stdout
     assert json.loads(pred_id.splitlines()[-1])["top_k"] == json.loads(pred_folder.splitlines()[-1])["top_k"]
@@ -250,7 +251,7 @@ def test_a_fresh_run_in_a_pushed_folder_sets_the_earlier_card_aside(trained, tmp
     earlier run's card."""
     import shutil
 
-    from mnist_dist import rundir
+    from mnist_dist.run import rundir
     tmp, _, run_dir = trained
     folder = tmp_path / "run"
     shutil.copytree(run_dir, folder, symlinks=True)

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mnist_dist import data, inference, models, runtime
+from mnist_dist import metrics, models
+from mnist_dist.data import sources
+from mnist_dist.train import runtime
 from mnist_dist.errors import UserError
 
 from helpers import ROOT, VENV_BIN, make_digits, popen, run, run_cli, tiny_overrides, worker_pids
@@ -71,7 +73,7 @@ class CountingModel(torch.nn.Module):
 
 
 class GlooAccelerator:
-    """What inference.exact_metrics asks of an Accelerator, over a real gloo process group."""
+    """What metrics.exact_metrics asks of an Accelerator, over a real gloo process group."""
 
     def __init__(self, rank, world):
         self.process_index, self.num_processes, self.device = rank, world, torch.device("cpu")
@@ -90,8 +92,8 @@ def _evaluate_on_rank(rank, world, port, n, batch_size, out):
     torch.manual_seed(0)
     model = CountingModel(models.build("cnn_bn", width=4))
     images, labels = make_digits(n, seed=3)
-    result, _ = inference.exact_metrics(GlooAccelerator(rank, world), model, data.Split(images, labels),
-                                   *data.STATS["mnist"], batch_size)
+    result, _ = metrics.exact_metrics(GlooAccelerator(rank, world), model, sources.Split(images, labels),
+                                   *sources.STATS["mnist"], batch_size)
     out[rank] = (model.batches, result)
     torch.distributed.destroy_process_group()
 
@@ -116,12 +118,12 @@ def test_eval_forwards_equal_on_every_rank(n, batch_size):
     torch.manual_seed(0)
     model = models.build("cnn_bn", width=4)
     images, labels = make_digits(n, seed=3)
-    one, _ = inference.exact_metrics(SingleAccelerator(), model, data.Split(images, labels), *data.STATS["mnist"],
+    one, _ = metrics.exact_metrics(SingleAccelerator(), model, sources.Split(images, labels), *sources.STATS["mnist"],
                                   batch_size)
     for r in range(world):
         got = out[r][1]
-        assert (got["count"], got["confusion"], got["accuracy"]) == (n, one["confusion"], one["accuracy"])
-        assert got["loss"] == pytest.approx(one["loss"], rel=1e-6)  # float32 per-batch sums, in other batches
+        assert (got.count, got.confusion, got.accuracy) == (n, one.confusion, one.accuracy)
+        assert got.loss == pytest.approx(one.loss, rel=1e-6)  # float32 per-batch sums, in other batches
 
 
 class SingleAccelerator(GlooAccelerator):
@@ -156,8 +158,8 @@ def test_a_restart_of_the_same_elastic_job_takes_over_its_lock(tmp_path, monkeyp
     wait 120 s, and every refusal meanwhile used up a restart); another job, or the same attempt, is refused."""
     import time
 
-    from mnist_dist import rundir
-    from mnist_dist.lock import RunLock
+    from mnist_dist.run import rundir
+    from mnist_dist.run.lock import RunLock
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
 

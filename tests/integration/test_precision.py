@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mnist_dist import runtime
+from mnist_dist.train import runtime
 
 from helpers import run_cli, tiny_overrides
 

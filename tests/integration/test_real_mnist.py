@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_dist import data
+from mnist_dist.data import sources
 
 from helpers import run_cli
 
 
-def write_hf_parquet(folder, split: str, s: data.Split):
+def write_hf_parquet(folder, split: str, s: sources.Split):
     """One split as ylecun/mnist publishes it: mnist/{split}-00000-of-00001.parquet with a PNG `image` column and
     a ClassLabel `label` column."""
     import io
@@ -33,7 +33,7 @@ def write_hf_parquet(folder, split: str, s: data.Split):
 
 @pytest.mark.slow
 def test_hf_torchvision_and_idx_give_identical_tensors(tmp_path, mnist_dir):
-    idx = {s: data.load_idx(mnist_dir, s) for s in ("train", "test")}
+    idx = {s: sources.load_idx(mnist_dir, s) for s in ("train", "test")}
     assert idx["train"].labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     hf_dir = tmp_path / "hf"
     for split, s in idx.items():
@@ -43,8 +43,8 @@ def test_hf_torchvision_and_idx_give_identical_tensors(tmp_path, mnist_dir):
     for f in mnist_dir.iterdir():
         (raw / f.name).symlink_to(f)
     for split, s in idx.items():
-        hf = data.load_hf("mnist", str(hf_dir), split)
-        tv = data.load_torchvision("mnist", str(tmp_path / "tv"), split)
+        hf = sources.load_hf("mnist", str(hf_dir), split)
+        tv = sources.load_torchvision("mnist", str(tmp_path / "tv"), split)
         for other in (hf, tv):
             assert other.images.dtype == torch.uint8 and other.labels.dtype == torch.long
             assert torch.equal(other.images, s.images) and torch.equal(other.labels, s.labels), split
@@ -78,7 +78,7 @@ def on_page(img28: np.ndarray, k: int) -> Image.Image:
 
 @pytest.mark.slow
 def test_predict_reads_real_mnist_test_digits_as_pictures(fast_mnist_run, mnist_dir, tmp_path):
-    test = data.load_idx(mnist_dir, "test")
+    test = sources.load_idx(mnist_dir, "test")
     pick = torch.arange(0, 10000, 50)  # 200 digits, every class
     for k, i in enumerate(pick.tolist()):
         on_page(test.images[i].numpy(), k).save(tmp_path / f"d{k:03d}.png")

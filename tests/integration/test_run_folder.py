@@ -12,9 +12,10 @@ import time
 import pytest
 import yaml
 
-from mnist_dist import atomic, checkpoint, config, rundir
+from mnist_dist import config
+from mnist_dist.run import atomic, checkpoint, rundir
 from mnist_dist.errors import UserError
-from mnist_dist.lock import RunLock
+from mnist_dist.run.lock import RunLock
 
 from helpers import popen_train, run_cli, slow_overrides, tiny_overrides, wait_for_checkpoint
 

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_dist import cli, config, sweep, sweep_file, tracking
+from mnist_dist import cli, config
+from mnist_dist.commands import sweep
+from mnist_dist.config import sweeps
+from mnist_dist.outputs import tracking
 from mnist_dist.config import ConfigError
 
 from helpers import (
@@ -64,11 +67,11 @@ def check_compare(sweep_dir: Path, n_points: int, failed: set[str] = frozenset()
 
 
 def test_the_sweep_file_parses_and_a_grid_has_every_point():
-    sweep = sweep_file.load(GRID)
+    sweep = sweeps.load(GRID)
     assert (sweep.method, sweep.metric, sweep.maximize, sweep.base_args) == ("grid", "val_accuracy", True,
                                                                              ["--config", "debug",
                                                                               "tracking.backend=wandb"])
-    assert [sweep_file.overrides(p) for p in sweep.points()] == [
+    assert [sweeps.overrides(p) for p in sweep.points()] == [
         ["train.lr=0.001", "train.per_device_batch_size=32"], ["train.lr=0.001", "train.per_device_batch_size=64"],
         ["train.lr=0.01", "train.per_device_batch_size=32"], ["train.lr=0.01", "train.per_device_batch_size=64"]]
 
@@ -78,7 +81,7 @@ def test_random_points_are_seeded_and_bad_files_are_one_line(tmp_path):
            "parameters": {"train.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
                           "train.seed": {"distribution": "int_uniform", "min": 0, "max": 9}}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    sweep = sweep_file.load(tmp_path / "r.yaml")
+    sweep = sweeps.load(tmp_path / "r.yaml")
     a, b = sweep.points(5, seed=1), sweep.points(5, seed=1)
     assert a == b and len({p["train.lr"] for p in a}) == 5 and all(1e-4 <= p["train.lr"] <= 1e-1 for p in a)
     for broken, words in [({**raw, "method": "bayes"}, "grid or random"),
@@ -86,7 +89,7 @@ def test_random_points_are_seeded_and_bad_files_are_one_line(tmp_path):
                           ({**raw, "command": ["${args}"]}, "${args_no_hyphens}")]:
         (tmp_path / "b.yaml").write_text(yaml.safe_dump(broken))
         with pytest.raises(ConfigError, match=re.escape(words)):
-            sweep_file.load(tmp_path / "b.yaml")
+            sweeps.load(tmp_path / "b.yaml")
 
 
 def test_the_wandb_agent_command_line_is_read_by_our_cli():
@@ -131,7 +134,7 @@ def test_a_local_sweep_runs_every_point_and_a_failed_one_does_not_stop_the_other
         assert saved["train"]["lr"] == [0.001, 0.01][i // 2] and saved["tracking"]["group"] == "sweep"
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         scalars = {k for r in records for k, v in r.items() if isinstance(v, (int, float)) and k != "early_stop"}
-        assert scalars == set(sweep_file.RECORDED_METRICS)  # what metric.name and compare --metric accept
+        assert scalars == set(sweeps.RECORDED_METRICS)  # what metric.name and compare --metric accept
     check_compare(sweep_dir, 4, failed={"point_001", "point_003"})
     # Run again: the finished points are skipped, not trained twice.
     again = run_cli(["sweep", str(path), "--dir", str(sweep_dir), "--index", "0"]).stdout
@@ -171,11 +174,11 @@ def test_bad_random_bounds_are_one_line(tmp_path):
                "parameters": {"train.lr": spec}}
         (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
         with pytest.raises(ConfigError, match=words):
-            sweep_file.load(tmp_path / "r.yaml")
+            sweeps.load(tmp_path / "r.yaml")
 
 
 def test_compare_draws_values_that_are_dicts_or_missing(tmp_path):
-    from mnist_dist import plots
+    from mnist_dist.outputs import plots
     rows = [{"run": "a", "values": {"model.kwargs": {"width": 4}}, "metric": 0.5, "train_seconds": 1.0},
             {"run": "b", "values": {"model.kwargs": None}, "metric": 0.6, "train_seconds": 2.0}]
     assert plots.comparison(rows, ["model.kwargs"], "val_accuracy", tmp_path / "c.png").stat().st_size > 1000

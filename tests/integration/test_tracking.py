@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_dist import config, rundir, tracking
+from mnist_dist import config, metrics
+from mnist_dist.outputs import tracking
+from mnist_dist.run import rundir
 
 from helpers import VENV_BIN, fashion_slice, read_wandb_run, run_cli
 
@@ -120,7 +122,7 @@ def test_no_credentials_runs_offline_and_resume_continues_the_run(tmp_path, monk
     for step in (4, 8):  # a fresh run, then a resume with the id train.py read from the checkpoint
         tracker = tracking.start(cfg, tmp_path / "run", run_ids[0] if run_ids else None)
         assert isinstance(tracker, tracking.WandbTracker)
-        tracker.log({"train_loss": 1.0 / step, "lr": 0.1, "images_per_s": 100.0}, step=step)
+        tracker.log({"train/loss": 1.0 / step, "train/lr": 0.1, "train/images_per_s": 100.0}, step=step)
         tracker.finish({"test_accuracy": 0.5})
         run_ids.append(tracker.run_id)
         out = capsys.readouterr().out
@@ -139,7 +141,7 @@ def test_an_early_stop_is_marked_preempting_only_when_it_will_resume(tmp_path, m
     stopped by a non-finite loss is a plain failure."""
     no_wandb_settings(monkeypatch, tmp_path)
     tracker = tracking.start(wandb_config(tmp_path / "run"), tmp_path / "run", None)
-    tracker.log({"train_loss": 1.0, "lr": 0.1}, step=4)
+    tracker.log({"train/loss": 1.0, "train/lr": 0.1}, step=4)
     tracker.finish(None, preempted=preempted)
     run = read_wandb_run(next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")))
     assert run["preempting"] is preempted and run["exit_code"] == exit_code
@@ -169,7 +171,7 @@ def test_wandb_failures_warn_once_and_training_goes_on(tmp_path, monkeypatch, ca
     monkeypatch.setattr(wandb, "init", broken_init)
     tracker = tracking.start(cfg, tmp_path, None)
     assert type(tracker) is tracking.Tracker and len(tracker.run_id) == 8  # the null tracker: nothing to finish
-    tracker.log({"train_loss": 1.0}, step=1)
+    tracker.log({"train/loss": 1.0}, step=1)
     tracker.finish(None)
     assert capsys.readouterr().err.count("warning: wandb failed during init (RuntimeError: no service)") == 1
 
@@ -183,8 +185,9 @@ def test_wandb_failures_warn_once_and_training_goes_on(tmp_path, monkeypatch, ca
         raise OSError("disk full")
     monkeypatch.setattr(tracker.run, "log", broken_log)
     for step in (1, 2, 3):
-        tracker.log({"train_loss": 1.0}, step=step)
-    tracker.log_eval({"test_accuracy": 0.5}, step=3)
+        tracker.log({"train/loss": 1.0}, step=step)
+    test = metrics.SplitMetrics(1.0, 0.5, 2, [0.5] * 10, [[0] * 10] * 10)
+    tracker.log_eval(metrics.EvalRecord(1, 3, 1.0, 0.5, {"test": test}, 1.0))
     tracker.finish({"test_accuracy": 0.5})
     err = capsys.readouterr().err
     assert err.count("warning: wandb failed") == 1 and "disk full" in err

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mnist_dist import artifact
+from mnist_dist.run import artifact
 
 from helpers import ddp2_launcher, read_jsonl, run, run_cli, tiny_overrides
 
@@ -198,39 +198,41 @@ def tensorboard_scalars(run_dir, tag: str) -> list[tuple[int, float]]:
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_optimizer_is_fused_where_torch_has_it_and_falls_back_where_not(monkeypatch, name):
-    from mnist_dist import config, eager, train
+    from mnist_dist import config
+    from mnist_dist.train import loop
     cfg = config.load(None, [f"train.optimizer={name}"]).train
     params = [torch.nn.Parameter(torch.zeros(3))]
-    assert train.make_optimizer(cfg, params).defaults["fused"] is True  # torch 2.14 has CPU kernels for both
-    cls = {"sgd": eager.SGD, "adamw": eager.AdamW}[name]  # torch.optim's classes as the loop builds them
+    assert loop.make_optimizer(cfg, params).defaults["fused"] is True  # torch 2.14 has CPU kernels for both
+    cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
 
     class NoFused(cls):  # an older torch: no `fused` argument at all
         def __init__(self, *args, fused=None, **kwargs):
             if fused is not None:
                 raise TypeError("__init__() got an unexpected keyword argument 'fused'")
             super().__init__(*args, **kwargs)
-    monkeypatch.setattr(eager, cls.__name__, NoFused)
-    opt = train.make_optimizer(cfg, params)
+    monkeypatch.setattr(torch.optim, cls.__name__, NoFused)
+    opt = loop.make_optimizer(cfg, params)
     assert type(opt) is NoFused and not opt.defaults.get("fused")
     assert opt.defaults["lr"] == cfg.lr
 
 
 def test_train_called_as_a_library_puts_the_callers_signal_handlers_back(tiny_idx, tmp_path):
-    """A notebook or script that calls mnist_dist.train.train() gets its own SIGINT/SIGTERM/SIGUSR1 handlers back,
+    """A notebook or script that calls mnist_dist.loop.train() gets its own SIGINT/SIGTERM/SIGUSR1 handlers back,
     whether the run finished or stopped with an error (here: a second run into a folder another run holds)."""
     script = f"""
 import json, signal, sys
-from mnist_dist import config, train
+from mnist_dist import config
+from mnist_dist.train import loop
 from mnist_dist.errors import UserError
 mine = lambda signum, frame: None
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
     signal.signal(s, mine)
 cfg = config.load(None, {tiny_overrides(tiny_idx, tmp_path / "run", "train.epochs=1")!r})
-assert train.train(cfg) == 0
+assert loop.train(cfg) == 0
 after_run = [signal.getsignal(s) is mine for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
 bad = config.load(None, {tiny_overrides(tiny_idx, tmp_path / "afile", "train.epochs=1")!r})
 try:
-    train.train(bad)
+    loop.train(bad)
 except UserError:
     pass
 after_error = [signal.getsignal(s) is mine for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]

@@ -5,7 +5,7 @@ import platform
 
 import pytest
 
-from mnist_dist import runtime
+from mnist_dist.train import runtime
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -1,38 +1,52 @@
-"""The dependency direction holds: the package's modules stand in layers (LAYERS, bottom first) and import only
-from their own layer or below; library modules never import a command module (train, evaluate, predict, export,
-report, ...), commands never import each other, only cli dispatches to them, and the imports have no cycle. Read
-from the source, so an import hidden inside a function counts like any other."""
+"""The layout shows the architecture, and the dependency direction holds: the package's folders are its layers
+(LAYERS, bottom first) and a module imports only from its own layer or below; library modules never import a
+command module (mnist_dist/commands/), commands never import each other, only cli dispatches to them, and the
+imports have no cycle. Read from the source, so an import hidden inside a function counts like any other."""
 import ast
 from pathlib import Path
 
-from mnist_dist import cli
-
 PACKAGE = Path(__file__).resolve().parents[2] / "mnist_dist"
-COMMANDS = {module.rsplit(".", 1)[1] for module, _ in cli.COMMANDS.values()}
 
 
-def package_imports(path: Path) -> set[str]:
-    """The mnist_dist modules a file imports, at any depth of its code."""
+def modules(package: Path) -> dict[str, Path]:
+    """Every module by its name under mnist_dist ("train.loop", "cli"); a folder's __init__ is the folder's name."""
+    out = {}
+    for p in sorted(package.rglob("*.py")):
+        parts = p.relative_to(package).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name:
+            out[name] = p
+    return out
+
+
+def package_imports(path: Path, known: set[str]) -> set[str]:
+    """The mnist_dist modules a file imports, at any depth of its code (`from mnist_dist.data import idx` is
+    data.idx, `from mnist_dist.config import ConfigError` is config)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("mnist_dist.")}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "mnist_dist":
-                found |= {a.name for a in node.names}
-            elif node.module.startswith("mnist_dist."):
-                found.add(node.module.split(".")[1])
-    return found
+            found |= {a.name.removeprefix("mnist_dist.") for a in node.names if a.name.startswith("mnist_dist.")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "mnist_dist" or node.module.startswith("mnist_dist."):
+                base = node.module.removeprefix("mnist_dist").removeprefix(".")
+                for a in node.names:
+                    name = f"{base}.{a.name}".strip(".")
+                    found.add(name if name in known else base)
+    return found - {""}
 
 
 def graph(package: Path) -> dict[str, set[str]]:
-    # A module's own name is left out: config's `python -m` block imports the package's copy of itself, no cycle.
-    return {p.stem: package_imports(p) - {p.stem} for p in sorted(package.glob("*.py")) if p.stem != "__init__"}
+    # A module's own name is left out (a folder's __init__ naming its own modules is no cycle).
+    found = modules(package)
+    return {m: package_imports(p, set(found)) - {m} for m, p in found.items()}
+
+
+COMMANDS = {f"commands.{p.stem}" for p in (PACKAGE / "commands").glob("*.py") if p.stem != "__init__"}
 
 
 def violations(imports: dict[str, set[str]]) -> list[str]:
     """Every import against the direction, and every cycle, as one line each."""
-    bad = [f"{m} imports command {c}" for m, deps in imports.items() if m != "cli" for c in deps & COMMANDS]
+    bad = [f"{m} imports command {c}" for m, deps in imports.items() if m != "cli" for c in sorted(deps & COMMANDS)]
     done, path = set(), []
 
     def visit(m):
@@ -43,7 +57,8 @@ def violations(imports: dict[str, set[str]]) -> list[str]:
             return
         path.append(m)
         for dep in sorted(imports[m]):
-            visit(dep)
+            if not m.startswith(dep + "."):  # a module imports its own folder's __init__ first: no cycle
+                visit(dep)
         path.pop()
         done.add(m)
     for m in imports:
@@ -51,27 +66,33 @@ def violations(imports: dict[str, set[str]]) -> list[str]:
     return bad
 
 
-# Bottom first. A module imports from its own layer or a lower one; a new module must be given a layer here.
+# Bottom first: each folder (or top-level module) is a layer. A module imports from its own layer or a lower one;
+# a new folder or top-level module must be given a layer here.
 LAYERS = {
-    "foundations": {"errors", "atomic", "procs", "provenance", "metrics", "models", "eager", "images"},
+    "foundations": {"errors", "models"},
     "config": {"config"},
-    "files and formats": {"rundir", "lock", "idx_cache", "idx", "data", "checkpoint", "artifact", "sweep_file"},
-    "processes": {"runtime", "shm_allreduce", "stopping", "inference"},
-    "outputs": {"plots", "run_report", "tracking", "hub"},
-    "commands": COMMANDS,
-    "entry points": {"cli", "__main__"},
+    "data": {"data"},
+    "metrics": {"metrics"},
+    "the run folder": {"run"},
+    "outputs": {"outputs"},
+    "training": {"train"},
+    "commands": {"commands"},
+    "entry points": {"cli", "__main__", "__init__"},
 }
 
 
 def layer_violations(imports: dict[str, set[str]], layers: dict[str, set[str]]) -> list[str]:
-    """Every module without a layer, and every import of a module from a higher layer, as one line each."""
+    """Every module without a layer, and every import of a module from a higher layer, as one line each (a
+    module's layer is its folder's, or its own at the top)."""
     rank = {m: i for i, members in enumerate(layers.values()) for m in members}
     names = list(layers)
-    bad = [f"{m} has no layer in LAYERS" for m in imports if m not in rank]
+    top = {m: m.split(".")[0] for m in imports}
+    bad = [f"{m} has no layer in LAYERS" for m in imports if top[m] not in rank]
     for m, deps in imports.items():
         for dep in sorted(deps):
-            if m in rank and dep in rank and rank[dep] > rank[m]:
-                bad.append(f"{m} ({names[rank[m]]}) imports {dep} ({names[rank[dep]]}), a higher layer")
+            low, high = rank.get(top[m]), rank.get(dep.split(".")[0])
+            if low is not None and high is not None and high > low:
+                bad.append(f"{m} ({names[low]}) imports {dep} ({names[high]}), a higher layer")
     return bad
 
 
@@ -79,11 +100,18 @@ def test_every_module_imports_only_its_own_layer_or_below():
     assert layer_violations(graph(PACKAGE), LAYERS) == []
 
 
+def test_the_layout_is_the_layers():
+    """Every folder of the package is one layer, and every layer but the first and last is a folder."""
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set().union(*list(LAYERS.values())[1:-1]) - {"metrics"}
+
+
 def test_the_layer_check_catches_what_it_should():
-    layers = {"low": {"atomic"}, "high": {"plots"}}
-    assert layer_violations({"atomic": {"plots"}, "plots": {"atomic"}, "new": set()}, layers) == [
+    layers = {"low": {"run"}, "high": {"outputs"}}
+    graph_ = {"run.atomic": {"outputs.plots"}, "outputs.plots": {"run.atomic"}, "new": set()}
+    assert layer_violations(graph_, layers) == [
         "new has no layer in LAYERS",
-        "atomic (low) imports plots (high), a higher layer",
+        "run.atomic (low) imports outputs.plots (high), a higher layer",
     ]
 
 
@@ -97,9 +125,10 @@ def test_models_are_plain_modules():
 
 
 def test_commands_are_the_modules_cli_dispatches_to():
-    assert COMMANDS == {"train", "evaluate", "predict", "export", "push", "report", "recipes", "sweep", "compare",
-                        "convert", "download", "scripts"}
-    assert COMMANDS <= set(graph(PACKAGE))
+    names = {c.removeprefix("commands.") for c in COMMANDS}
+    assert names == {"train", "evaluate", "predict", "export", "push", "report", "recipes", "sweep", "compare",
+                     "convert", "download", "scripts"}
+    assert COMMANDS == graph(PACKAGE)["cli"] & COMMANDS  # cli imports every one of them, plainly
 
 
 def test_no_library_module_imports_a_command_and_there_is_no_cycle():
@@ -107,14 +136,17 @@ def test_no_library_module_imports_a_command_and_there_is_no_cycle():
 
 
 def test_the_check_catches_what_it_should():
-    """The checker itself can fail: the circle this package had before (evaluate -> train -> tracking -> report
+    """The checker itself can fail: the circle this package once had (evaluate -> train -> tracking -> report
     -> evaluate, hidden by function-level imports) and a plain cycle between library modules."""
-    before = {"evaluate": {"train"}, "train": {"tracking"}, "tracking": {"report"}, "report": {"evaluate"}}
+    before = {"commands.evaluate": {"commands.train"}, "commands.train": {"outputs.tracking"},
+              "outputs.tracking": {"commands.report"}, "commands.report": {"commands.evaluate"}}
     found = violations(before)
-    assert {"tracking imports command report", "report imports command evaluate",
-            "evaluate imports command train"} <= set(found)
+    assert {"outputs.tracking imports command commands.report", "commands.report imports command commands.evaluate",
+            "commands.evaluate imports command commands.train"} <= set(found)
     assert any(v.startswith("cycle: ") for v in found)
-    assert violations({"plots": {"data"}, "data": {"plots"}}) == ["cycle: plots -> data -> plots"]
+    assert violations({"outputs.plots": {"data.sources"}, "data.sources": {"outputs.plots"}}) == [
+        "cycle: outputs.plots -> data.sources -> outputs.plots"
+    ]
 
 
 # ----------------------------------------------------------------------------- tests as a codebase

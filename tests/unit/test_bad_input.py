@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from mnist_dist import artifact, cli, config, data, idx, models, rundir
+from mnist_dist import cli, config, models
+from mnist_dist.data import idx, sources
+from mnist_dist.run import artifact, rundir
 from mnist_dist.errors import DataError
 
 from helpers import make_digits, one_line_error
@@ -82,13 +84,13 @@ def test_a_gzip_with_flipped_bytes_inside_is_one_line(tmp_path):
         blob[i] ^= 0xFF
     path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: cannot read"):
-        data.load_idx(tmp_path, "train")
+        sources.load_idx(tmp_path, "train")
 
 
 def test_an_idx_file_with_no_images_is_one_line(tmp_path):
     idx.write_idx(tmp_path, "train", torch.zeros(0, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
     with pytest.raises(DataError, match="no images"):
-        data.load_idx(tmp_path, "train")
+        sources.load_idx(tmp_path, "train")
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl

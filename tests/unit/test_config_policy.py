@@ -18,7 +18,6 @@ MAY_CHANGE = {
     "data.source",
     "data.hf_path",
     "data.num_workers",
-    "data.cache",
     "model.compile",
     "model.channels_last",
     "train.global_batch_size",

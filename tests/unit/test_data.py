@@ -1,16 +1,13 @@
 """Data sources and loaders: strict IDX checks, the HF and torchvision paths on local files, exact sharding."""
 import gzip
-import os
 import struct
-import time
-import zlib
 
 import numpy as np
 import pytest
 import torch
 
-from mnist_dist import data, idx, idx_cache
 from mnist_dist.config import DataConfig
+from mnist_dist.data import digits_csv, idx, loaders, sources
 from mnist_dist.errors import DataError
 
 from helpers import make_digits
@@ -18,7 +15,7 @@ from helpers import make_digits
 
 def test_idx_round_trip_raw_and_gz(idx_dir):
     images, labels = make_digits(50, seed=3)
-    train, test = data.load_idx(idx_dir, "train"), data.load_idx(idx_dir, "test")
+    train, test = sources.load_idx(idx_dir, "train"), sources.load_idx(idx_dir, "test")
     assert train.images.dtype == torch.uint8 and train.images.shape == (50, 28, 28)
     assert torch.equal(train.images, images) and torch.equal(train.labels, labels)
     assert torch.equal(test.images, images[:20])
@@ -38,7 +35,7 @@ def test_corrupt_image_file_is_named(idx_dir, damage, words):
     path = idx_dir / "train-images-idx3-ubyte"
     _rewrite(path, damage(path.read_bytes()))
     with pytest.raises(DataError) as e:
-        data.load_idx(idx_dir, "train")
+        sources.load_idx(idx_dir, "train")
     assert str(path) in str(e.value) or "train-images" in str(e.value)
     for w in words:
         assert w in str(e.value)
@@ -50,7 +47,7 @@ def test_label_out_of_range(idx_dir):
     blob[8 + 5] = 11
     path.write_bytes(bytes(blob))
     with pytest.raises(DataError, match="label 11 outside 0-9"):
-        data.load_idx(idx_dir, "train")
+        sources.load_idx(idx_dir, "train")
 
 
 def test_count_mismatch(idx_dir):
@@ -58,24 +55,24 @@ def test_count_mismatch(idx_dir):
     idx.write_idx(idx_dir, "train", images, labels)
     (idx_dir / "train-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, 49) + labels[:49].to(torch.uint8).numpy().tobytes())
     with pytest.raises(DataError, match="50 images but 49 labels"):
-        data.load_idx(idx_dir, "train")
+        sources.load_idx(idx_dir, "train")
 
 
 def test_missing_and_broken_gzip(idx_dir):
     (idx_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b" + b"garbage")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: cannot read"):
-        data.load_idx(idx_dir, "test")
+        sources.load_idx(idx_dir, "test")
     (idx_dir / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="missing IDX file t10k-labels-idx1-ubyte"):
-        data.load_idx(idx_dir, "test")
+        sources.load_idx(idx_dir, "test")
 
 
 def test_validation_split_is_carved_from_train(tiny_idx):
-    ds = data.load_datasets(DataConfig(source="idx", dir=str(tiny_idx), val_size=200))
+    ds = sources.load_datasets(DataConfig(source="idx", dir=str(tiny_idx), val_size=200))
     assert (len(ds.train), len(ds.val), len(ds.test)) == (1000, 200, 300)
     seen = {bytes(img.numpy()) for img in torch.cat([ds.train.images, ds.val.images])}
     assert len(seen) == 1200  # a partition: nothing lost, nothing duplicated
-    again = data.load_datasets(DataConfig(source="idx", dir=str(tiny_idx), val_size=200))
+    again = sources.load_datasets(DataConfig(source="idx", dir=str(tiny_idx), val_size=200))
     assert torch.equal(again.val.images, ds.val.images)  # fixed, whatever the training seed
 
 
@@ -87,7 +84,7 @@ def test_hf_path_on_local_files_in_ylecun_mnist_schema(tmp_path, tiny_idx):
                                   "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
     expected = {}
     for split, stem in [("train", "train"), ("test", "test")]:
-        s = data.load_idx(tiny_idx, split)
+        s = sources.load_idx(tiny_idx, split)
         images, labels = s.images[:100], s.labels[:100]
         expected[split] = (images, labels)
         ds = datasets.Dataset.from_dict({"image": [Image.fromarray(im.numpy()) for im in images],
@@ -95,7 +92,7 @@ def test_hf_path_on_local_files_in_ylecun_mnist_schema(tmp_path, tiny_idx):
         (tmp_path / "mnist").mkdir(exist_ok=True)
         ds.to_parquet(str(tmp_path / "mnist" / f"{stem}-00000-of-00001.parquet"))
     cfg = DataConfig(source="hf", hf_path=str(tmp_path), val_size=0)
-    train, test, source = data.load_splits(cfg)
+    train, test, source = sources.load_splits(cfg)
     assert source.startswith("hf:")
     assert torch.equal(train.images, expected["train"][0]) and torch.equal(train.labels, expected["train"][1])
     assert torch.equal(test.images, expected["test"][0])
@@ -104,32 +101,32 @@ def test_hf_path_on_local_files_in_ylecun_mnist_schema(tmp_path, tiny_idx):
 def test_torchvision_path_uses_files_already_in_its_root(tmp_path, tiny_idx):
     raw = tmp_path / "FashionMNIST" / "raw"  # where torchvision looks before downloading (uncompressed)
     for split in ("train", "test"):
-        s = data.load_idx(tiny_idx, split)
+        s = sources.load_idx(tiny_idx, split)
         idx.write_idx(raw, split, s.images, s.labels)
     cfg = DataConfig(name="fashion_mnist", source="torchvision", dir=str(tmp_path), val_size=0)
-    train, test, source = data.load_splits(cfg)
+    train, test, source = sources.load_splits(cfg)
     assert source.startswith("torchvision") and len(train) == 1200 and len(test) == 300
-    assert torch.equal(train.images, data.load_idx(tiny_idx, "train").images)
+    assert torch.equal(train.images, sources.load_idx(tiny_idx, "train").images)
 
 
 def test_auto_without_network_says_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     cfg = DataConfig(name="mnist", source="auto", hf_path=str(tmp_path / "no-such-dataset"), val_size=0)
-    monkeypatch.setattr(data, "load_torchvision", lambda *a: (_ for _ in ()).throw(DataError("no network")))
+    monkeypatch.setattr(sources, "load_torchvision", lambda *a: (_ for _ in ()).throw(DataError("no network")))
     with pytest.raises(DataError) as e:
-        data.load_splits(cfg)
+        sources.load_splits(cfg)
     msg = str(e.value)
     assert "tried hf" in msg and "torchvision" in msg and "data.dir" in msg
 
 
 @pytest.mark.parametrize("n, batch, accum, world", [(1000, 32, 1, 1), (1000, 32, 1, 2), (1003, 16, 2, 2), (997, 50, 1, 3)])
 def test_device_loader_shards_exactly(n, batch, accum, world):
-    split = data.Split(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))
-    loaders = [data.DeviceLoader(split, batch, accum, r, world, seed=5, device="cpu") for r in range(world)]
+    split = sources.Split(torch.zeros(n, 28, 28, dtype=torch.uint8), torch.arange(n))
+    per_rank = [loaders.DeviceLoader(split, batch, accum, r, world, seed=5, device="cpu") for r in range(world)]
     for epoch in range(2):
         seen, steps = [], None
-        for loader in loaders:
+        for loader in per_rank:
             batches = list(loader.epoch(epoch))
             steps = steps or len(batches)
             assert len(batches) == steps == len(loader)  # every rank takes the same number of steps
@@ -138,14 +135,14 @@ def test_device_loader_shards_exactly(n, batch, accum, world):
                 seen += [int(v) for _, y in micro for v in y]
         tail = n % (batch * accum * world)
         assert len(seen) == len(set(seen)) == n - (tail if tail < world else 0)  # once each, no duplicates
-    first = [int(v) for _, y in next(loaders[0].epoch(0))[0] for v in y]
-    assert first == [int(v) for _, y in next(loaders[0].epoch(0))[0] for v in y]  # same seed, same order
-    assert first != [int(v) for _, y in next(loaders[0].epoch(1))[0] for v in y]  # a new order per epoch
+    first = [int(v) for _, y in next(per_rank[0].epoch(0))[0] for v in y]
+    assert first == [int(v) for _, y in next(per_rank[0].epoch(0))[0] for v in y]  # same seed, same order
+    assert first != [int(v) for _, y in next(per_rank[0].epoch(1))[0] for v in y]  # a new order per epoch
 
 
 def test_device_loader_resume_continues_the_same_order():
-    split = data.Split(torch.zeros(500, 28, 28, dtype=torch.uint8), torch.arange(500))
-    loader = data.DeviceLoader(split, 20, 1, 0, 1, seed=1, device="cpu")
+    split = sources.Split(torch.zeros(500, 28, 28, dtype=torch.uint8), torch.arange(500))
+    loader = loaders.DeviceLoader(split, 20, 1, 0, 1, seed=1, device="cpu")
     full = [y.tolist() for micro, _ in loader.epoch(3) for _, y in micro]
     resumed = [y.tolist() for micro, _ in loader.epoch(3, start_step=7) for _, y in micro]
     assert resumed == full[7:]
@@ -153,28 +150,28 @@ def test_device_loader_resume_continues_the_same_order():
 
 def test_step_scale_gives_the_global_mean():
     """Sum over ranks of scale * (this rank's count) is world_size: after DDP's average, a mean over samples."""
-    split = data.Split(torch.zeros(1003, 28, 28, dtype=torch.uint8), torch.arange(1003))
+    split = sources.Split(torch.zeros(1003, 28, 28, dtype=torch.uint8), torch.arange(1003))
     world = 2
-    loaders = [data.DeviceLoader(split, 16, 2, r, world, seed=0, device="cpu") for r in range(world)]
-    for steps in zip(*(loader.epoch(0) for loader in loaders)):
+    per_rank = [loaders.DeviceLoader(split, 16, 2, r, world, seed=0, device="cpu") for r in range(world)]
+    for steps in zip(*(loader.epoch(0) for loader in per_rank)):
         total = sum(scale * sum(len(y) for _, y in micro) for micro, scale in steps)
         assert total == pytest.approx(world)
 
 
 def test_eval_shards_cover_the_split_once():
     for n, world in [(10000, 2), (10001, 3), (5, 8)]:
-        covered = [i for r in range(world) for i in range(n)[data.eval_shard(n, r, world)]]
+        covered = [i for r in range(world) for i in range(n)[loaders.eval_shard(n, r, world)]]
         assert covered == list(range(n))
 
 
 def test_augment_keeps_shape_and_background():
-    x = data.normalize(make_digits(8, seed=0)[0], 0.13, 0.31)
+    x = loaders.normalize(make_digits(8, seed=0)[0], 0.13, 0.31)
     g = torch.Generator().manual_seed(0)
-    y = data.augment(x, 2, g)
+    y = loaders.augment(x, 2, g)
     assert y.shape == x.shape and not torch.equal(x, y)
     assert y.min() >= x.min() - 1e-5  # padding is background, not a new darker value
     g2 = torch.Generator().manual_seed(0)
-    assert torch.equal(y, data.augment(x, 2, g2))  # seeded: reproducible
+    assert torch.equal(y, loaders.augment(x, 2, g2))  # seeded: reproducible
 
 
 def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
@@ -185,99 +182,25 @@ def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
     path = tmp_path / "digits.csv.gz"
     with gzip.open(path, "wt") as f:
         np.savetxt(f, rows, fmt="%d", delimiter=",")
-    split = data.read_digits_csv(path)
+    split = digits_csv.read_digits_csv(path)
     assert torch.equal(split.images, images) and torch.equal(split.labels, labels)
     idx.write_idx(tmp_path / "idx", "train", split.images, split.labels)
-    assert torch.equal(data.load_idx(tmp_path / "idx", "train").images, images)
+    assert torch.equal(sources.load_idx(tmp_path / "idx", "train").images, images)
     (tmp_path / "short.csv").write_text("1,2,3\n")
     with pytest.raises(DataError, match="3 columns per row, expected 785"):
-        data.read_digits_csv(tmp_path / "short.csv")
+        digits_csv.read_digits_csv(tmp_path / "short.csv")
     rows[0, 784] = 12
     np.savetxt(tmp_path / "bad.csv", rows, fmt="%d", delimiter=",")
     with pytest.raises(DataError, match="labels 0-9"):
-        data.read_digits_csv(tmp_path / "bad.csv")
+        digits_csv.read_digits_csv(tmp_path / "bad.csv")
 
 
 def test_each_global_step_holds_the_same_samples_whatever_the_world_size():
     """The device loader's order depends on (seed, epoch, global batch) only: elastic resume relies on it."""
-    split = data.Split(torch.zeros(1000, 28, 28, dtype=torch.uint8), torch.arange(1000))
+    split = sources.Split(torch.zeros(1000, 28, 28, dtype=torch.uint8), torch.arange(1000))
     steps = {}
     for world in (1, 2, 4):
-        ranks = [list(data.DeviceLoader(split, 40 // world, 1, r, world, seed=3, device="cpu").epoch(2))
+        ranks = [list(loaders.DeviceLoader(split, 40 // world, 1, r, world, seed=3, device="cpu").epoch(2))
                  for r in range(world)]
         steps[world] = [sorted(torch.cat([micro[0][1] for micro, _ in step]).tolist()) for step in zip(*ranks)]
     assert steps[1] == steps[2] == steps[4] and len(steps[1]) == 25
-
-
-def test_a_gzipped_idx_file_is_decoded_once_and_a_corrupt_or_stale_cache_entry_is_never_used(tmp_path, monkeypatch,
-                                                                                              capsys):
-    """The decode cache: a second load reads the cache entry (not the .gz); a flipped byte in the entry is refused
-    (the source is decoded again and the entry rebuilt); a replaced source gets a new entry."""
-    monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
-    images, labels = make_digits(40, seed=5)
-    idx.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
-    first = data.load_idx(tmp_path / "idx", "train", cache=True)
-    entries = sorted((tmp_path / "cache").iterdir())
-    assert [e.name.split("-ubyte")[0] for e in entries] == ["train-images-idx3", "train-labels-idx1"]
-    assert torch.equal(first.images, images) and torch.equal(first.labels, labels)
-
-    real_decompress = gzip.decompress
-    monkeypatch.setattr(gzip, "decompress", lambda raw: pytest.fail("decoded again despite a good cache entry"))
-    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
-    monkeypatch.setattr(gzip, "decompress", real_decompress)
-
-    blob = bytearray(entries[0].read_bytes())
-    blob[-100] ^= 0xFF  # one pixel of the cached copy
-    entries[0].write_bytes(bytes(blob))
-    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
-    assert "is corrupt; refused and removed" in capsys.readouterr().err
-    assert entries[0].read_bytes() != bytes(blob)  # rebuilt whole
-    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
-    assert capsys.readouterr().err == ""
-
-    other, other_labels = make_digits(40, seed=6)  # a new file of the same size in the same place
-    idx.write_idx(tmp_path / "idx", "train", other, other_labels, gz=True)
-    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, other)
-
-
-def test_a_source_rewritten_in_place_with_its_mtime_put_back_misses_the_cache(tmp_path, monkeypatch):
-    """Same path, inode and size, mtime restored (`touch -r`): only the ctime tells, and it is in the key."""
-    monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
-    source = tmp_path / "idx" / "train-images-idx3-ubyte.gz"
-    old, new = make_digits(40, seed=7)[0], make_digits(40, seed=8)[0]
-    def stored(images):  # stored blocks: the size is fixed
-        return gzip.compress(struct.pack(">IIII", 0x803, 40, 28, 28) + images.numpy().tobytes(), compresslevel=0,
-                             mtime=0)
-    source.parent.mkdir()
-    source.write_bytes(stored(old))
-    assert torch.equal(idx.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), old)
-    before = source.stat()
-    time.sleep(0.05)  # the kernel's file clock is coarse (jiffies): let the ctime move
-    with source.open("r+b") as f:  # in place: the same inode
-        f.write(stored(new))
-    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = source.stat()
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
-    assert torch.equal(idx.read_idx_images(source.parent, "train-images-idx3-ubyte", cache=True), new)
-
-
-@pytest.mark.parametrize("forge", ["empty", "short, its own length", "shorter than its header says"])
-def test_a_short_or_empty_cache_entry_with_a_valid_crc_is_refused_and_rebuilt(tmp_path, monkeypatch, capsys, forge):
-    """An entry whose CRC-32 is right for what it holds but holds less than the source decodes to is refused
-    (its header and the source's gzip trailer give the length), rebuilt, and the error names the entry: never the
-    intact source."""
-    monkeypatch.setenv("MNIST_DIST_CACHE", str(tmp_path / "cache"))
-    images, labels = make_digits(40, seed=5)
-    idx.write_idx(tmp_path / "idx", "train", images, labels, gz=True)
-    data.load_idx(tmp_path / "idx", "train", cache=True)
-    entry = next((tmp_path / "cache").glob("train-images-*"))
-    whole = entry.read_bytes()[idx_cache.CACHE_HEAD:]
-    payload = {"empty": b"", "short, its own length": whole[:16], "shorter than its header says": whole[:-784]}[forge]
-    length = len(whole) if forge == "shorter than its header says" else len(payload)
-    entry.write_bytes(idx_cache.CACHE_MAGIC + zlib.crc32(payload).to_bytes(4, "big") + length.to_bytes(8, "big") + payload)
-    assert torch.equal(data.load_idx(tmp_path / "idx", "train", cache=True).images, images)
-    err = capsys.readouterr().err
-    assert err.splitlines() == [f"mnist-dist: the cached decode {entry} is corrupt; refused and removed, decoding "
-                                f"the source again"]
-    assert str(tmp_path / "idx") not in err
-    assert entry.read_bytes()[idx_cache.CACHE_HEAD:] == whole  # rebuilt whole

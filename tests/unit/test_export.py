@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_dist import artifact, cli, data
+from mnist_dist import cli
+from mnist_dist.data import loaders, sources
+from mnist_dist.run import artifact
 
 from helpers import FASHION_DIR, needs_fashion, train_in_process
 
@@ -22,7 +24,7 @@ pytestmark = needs_fashion
 
 @pytest.fixture(scope="module")
 def test_split():
-    return data.load_idx(FASHION, "test")
+    return sources.load_idx(FASHION, "test")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def model_dir(tmp_path_factory, test_split):
     """A narrow cnn_bn trained briefly, so that BatchNorm's running statistics are not the identity and
     the export has to carry them (an untrained BN would hide an export that used batch statistics)."""
     return train_in_process(tmp_path_factory.mktemp("run"), "cnn_bn", {"width": 8},
-                            data.Split(test_split.images[:2000], test_split.labels[:2000]), steps=30, lr=3e-3)
+                            sources.Split(test_split.images[:2000], test_split.labels[:2000]), steps=30, lr=3e-3)
 
 
 def pytorch_logits(model_dir, x: torch.Tensor) -> np.ndarray:
@@ -45,7 +47,7 @@ def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
     assert cli.main(["export", str(model_dir), "--format", "onnx"]) == 0
     path = model_dir / "model.onnx"
     _, model_info = artifact.load_model(model_dir)
-    x = data.normalize(test_split.images, model_info["mean"], model_info["std"])
+    x = loaders.normalize(test_split.images, model_info["mean"], model_info["std"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     bounds = [0, 1, 1000, 5000, 9990, 10_000]  # batches of 1, 999, 4000, 4990 and 10: the batch axis is dynamic
     onnx_logits = np.concatenate([session.run(None, {"input": x[a:b].numpy()})[0] for a, b in zip(bounds, bounds[1:])])
@@ -56,7 +58,7 @@ def test_onnx_matches_pytorch_on_the_test_set(model_dir, test_split):
     assert torch_logits.std() > 0.5  # the comparison is between real, varied logits
 
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert json.loads(props["mnist_dist.classes"]) == data.CLASSES["fashion_mnist"]
+    assert json.loads(props["mnist_dist.classes"]) == sources.CLASSES["fashion_mnist"]
     assert float(props["mnist_dist.mean"]) == model_info["mean"] and float(props["mnist_dist.std"]) == model_info["std"]
 
 
@@ -68,7 +70,7 @@ def test_torchscript_matches_pytorch(model_dir, test_split, tmp_path):
     scripted = torch.jit.load(str(out), _extra_files=extra)
     _, model_info = artifact.load_model(model_dir)
     assert json.loads(extra["model.json"]) == model_info
-    x = data.normalize(test_split.images[:3000], model_info["mean"], model_info["std"])
+    x = loaders.normalize(test_split.images[:3000], model_info["mean"], model_info["std"])
     with torch.no_grad():
         ts_logits = scripted(x).numpy()
     torch_logits = pytorch_logits(model_dir, x)

@@ -1,0 +1,394 @@
+"""The config tree: one dataclass per section, each field with its docstring and its policy (rules(): choices,
+range, whether a resume may change it) beside it. Types are checked as the tree is built (loading.from_dict),
+ranges by each section's __post_init__; --help and docs/configuration.md are generated from the same fields
+(reference). The world size is not part of the config: it comes from the launcher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from dataclasses import dataclass, field
+
+from mnist_dist.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A mistake in the user's config; the CLI prints it as one line."""
+
+
+INT64_LIMIT = 2**63
+
+
+# Whether a resumed run may set a key to another value than its checkpoint's config (resume_conflicts).
+MAY_CHANGE, MUST_MATCH = "may change", "must match"
+# Schedules whose shape does not depend on the run's length: with these, train.epochs may grow on resume.
+LENGTH_FREE_SCHEDULERS = ("none", "step")
+
+
+def rules(
+    *choices: str,
+    resume: str = MUST_MATCH,
+    why: str = "",
+    may_change_if=None,
+    range_why: str = "",
+    **bounds: float,
+) -> dict:
+    """A field's policy, written beside the field as its metadata (one source for the checks, --help and
+    docs/configuration.md):
+    - choices: the values it may take (loading.from_dict refuses others);
+    - resume: MUST_MATCH (the default: a key shapes the run's numbers unless it says otherwise) or MAY_CHANGE,
+      with why; may_change_if(cfg) lets a must-match key change anyway when it holds for the resuming config;
+    - bounds (gt, ge, lt, le): its range, checked by _check_range from the section's __post_init__, and
+      range_why: the reason for it, said in the error."""
+    assert resume in (MAY_CHANGE, MUST_MATCH) and set(bounds) <= set(BOUNDS), (resume, bounds)
+    return {
+        "choices": choices,
+        "resume": resume,
+        "why": why,
+        "may_change_if": may_change_if,
+        "range": bounds,
+        "range_why": range_why,
+    }
+
+
+BOUNDS = {
+    "gt": (">", lambda v, b: v > b),
+    "ge": (">=", lambda v, b: v >= b),
+    "lt": ("<", lambda v, b: v < b),
+    "le": ("at most", lambda v, b: v <= b),
+}
+
+
+def range_text(bounds: dict) -> str:
+    """`> 0`, `>= 0, at most 256`, `in [0, 1)`: a range as the error messages and the reference write it."""
+    if set(bounds) == {"ge", "lt"}:
+        return f"in [{bounds['ge']}, {bounds['lt']})"
+    return ", ".join(f"{BOUNDS[k][0]} {v}" for k, v in bounds.items())
+
+
+def _check_range(section: str, obj) -> None:
+    """The ranges in a section's field metadata, run from its __post_init__: `section.key must be > 0, got 0`."""
+    for f in dataclasses.fields(obj):
+        bounds, value = f.metadata.get("range") or {}, getattr(obj, f.name)
+        crossed = {k: b for k, b in bounds.items() if not BOUNDS[k][1](value, b)}
+        if crossed:
+            # an interval reads better whole
+            shown = bounds if set(bounds) == {"ge", "lt"} else crossed
+            # A bound of 0 needs no reason; `at most 256 (processes per rank)` does.
+            why = (
+                f" ({f.metadata['range_why']})"
+                if f.metadata.get("range_why") and any(crossed.values())
+                else ""
+            )
+            raise ConfigError(f"{section}.{f.name} must be {range_text(shown)}{why}, got {value}")
+
+
+MAX_WORKERS = 256  # DataLoader worker processes per rank: more would only exhaust the host
+# a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
+MAX_TIMEOUT_S = 365 * 86400
+
+# Why a key may change on resume, said once for the keys that share the reason.
+MOVED_DATA = "where the data are read from: they may move; the checkpoint's data fingerprint refuses other arrays"
+HOW_COMPUTED = "the memory layout and kernels of the same model, not which model"
+CHECKPOINTED = "how the run is checkpointed, not what it computes"
+WATCHED = "how the run is watched, not what it computes"
+LAUNCHED = "how the run is launched, guarded and stopped, not what it computes"
+BEST_TERMS = "the best score and the early-stop patience count a checkpoint holds are in its terms"
+
+
+@dataclass
+class DataConfig:
+    name: str = field(default="mnist", metadata=rules("mnist", "fashion_mnist"))
+    """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
+    source: str = field(
+        default="auto",
+        metadata=rules("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA),
+    )
+    """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
+    dir: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
+    """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
+    hf_path: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
+    """Hugging Face dataset id or local folder; default ylecun/mnist or zalando-datasets/fashion_mnist."""
+    val_size: int = field(default=5000, metadata=rules(ge=0))
+    """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
+    loader: str = field(default="device", metadata=rules("device", "dataloader"))
+    """device: each split is one uint8 tensor on the accelerator, batched there. dataloader: torch DataLoader via Accelerate."""
+    num_workers: int = field(
+        default=0,
+        metadata=rules(
+            ge=0,
+            le=MAX_WORKERS,
+            range_why="processes per rank",
+            resume=MAY_CHANGE,
+            why="how the data are read, not which",
+        ),
+    )
+    """DataLoader workers per process (data.loader=dataloader only)."""
+    augment: bool = True
+    """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
+    augment_shift: int = field(default=2, metadata=rules(ge=0))
+    """Maximum translation in pixels when augment is on."""
+
+    def __post_init__(self):
+        _check_range("data", self)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn_fast"
+    """A name from mnist_dist.models.MODELS."""
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the model's constructor (e.g. {width: 48})."""
+    channels_last: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=HOW_COMPUTED))
+    """Use channels_last memory format (convolutions: +33% images/s on a 2-core CPU with oneDNN, faster on GPUs)."""
+    compile: bool = field(default=False, metadata=rules(resume=MAY_CHANGE, why=HOW_COMPUTED))
+    """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
+    a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
+
+    def __post_init__(self):
+        from mnist_dist import models  # torch: only a config that is built pays for it
+
+        if (problem := models.check(self.name, self.kwargs)) is not None:
+            raise ConfigError(f"model.{problem}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(
+        default=16,
+        metadata=rules(
+            gt=0,
+            may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
+            why="with train.scheduler=none or step, whose shape does not depend on the run's length",
+        ),
+    )
+    """Passes over the training split."""
+    per_device_batch_size: int = field(
+        default=128,
+        metadata=rules(
+            gt=0,
+            may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
+            why="when train.global_batch_size is set: it is then derived from that and the world size",
+        ),
+    )
+    """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
+    global_batch_size: int = field(
+        default=0,
+        metadata=rules(
+            ge=0,
+            resume=MAY_CHANGE,
+            why="0 or the same number: train() checks the effective global batch itself",
+        ),
+    )
+    """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
+    the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
+    lr: float = field(default=0.005, metadata=rules(gt=0))
+    """Peak learning rate."""
+    optimizer: str = field(default="adamw", metadata=rules("sgd", "adam", "adamw"))
+    """sgd (with Nesterov momentum when momentum > 0), adam, or adamw (decoupled weight decay); fused kernels where torch has them."""
+    momentum: float = field(default=0.9, metadata=rules(ge=0))
+    """SGD momentum (sgd only)."""
+    weight_decay: float = field(default=0.0005, metadata=rules(ge=0))
+    """L2 penalty (adam, sgd) or decoupled decay (adamw)."""
+    scheduler: str = field(default="onecycle", metadata=rules("none", "step", "cosine", "onecycle"))
+    """Learning-rate schedule, stepped once per optimizer step."""
+    step_gamma: float = 0.7
+    """Multiplier per epoch for scheduler=step."""
+    label_smoothing: float = field(default=0.1, metadata=rules(ge=0, lt=1))
+    """Cross-entropy label smoothing in [0, 1)."""
+    grad_accum_steps: int = field(default=1, metadata=rules(gt=0))
+    """Micro-batches per optimizer step."""
+    grad_clip: float = field(default=0.0, metadata=rules(ge=0))
+    """Clip the global gradient norm to this value; 0 disables."""
+    mixed_precision: str = field(default="auto", metadata=rules("auto", "no", "bf16", "fp16"))
+    """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
+    a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
+    which ran and why."""
+    device: str = field(
+        default="auto",
+        metadata=rules(
+            "auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"
+        ),
+    )
+    """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
+    seed: int = field(default=0, metadata=rules(ge=0))
+    """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
+    eval_batch_size: int = field(
+        default=256,
+        metadata=rules(
+            gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks"
+        ),
+    )
+    """Images per process per evaluation forward pass."""
+    log_every_steps: int = field(
+        default=50,
+        metadata=rules(
+            gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is"
+        ),
+    )
+    """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
+    max_steps: int = field(
+        default=0,
+        metadata=rules(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there"),
+    )
+    """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
+    early_stop_patience: int = field(default=0, metadata=rules(ge=0))
+    """Stop after this many evaluations (epoch ends) in a row without an improvement of checkpoint.best_metric
+    (0: never stop early). Needs a validation split."""
+    early_stop_min_delta: float = field(default=0.0, metadata=rules(ge=0))
+    """The least change of checkpoint.best_metric that counts as an improvement (for the best model too)."""
+    progress: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why="display only"))
+    """tqdm progress bars (main process only): live on a terminal; into a log file (stderr not a terminal, e.g.
+    SLURM) at most one update every 30 s."""
+
+    def global_batch(self, world_size: int) -> int:
+        """Images per optimizer step over all processes."""
+        return global_batch(self.per_device_batch_size, self.grad_accum_steps, world_size)
+
+    def for_world(self, world_size: int) -> TrainConfig:
+        """This config with per_device_batch_size derived from global_batch_size for `world_size` processes."""
+        if not self.global_batch_size:
+            return self
+        per_step = world_size * self.grad_accum_steps
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size={self.global_batch_size} does not split over {world_size} "
+                f"process(es) x {self.grad_accum_steps} accumulation step(s); use a multiple of {per_step}"
+            )
+        return dataclasses.replace(self, per_device_batch_size=self.global_batch_size // per_step)
+
+    def __post_init__(self):
+        _check_range("train", self)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = field(default=0, metadata=rules(ge=0, resume=MAY_CHANGE, why=CHECKPOINTED))
+    """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
+    keep: int = field(
+        default=2,
+        metadata=rules(
+            ge=2,
+            range_why="so a complete checkpoint always survives",
+            resume=MAY_CHANGE,
+            why=CHECKPOINTED,
+        ),
+    )
+    """How many complete checkpoints to keep (at least 2)."""
+    resume: str = field(
+        default="auto", metadata=rules(resume=MAY_CHANGE, why="which checkpoint to continue from")
+    )
+    """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
+    best_metric: str = field(
+        default="val_accuracy", metadata=rules("val_accuracy", "val_loss", "none", why=BEST_TERMS)
+    )
+    """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
+    chooses. Off without a validation split (data.val_size=0)."""
+    best_mode: str = field(default="auto", metadata=rules("auto", "max", "min", why=BEST_TERMS))
+    """Whether larger or smaller is better; auto: max for accuracy, min for loss."""
+
+    def better(self, value: float, best: float | None, min_delta: float) -> bool:
+        """value beats best by more than min_delta in this metric's direction."""
+        larger = self.best_mode == "max" or (
+            self.best_mode == "auto" and not self.best_metric.endswith("loss")
+        )
+        return best is None or (value - best if larger else best - value) > min_delta
+
+    def __post_init__(self):
+        _check_range("checkpoint", self)
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = field(
+        default="none",
+        metadata=rules("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED),
+    )
+    """Where metrics, pictures and models go: W&B, TensorBoard (run.dir/tensorboard/), or nowhere but the run folder."""
+    project: str = field(default="mnist-dist", metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """W&B project."""
+    entity: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """W&B entity (user or team); default: the one wandb is logged in as."""
+    run_name: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """W&B run name; default: W&B's own."""
+    tags: list = field(default_factory=list, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """W&B tags, e.g. [baseline, cpu]."""
+    group: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """W&B group; defaults to the SLURM job id (an array's parent), else torchrun's run id; `mnist-dist sweep`
+    sets it to the sweep folder's name."""
+    log_model: bool = field(default=False, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """Upload the final model (aliases latest, final) and the best one (alias best) as W&B artifacts at the end."""
+    init_kwargs: dict = field(default_factory=dict, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    """More wandb.init arguments, merged over ours, e.g. {notes: baseline, job_type: ablation, settings:
+    {console: off}}. Not id, resume, dir or config: the run folder and its resume own those."""
+
+    def __post_init__(self):
+        owned = sorted(set(self.init_kwargs) & {"id", "resume", "dir", "config"})
+        if owned:
+            raise ConfigError(
+                f"tracking.init_kwargs may not set {', '.join(owned)}: the run folder decides them "
+                f"(a resume continues the run's own W&B id)"
+            )
+
+
+@dataclass
+class RunConfig:
+    dir: str = field(default="runs/default", metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
+    """The run folder: config, metrics, checkpoints, model, pictures."""
+    preempt_signals: list = field(
+        default_factory=lambda: ["SIGUSR1", "SIGTERM"],
+        metadata=rules(resume=MAY_CHANGE, why=LAUNCHED),
+    )
+    """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
+    requeue: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
+    """After a preemption checkpoint under SLURM, requeue the job with scontrol."""
+    guard_every_steps: int = field(default=1, metadata=rules(gt=0, resume=MAY_CHANGE, why=LAUNCHED))
+    """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
+    Raise it on GPUs for speed; a NaN is then caught only at these steps."""
+    dist_timeout_s: int = field(
+        default=180,
+        metadata=rules(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED),
+    )
+    """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
+
+    def __post_init__(self):
+        _check_range("run", self)
+        if not self.dir.strip():
+            raise ConfigError(
+                "run.dir must not be empty: name the run folder, e.g. run.dir=runs/first"
+            )
+        for name in self.preempt_signals:
+            if not isinstance(name, str) or not hasattr(signal, name):
+                raise ConfigError(
+                    f"run.preempt_signals: unknown signal {name!r} (e.g. SIGUSR1, SIGTERM)"
+                )
+            if name in ("SIGKILL", "SIGSTOP"):
+                raise ConfigError(
+                    f"run.preempt_signals: {name} cannot be caught, so it cannot trigger a checkpoint; "
+                    f"use SIGUSR1 or SIGTERM"
+                )
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.train.early_stop_patience and (
+            self.data.val_size == 0 or self.checkpoint.best_metric == "none"
+        ):
+            raise ConfigError(
+                "train.early_stop_patience needs a validation metric to watch: data.val_size > 0 and "
+                "checkpoint.best_metric=val_accuracy or val_loss (the test set never decides)"
+            )
+
+
+def global_batch(per_device_batch_size: int, grad_accum_steps: int, world_size: int) -> int:
+    """Images per optimizer step over all processes: the one formula, for this run's config and a checkpoint's."""
+    return per_device_batch_size * grad_accum_steps * world_size

@@ -1,0 +1,155 @@
+"""The loop's state and the resume contract: a run continues from its newest whole checkpoint exactly where it
+stopped (on another world size too, when the global batch is the same), and refuses in one line a checkpoint
+trained with another config or on other data. Randomness follows from (seed, step, rank) alone (loop.train_step),
+so nothing but this state and the prepared objects has to be restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mnist_dist import config
+from mnist_dist.errors import UserError
+from mnist_dist.run import checkpoint
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The loop's progress: what a checkpoint's state.json holds besides the config and the world. Counts are
+    global unless marked per-rank; the window_* sums are the training loss since the last log, already reduced
+    over ranks (a resumed run logs the same numbers as an uninterrupted one)."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # optimizer steps done in the current epoch
+    global_step: int = 0  # optimizer steps done in the whole run
+    samples_seen: int = 0  # this rank's training samples over the whole run (state.json: rank 0's)
+    train_seconds: float = 0.0
+    last_train_loss: float | None = None
+    last_train_accuracy: float | None = None
+    window_loss_sum: float = 0.0
+    window_correct: float = 0.0
+    window_count: float = 0.0
+    best_value: float | None = None  # of checkpoint.best_metric, at the best evaluation so far
+    best_epoch: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = (
+        0  # evaluations in a row without an improvement (early stopping's patience)
+    )
+    stopped_early: bool = False
+
+    @classmethod
+    def from_state_json(cls, state_json: dict, rank: int, world_size: int) -> TrainState:
+        """The state a checkpoint's state.json describes, as seen by `rank`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        state = cls(**{k: v for k, v in state_json.items() if k in fields})
+        per_rank = state_json.get("samples_seen_per_rank")  # state.json's samples_seen is rank 0's
+        if per_rank is not None and len(per_rank) == world_size:
+            state.samples_seen = per_rank[rank]
+        elif per_rank is not None:
+            # another world size (elastic resume): rank 0 carries the count, the sum is exact
+            state.samples_seen = sum(per_rank) if rank == 0 else 0
+        return state
+
+
+def resume(
+    cfg: config.Config, accelerator: Accelerator, fingerprint: dict, source: str
+) -> tuple[TrainState, Path | None, str | None]:
+    """Collectives: (state, the checkpoint it came from, its tracker run id); the prepared objects are loaded in
+    place. A fresh run gets (TrainState(), None, None). With resume=auto a damaged newest checkpoint (a file
+    missing, truncated, rewritten, or refused by load_state) is set aside in one line and the next older one is
+    tried. A checkpoint trained with another config or on other data is refused before anything is loaded."""
+    run_dir = Path(cfg.run.dir)
+    set_aside = []
+    for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
+        # a collective: every rank takes the same branch
+        why = checkpoint.agreed_damage(accelerator, ckpt)
+        if why is None:
+            state_json = checkpoint.read_state_json(ckpt)
+            check_resumable(cfg, accelerator, ckpt, state_json, fingerprint, source)
+            # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a
+            # rank the checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
+            why = checkpoint.load(accelerator, ckpt)  # a collective too
+            if why is None:
+                rank, world = accelerator.process_index, accelerator.num_processes
+                state = TrainState.from_state_json(state_json, rank, world)
+                return state, ckpt, state_json.get("tracker_run_id")
+        if cfg.checkpoint.resume != "auto":  # a folder the user named is not renamed
+            raise checkpoint.CheckpointError(
+                f"checkpoint.resume={ckpt} is damaged: {why}. Point checkpoint.resume "
+                f"at another checkpoint, or use checkpoint.resume=auto or never"
+            )
+        if accelerator.is_main_process:
+            kept = checkpoint.set_aside(ckpt)
+            print(
+                f"mnist-dist: checkpoint {ckpt.name} is damaged ({why}); set aside as {kept.name}, "
+                f"trying the previous one",
+                file=sys.stderr,
+                flush=True,
+            )
+        accelerator.wait_for_everyone()
+        set_aside.append(ckpt.name)
+    if set_aside:
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {run_dir / checkpoint.CKPT_DIR} is whole: {', '.join(set_aside)} set aside "
+            f"as {checkpoint.DAMAGED_PREFIX}step_*. Run the same command again to start over (the earlier "
+            f"run's files are then moved to {run_dir}/previous-*)"
+        )
+    return TrainState(), None, None
+
+
+def check_resumable(
+    cfg: config.Config,
+    accelerator: Accelerator,
+    ckpt: Path,
+    state_json: dict,
+    fingerprint: dict,
+    source: str,
+) -> None:
+    """Refuse (one line, the same on every rank) a checkpoint this run cannot continue: another global batch,
+    another trajectory config, or other data (the data may move; the arrays may not change)."""
+    saved_train = state_json.get("config", {}).get("train", {})
+    saved_world, world = state_json["world_size"], accelerator.num_processes
+    saved_global = config.global_batch(
+        saved_train.get("per_device_batch_size", 0),
+        saved_train.get("grad_accum_steps", 1),
+        saved_world,
+    )
+    # Same world, per_device_batch_size given: resume_conflicts lists a change. Otherwise the batch is derived here.
+    derived = saved_world != world or cfg.train.global_batch_size
+    if derived and saved_global != cfg.train.global_batch(world):
+        raise UserError(
+            f"{ckpt} was written by {saved_world} processes with a global batch of {saved_global}; with "
+            f"{world} this run's is {cfg.train.global_batch(world)}: set train.global_batch_size="
+            f"{saved_global} to resume on this number of processes, or start over with "
+            f"checkpoint.resume=never"
+        )
+    if conflicts := config.resume_conflicts(state_json.get("config", {}), cfg):
+        hint = (
+            f"; train.epochs can grow only with train.scheduler="
+            f"{'/'.join(config.LENGTH_FREE_SCHEDULERS)}, since the {cfg.train.scheduler} schedule is "
+            f"shaped by the run's length"
+            if any(c.startswith("train.epochs ") for c in conflicts)
+            else ""
+        )
+        raise UserError(
+            f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
+            f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
+        )
+    saved = (
+        state_json.get("data") or {}
+    )  # checkpoints from before fingerprints have none: not checked
+    for name in ("train", "val", "test") if saved else ():
+        old, new = saved.get(name) or {}, fingerprint.get(name) or {}
+        if old != new:
+            raise UserError(
+                f"{ckpt} was trained on other data: its {name} split had {old.get('size', 0)} images "
+                f"(sha256 {old.get('sha256', '-')[:12]}), {source} gives {new.get('size', 0)} "
+                f"(sha256 {new.get('sha256', '-')[:12]}). Resume with the data it was trained on "
+                f"(data.dir may move), or start over with checkpoint.resume=never or a new run.dir"
+            )
