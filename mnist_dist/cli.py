@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         # goes nowhere so that the interpreter's final flush does not fail again (the Python docs' recipe, signal).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:
+        # A path that cannot be written or read (read-only, missing folder, full disk).
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{name}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ def check(name: str, kwargs: dict) -> str | None:
     return None
 
 
+def at_least(**sizes: tuple[int, int]) -> None:
+    """Layer sizes given as name=(value, least): each a whole number of at least `least`, or a ValueError."""
+    for name, (n, least) in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < least:
+            raise ValueError(f"{name} must be a whole number of at least {least}, got {n!r}")
+
+
 def mlp(*hidden: int, dropout: float = 0.0) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = 28 * 28
@@ -117,6 +124,8 @@ def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidd
     stage has a single input channel. `pool_first` pools before BN and ReLU (+30% images/s on a 2-core CPU,
     bench/README.md); `hidden` > 0 puts a hidden fully-connected layer of that size in the head.
     """
+    # a layer of width 0 builds, and fails at its first forward
+    at_least(width=(width, 1), hidden=(hidden, 0))
     w1, w2, w3 = width, 2 * width, 4 * width
     head = (
         [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10)]

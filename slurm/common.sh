@@ -70,6 +70,7 @@ run_forwarding_signals() {
   trap "_forward_signal USR1 $target $pid" USR1
   # shellcheck disable=SC2064
   trap "_forward_signal TERM $target $pid" TERM
+  _preempted=""
   while :; do
     _signal_forwarded=""
     rc=0
@@ -77,8 +78,15 @@ run_forwarding_signals() {
     # A trapped signal ends `wait` early (status > 128) while COMMAND runs on: wait again. Bash keeps an exited
     # child's status, so waiting again after COMMAND ended is safe.
     [[ -n $_signal_forwarded ]] || break
+    _preempted=$_signal_forwarded
   done
   trap - USR1 TERM
+  if [[ -n $_preempted && $rc -ne 0 ]]; then
+    # The workers checkpointed and exited 75 (EX_TEMPFAIL); a launcher reports any non-zero worker as its own
+    # failure (exit 1, with torch's ChildFailedError): the job ends as the preemption it is.
+    echo "slurm: the launcher exited $rc after SIG$_preempted: the training saved its checkpoint; ending as preempted (75)" >&2
+    rc=75
+  fi
   return "$rc"
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mnist_dist.data import digits_csv, idx
@@ -49,7 +50,10 @@ def run(args) -> int:
         raise UserError(
             f"--test-size {args.test_size} must be at least 0 and below the {len(digits)} rows of {args.csv}"
         )
-    perm = torch.randperm(len(digits), generator=torch.Generator().manual_seed(args.seed))
+    if args.seed < 0:
+        raise UserError(f"--seed must be a whole number of at least 0, got {args.seed}")
+    # numpy's PCG64 takes the whole seed (torch's generator keeps its low 32 bits: 0 and 2^32 would shuffle alike)
+    perm = torch.from_numpy(np.random.default_rng(args.seed).permutation(len(digits)))
     test_idx, train_idx = perm[: args.test_size], perm[args.test_size :]
     if not args.test_size:
         test_idx = train_idx

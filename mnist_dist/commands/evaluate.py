@@ -12,7 +12,7 @@ import json
 
 from mnist_dist import config, metrics
 from mnist_dist.data import sources
-from mnist_dist.outputs import hub, plots, tracking
+from mnist_dist.outputs import plots, tracking
 from mnist_dist.run import artifact, rundir
 from mnist_dist.train import runtime
 
@@ -54,11 +54,19 @@ def format_result(result: metrics.SplitMetrics, classes: list[str], split: str) 
 
 
 def run(args) -> int:
-    model_path = rundir.pick_model(
-        hub.resolve(args.model), args.best
-    )  # a folder, checkpoint or Hub repo id
+    from mnist_dist.outputs import hub  # huggingface_hub: not for every command's start
+
+    # a folder, checkpoint or Hub repo id
+    model_path = rundir.pick_model(hub.resolve(args.model), args.best)
     model, model_info = artifact.load_model(model_path)
     cfg = rundir.load_run_config(model_path, args.overrides)
+    if not any(o.startswith("train.mixed_precision=") for o in args.overrides):
+        # Unless asked otherwise: the precision its run's evaluations ran in (fp32 for a model that does not say),
+        # so that the result reproduces the number it is compared with (summary.json, the Hub card).
+        precision = model_info.get("mixed_precision", "no")
+        cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, mixed_precision=precision)
+        )
     if cfg.data.name != model_info["dataset"]:
         print(f"note: model was trained on {model_info['dataset']}, evaluating on {cfg.data.name}")
     accelerator = runtime.make_accelerator(cfg)

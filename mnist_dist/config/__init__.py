@@ -1,7 +1,7 @@
 """The config: one typed tree of dataclasses (schema), built from defaults < a YAML file or recipe < `a.b=value`
 overrides (loading), and described key by key for `train --help` and docs/configuration.md (reference)."""
 
-from mnist_dist.config.loading import (
+from mnist_dist.config.loading import (  # the package API: re-exported
     all_keys,
     dump,
     field_metadata,
@@ -31,34 +31,3 @@ from mnist_dist.config.schema import (
     TrainConfig,
     global_batch,
 )
-
-__all__ = [
-    "LENGTH_FREE_SCHEDULERS",
-    "MAY_CHANGE",
-    "MUST_MATCH",
-    "CheckpointConfig",
-    "Config",
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "RunConfig",
-    "TrackingConfig",
-    "TrainConfig",
-    "all_keys",
-    "describe",
-    "dump",
-    "field_metadata",
-    "flatten",
-    "from_dict",
-    "global_batch",
-    "help_text",
-    "load",
-    "merge",
-    "parse_override",
-    "recipe_path",
-    "recipe_summary",
-    "recipes",
-    "reference",
-    "resume_conflicts",
-    "to_dict",
-]

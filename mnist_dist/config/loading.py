@@ -6,12 +6,13 @@ Every mistake is one ConfigError line that names the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -80,50 +81,33 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
 # ----------------------------------------------------------------------------- building from dicts
 
 
-def _coerce(key: str, value, tp, rules):
+def _coerce(key: str, value, tp, rules: Mapping):
     """Check (and gently convert) one leaf value against its annotated type."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # `X | None`
+        if value is None:
             return None
-        tp = next(a for a in args if a is not type(None))
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if value is None and tp in (dict, list):  # `model.kwargs=null` clears a recipe's kwargs
         return tp()
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if (
-            not -INT64_LIMIT <= value < INT64_LIMIT
-        ):  # torch, numpy and safetensors metadata hold int64
-            raise ConfigError(f"{key} must be below 2^63 in size, got {value}")
-    elif tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value}")
-    elif tp is str:
-        if not isinstance(value, str):
-            # YAML turns `no` into False; mixed_precision=no is common enough to accept.
-            if value is False and "no" in rules.get("choices", ()):
-                value = "no"
-            else:
-                raise ConfigError(f"{key} must be a string, got {value!r}")
-    elif tp in (list, dict) or typing.get_origin(tp) in (list, dict):
-        base = typing.get_origin(tp) or tp
-        if not isinstance(value, base):
-            raise ConfigError(f"{key} must be a {base.__name__}, got {value!r}")
-    choices = rules.get("choices")
-    if choices and value not in choices:
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if tp is str and value is False and "no" in rules.get("choices", ()):
+        value = "no"  # YAML turns `no` into False; mixed_precision=no is common enough to accept
+    kinds = {
+        bool: (bool, "true or false"),
+        int: (int, "an integer"),
+        float: ((int, float), "a number"),
+    }
+    kind, words = kinds.get(tp, (tp, f"a {tp.__name__}" if tp in (str, list, dict) else ""))
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key} must be {words}, got {value!r}")
+    # torch, numpy, safetensors hold int64
+    if tp is int and not -INT64_LIMIT <= value < INT64_LIMIT:
+        raise ConfigError(f"{key} must be below 2^63 in size, got {value}")
+    if tp is float and not math.isfinite(value := float(value)):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if (choices := rules.get("choices")) and value not in choices:
         raise ConfigError(f"{key}: invalid value {value!r}; choose one of {', '.join(choices)}")
     return value
 
@@ -155,9 +139,8 @@ def merge(base: dict, override: dict) -> dict:
     """Nested dicts merge key by key; any other value, and an empty dict (`model.kwargs={}` clears), replaces."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = (
-            merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
-        )
+        nested = isinstance(v, dict) and v and isinstance(out.get(k), dict)
+        out[k] = merge(out[k], v) if nested else v
     return out
 
 
@@ -199,6 +182,12 @@ def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Confi
                 f"{path}: must be a mapping of sections (data, model, train, checkpoint, tracking, "
                 f"run), got {type(data).__name__} {str(data)[:60]!r}"
             )
+        for (
+            name,
+            section,
+        ) in data.items():  # before overrides are merged in: they would replace a list
+            if section is not None and not isinstance(section, dict):
+                raise ConfigError(f"{path}: {name} must be a mapping, got {section!r}")
     sections = typing.get_type_hints(Config)
     for text in overrides:
         override = parse_override(text)

@@ -1,4 +1,4 @@
-"""The config tree: one dataclass per section, each field with its docstring and its policy (rules(): choices,
+"""The config tree: one dataclass per section, each field with its docstring and its policy (key(): choices,
 range, whether a resume may change it) beside it. Types are checked as the tree is built (loading.from_dict),
 ranges by each section's __post_init__; --help and docs/configuration.md are generated from the same fields
 (reference). The world size is not part of the config: it comes from the launcher.
@@ -18,46 +18,47 @@ class ConfigError(UserError, ValueError):
 
 
 INT64_LIMIT = 2**63
-
-
 # Whether a resumed run may set a key to another value than its checkpoint's config (resume_conflicts).
 MAY_CHANGE, MUST_MATCH = "may change", "must match"
 # Schedules whose shape does not depend on the run's length: with these, train.epochs may grow on resume.
 LENGTH_FREE_SCHEDULERS = ("none", "step")
-
-
-def rules(
-    *choices: str,
-    resume: str = MUST_MATCH,
-    why: str = "",
-    may_change_if=None,
-    range_why: str = "",
-    **bounds: float,
-) -> dict:
-    """A field's policy, written beside the field as its metadata (one source for the checks, --help and
-    docs/configuration.md):
-    - choices: the values it may take (loading.from_dict refuses others);
-    - resume: MUST_MATCH (the default: a key shapes the run's numbers unless it says otherwise) or MAY_CHANGE,
-      with why; may_change_if(cfg) lets a must-match key change anyway when it holds for the resuming config;
-    - bounds (gt, ge, lt, le): its range, checked by _check_range from the section's __post_init__, and
-      range_why: the reason for it, said in the error."""
-    assert resume in (MAY_CHANGE, MUST_MATCH) and set(bounds) <= set(BOUNDS), (resume, bounds)
-    return {
-        "choices": choices,
-        "resume": resume,
-        "why": why,
-        "may_change_if": may_change_if,
-        "range": bounds,
-        "range_why": range_why,
-    }
-
-
 BOUNDS = {
     "gt": (">", lambda v, b: v > b),
     "ge": (">=", lambda v, b: v >= b),
     "lt": ("<", lambda v, b: v < b),
     "le": ("at most", lambda v, b: v <= b),
 }
+
+
+def key(
+    default,
+    *choices: str,
+    may_change: str = "",
+    why: str = "",
+    may_change_if=None,
+    range_why: str = "",
+    **bounds: float,
+):
+    """A config field with its policy as its metadata (one source for the checks, --help and the reference):
+    - choices: the values it may take (loading.from_dict refuses others);
+    - may_change: why a resume may set it to another value than its checkpoint's (else it must match: a key
+      shapes the run's numbers unless it says otherwise); may_change_if(cfg) lets a must-match key change anyway
+      when it holds for the resuming config, `why` saying when; `why` alone says why a key must match;
+    - bounds (gt, ge, lt, le): its range, checked by _check_range from the section's __post_init__, and
+      range_why: the reason for it, said in the error.
+    A list or dict default is copied for each config."""
+    assert set(bounds) <= set(BOUNDS), bounds
+    metadata = {
+        "choices": choices,
+        "resume": MAY_CHANGE if may_change else MUST_MATCH,
+        "why": may_change or why,
+        "may_change_if": may_change_if,
+        "range": bounds,
+        "range_why": range_why,
+    }
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def range_text(bounds: dict) -> str:
@@ -76,18 +77,14 @@ def _check_range(section: str, obj) -> None:
             # an interval reads better whole
             shown = bounds if set(bounds) == {"ge", "lt"} else crossed
             # A bound of 0 needs no reason; `at most 256 (processes per rank)` does.
-            why = (
-                f" ({f.metadata['range_why']})"
-                if f.metadata.get("range_why") and any(crossed.values())
-                else ""
-            )
+            reason = f.metadata.get("range_why") if any(crossed.values()) else ""
+            why = f" ({reason})" if reason else ""
             raise ConfigError(f"{section}.{f.name} must be {range_text(shown)}{why}, got {value}")
 
 
 MAX_WORKERS = 256  # DataLoader worker processes per rank: more would only exhaust the host
 # a year; gloo and NCCL hold timeouts in int64 nanoseconds (< 292 years)
 MAX_TIMEOUT_S = 365 * 86400
-
 # Why a key may change on resume, said once for the keys that share the reason.
 MOVED_DATA = "where the data are read from: they may move; the checkpoint's data fingerprint refuses other arrays"
 HOW_COMPUTED = "the memory layout and kernels of the same model, not which model"
@@ -99,35 +96,29 @@ BEST_TERMS = "the best score and the early-stop patience count a checkpoint hold
 
 @dataclass
 class DataConfig:
-    name: str = field(default="mnist", metadata=rules("mnist", "fashion_mnist"))
+    name: str = key("mnist", "mnist", "fashion_mnist")
     """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
-    source: str = field(
-        default="auto",
-        metadata=rules("auto", "hf", "torchvision", "idx", resume=MAY_CHANGE, why=MOVED_DATA),
-    )
+    source: str = key("auto", "auto", "hf", "torchvision", "idx", may_change=MOVED_DATA)
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
-    dir: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
+    dir: str | None = key(None, may_change=MOVED_DATA)
     """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
-    hf_path: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=MOVED_DATA))
+    hf_path: str | None = key(None, may_change=MOVED_DATA)
     """Hugging Face dataset id or local folder; default ylecun/mnist or zalando-datasets/fashion_mnist."""
-    val_size: int = field(default=5000, metadata=rules(ge=0))
+    val_size: int = key(5000, ge=0)
     """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
-    loader: str = field(default="device", metadata=rules("device", "dataloader"))
+    loader: str = key("device", "device", "dataloader")
     """device: each split is one uint8 tensor on the accelerator, batched there. dataloader: torch DataLoader via Accelerate."""
-    num_workers: int = field(
-        default=0,
-        metadata=rules(
-            ge=0,
-            le=MAX_WORKERS,
-            range_why="processes per rank",
-            resume=MAY_CHANGE,
-            why="how the data are read, not which",
-        ),
+    num_workers: int = key(
+        0,
+        ge=0,
+        le=MAX_WORKERS,
+        range_why="processes per rank",
+        may_change="how the data are read, not which",
     )
     """DataLoader workers per process (data.loader=dataloader only)."""
-    augment: bool = True
+    augment: bool = key(True)
     """Random translation by up to augment_shift pixels plus a small rotation/scale, batched on the device; never flips."""
-    augment_shift: int = field(default=2, metadata=rules(ge=0))
+    augment_shift: int = key(2, ge=0, le=14, range_why="half the image")
     """Maximum translation in pixels when augment is on."""
 
     def __post_init__(self):
@@ -136,13 +127,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn_fast"
+    name: str = key("cnn_fast")
     """A name from mnist_dist.models.MODELS."""
-    kwargs: dict = field(default_factory=dict)
+    kwargs: dict = key({})
     """Keyword arguments for the model's constructor (e.g. {width: 48})."""
-    channels_last: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=HOW_COMPUTED))
+    channels_last: bool = key(True, may_change=HOW_COMPUTED)
     """Use channels_last memory format (convolutions: +33% images/s on a 2-core CPU with oneDNN, faster on GPUs)."""
-    compile: bool = field(default=False, metadata=rules(resume=MAY_CHANGE, why=HOW_COMPUTED))
+    compile: bool = key(False, may_change=HOW_COMPUTED)
     """torch.compile the model (static shapes). Compiling costs tens of seconds, counted in train_seconds, plus
     a recompile per new input shape (epoch's last batch, evaluation): leave it off for runs of a few seconds."""
 
@@ -155,90 +146,67 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(
-        default=16,
-        metadata=rules(
-            gt=0,
-            may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
-            why="with train.scheduler=none or step, whose shape does not depend on the run's length",
-        ),
+    epochs: int = key(
+        16,
+        gt=0,
+        may_change_if=lambda cfg: cfg.train.scheduler in LENGTH_FREE_SCHEDULERS,
+        why="with train.scheduler=none or step, whose shape does not depend on the run's length",
     )
     """Passes over the training split."""
-    per_device_batch_size: int = field(
-        default=128,
-        metadata=rules(
-            gt=0,
-            may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
-            why="when train.global_batch_size is set: it is then derived from that and the world size",
-        ),
+    per_device_batch_size: int = key(
+        128,
+        gt=0,
+        may_change_if=lambda cfg: bool(cfg.train.global_batch_size),
+        why="when train.global_batch_size is set: it is then derived from that and the world size",
     )
     """Images per process per optimizer micro-step; global batch = this x world size x grad_accum_steps."""
-    global_batch_size: int = field(
-        default=0,
-        metadata=rules(
-            ge=0,
-            resume=MAY_CHANGE,
-            why="0 or the same number: train() checks the effective global batch itself",
-        ),
+    global_batch_size: int = key(
+        0, ge=0, may_change="0 or the same number: train() checks the effective global batch itself"
     )
     """Images per optimizer step over all processes; when set (> 0), per_device_batch_size is derived from it and
     the world size, and a run can resume on another number of processes. 0: per_device_batch_size decides."""
-    lr: float = field(default=0.005, metadata=rules(gt=0))
+    lr: float = key(0.005, gt=0)
     """Peak learning rate."""
-    optimizer: str = field(default="adamw", metadata=rules("sgd", "adam", "adamw"))
+    optimizer: str = key("adamw", "sgd", "adam", "adamw")
     """sgd (with Nesterov momentum when momentum > 0), adam, or adamw (decoupled weight decay); fused kernels where torch has them."""
-    momentum: float = field(default=0.9, metadata=rules(ge=0))
+    momentum: float = key(0.9, ge=0, lt=1)
     """SGD momentum (sgd only)."""
-    weight_decay: float = field(default=0.0005, metadata=rules(ge=0))
+    weight_decay: float = key(0.0005, ge=0)
     """L2 penalty (adam, sgd) or decoupled decay (adamw)."""
-    scheduler: str = field(default="onecycle", metadata=rules("none", "step", "cosine", "onecycle"))
+    scheduler: str = key("onecycle", "none", "step", "cosine", "onecycle")
     """Learning-rate schedule, stepped once per optimizer step."""
-    step_gamma: float = 0.7
+    step_gamma: float = key(0.7, gt=0, le=1, range_why="a rate that never grows nor turns negative")
     """Multiplier per epoch for scheduler=step."""
-    label_smoothing: float = field(default=0.1, metadata=rules(ge=0, lt=1))
+    label_smoothing: float = key(0.1, ge=0, lt=1)
     """Cross-entropy label smoothing in [0, 1)."""
-    grad_accum_steps: int = field(default=1, metadata=rules(gt=0))
+    grad_accum_steps: int = key(1, gt=0)
     """Micro-batches per optimizer step."""
-    grad_clip: float = field(default=0.0, metadata=rules(ge=0))
+    grad_clip: float = key(0.0, ge=0)
     """Clip the global gradient norm to this value; 0 disables."""
-    mixed_precision: str = field(default="auto", metadata=rules("auto", "no", "bf16", "fp16"))
+    mixed_precision: str = key("auto", "auto", "no", "bf16", "fp16")
     """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
     a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
     which ran and why."""
-    device: str = field(
-        default="auto",
-        metadata=rules(
-            "auto", "cpu", "cuda", "mps", resume=MAY_CHANGE, why="where the run computes, not what"
-        ),
+    device: str = key(
+        "auto", "auto", "cpu", "cuda", "mps", may_change="where the run computes, not what"
     )
     """auto picks CUDA, then MPS, then CPU; naming one that is missing is an error."""
-    seed: int = field(default=0, metadata=rules(ge=0))
+    seed: int = key(0, ge=0)
     """Initial weights, data order and augmentation all follow from it: the same seed, the same run (0 <= seed < 2^63)."""
-    eval_batch_size: int = field(
-        default=256,
-        metadata=rules(
-            gt=0, resume=MAY_CHANGE, why="evaluation only: the same sums in other chunks"
-        ),
+    eval_batch_size: int = key(
+        256, gt=0, may_change="evaluation only: the same sums in other chunks"
     )
     """Images per process per evaluation forward pass."""
-    log_every_steps: int = field(
-        default=50,
-        metadata=rules(
-            gt=0, resume=MAY_CHANGE, why="how often the loss is watched, not what it is"
-        ),
-    )
+    log_every_steps: int = key(50, gt=0, may_change="how often the loss is watched, not what it is")
     """How often the (globally reduced) training loss is computed and logged: a host-device sync point."""
-    max_steps: int = field(
-        default=0,
-        metadata=rules(ge=0, resume=MAY_CHANGE, why="where the run stops, not the way there"),
-    )
+    max_steps: int = key(0, ge=0, may_change="where the run stops, not the way there")
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
-    early_stop_patience: int = field(default=0, metadata=rules(ge=0))
+    early_stop_patience: int = key(0, ge=0)
     """Stop after this many evaluations (epoch ends) in a row without an improvement of checkpoint.best_metric
     (0: never stop early). Needs a validation split."""
-    early_stop_min_delta: float = field(default=0.0, metadata=rules(ge=0))
+    early_stop_min_delta: float = key(0.0, ge=0)
     """The least change of checkpoint.best_metric that counts as an improvement (for the best model too)."""
-    progress: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why="display only"))
+    progress: bool = key(True, may_change="display only")
     """tqdm progress bars (main process only): live on a terminal; into a log file (stderr not a terminal, e.g.
     SLURM) at most one update every 30 s."""
 
@@ -264,35 +232,24 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = field(default=0, metadata=rules(ge=0, resume=MAY_CHANGE, why=CHECKPOINTED))
+    every_steps: int = key(0, ge=0, may_change=CHECKPOINTED)
     """Save the full training state every this many optimizer steps (0: only at epoch ends)."""
-    keep: int = field(
-        default=2,
-        metadata=rules(
-            ge=2,
-            range_why="so a complete checkpoint always survives",
-            resume=MAY_CHANGE,
-            why=CHECKPOINTED,
-        ),
+    keep: int = key(
+        2, ge=2, range_why="so a complete checkpoint always survives", may_change=CHECKPOINTED
     )
     """How many complete checkpoints to keep (at least 2)."""
-    resume: str = field(
-        default="auto", metadata=rules(resume=MAY_CHANGE, why="which checkpoint to continue from")
-    )
+    resume: str = key("auto", may_change="which checkpoint to continue from")
     """auto: latest complete checkpoint in run.dir, else fresh; never; or a checkpoint path."""
-    best_metric: str = field(
-        default="val_accuracy", metadata=rules("val_accuracy", "val_loss", "none", why=BEST_TERMS)
-    )
+    best_metric: str = key("val_accuracy", "val_accuracy", "val_loss", "none", why=BEST_TERMS)
     """Keep the best model by this validation metric in run.dir/best/ (and stop early by it): the test set never
     chooses. Off without a validation split (data.val_size=0)."""
-    best_mode: str = field(default="auto", metadata=rules("auto", "max", "min", why=BEST_TERMS))
+    best_mode: str = key("auto", "auto", "max", "min", why=BEST_TERMS)
     """Whether larger or smaller is better; auto: max for accuracy, min for loss."""
 
     def better(self, value: float, best: float | None, min_delta: float) -> bool:
         """value beats best by more than min_delta in this metric's direction."""
-        larger = self.best_mode == "max" or (
-            self.best_mode == "auto" and not self.best_metric.endswith("loss")
-        )
+        auto_max = self.best_mode == "auto" and not self.best_metric.endswith("loss")
+        larger = self.best_mode == "max" or auto_max
         return best is None or (value - best if larger else best - value) > min_delta
 
     def __post_init__(self):
@@ -301,31 +258,27 @@ class CheckpointConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: str = field(
-        default="none",
-        metadata=rules("wandb", "tensorboard", "none", resume=MAY_CHANGE, why=WATCHED),
-    )
+    backend: str = key("none", "wandb", "tensorboard", "none", may_change=WATCHED)
     """Where metrics, pictures and models go: W&B, TensorBoard (run.dir/tensorboard/), or nowhere but the run folder."""
-    project: str = field(default="mnist-dist", metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    project: str = key("mnist-dist", may_change=WATCHED)
     """W&B project."""
-    entity: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    entity: str | None = key(None, may_change=WATCHED)
     """W&B entity (user or team); default: the one wandb is logged in as."""
-    run_name: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    run_name: str | None = key(None, may_change=WATCHED)
     """W&B run name; default: W&B's own."""
-    tags: list = field(default_factory=list, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    tags: list = key([], may_change=WATCHED)
     """W&B tags, e.g. [baseline, cpu]."""
-    group: str | None = field(default=None, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    group: str | None = key(None, may_change=WATCHED)
     """W&B group; defaults to the SLURM job id (an array's parent), else torchrun's run id; `mnist-dist sweep`
     sets it to the sweep folder's name."""
-    log_model: bool = field(default=False, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    log_model: bool = key(False, may_change=WATCHED)
     """Upload the final model (aliases latest, final) and the best one (alias best) as W&B artifacts at the end."""
-    init_kwargs: dict = field(default_factory=dict, metadata=rules(resume=MAY_CHANGE, why=WATCHED))
+    init_kwargs: dict = key({}, may_change=WATCHED)
     """More wandb.init arguments, merged over ours, e.g. {notes: baseline, job_type: ablation, settings:
     {console: off}}. Not id, resume, dir or config: the run folder and its resume own those."""
 
     def __post_init__(self):
-        owned = sorted(set(self.init_kwargs) & {"id", "resume", "dir", "config"})
-        if owned:
+        if owned := sorted(set(self.init_kwargs) & {"id", "resume", "dir", "config"}):
             raise ConfigError(
                 f"tracking.init_kwargs may not set {', '.join(owned)}: the run folder decides them "
                 f"(a resume continues the run's own W&B id)"
@@ -334,22 +287,16 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = field(default="runs/default", metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
+    dir: str = key("runs/default", may_change=LAUNCHED)
     """The run folder: config, metrics, checkpoints, model, pictures."""
-    preempt_signals: list = field(
-        default_factory=lambda: ["SIGUSR1", "SIGTERM"],
-        metadata=rules(resume=MAY_CHANGE, why=LAUNCHED),
-    )
+    preempt_signals: list = key(["SIGUSR1", "SIGTERM"], may_change=LAUNCHED)
     """Signals that make every rank checkpoint at the next step boundary and exit (then requeue under SLURM)."""
-    requeue: bool = field(default=True, metadata=rules(resume=MAY_CHANGE, why=LAUNCHED))
+    requeue: bool = key(True, may_change=LAUNCHED)
     """After a preemption checkpoint under SLURM, requeue the job with scontrol."""
-    guard_every_steps: int = field(default=1, metadata=rules(gt=0, resume=MAY_CHANGE, why=LAUNCHED))
+    guard_every_steps: int = key(1, gt=0, may_change=LAUNCHED)
     """How often ranks agree on stopping (preemption signal, non-finite loss): a host-device sync point.
     Raise it on GPUs for speed; a NaN is then caught only at these steps."""
-    dist_timeout_s: int = field(
-        default=180,
-        metadata=rules(gt=0, le=MAX_TIMEOUT_S, range_why="a year", resume=MAY_CHANGE, why=LAUNCHED),
-    )
+    dist_timeout_s: int = key(180, gt=0, le=MAX_TIMEOUT_S, range_why="a year", may_change=LAUNCHED)
     """Process-group timeout: how long ranks wait in a collective for a rank that died or hangs."""
 
     def __post_init__(self):
@@ -380,9 +327,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
-        if self.train.early_stop_patience and (
-            self.data.val_size == 0 or self.checkpoint.best_metric == "none"
-        ):
+        no_val = self.data.val_size == 0 or self.checkpoint.best_metric == "none"
+        if self.train.early_stop_patience and no_val:
             raise ConfigError(
                 "train.early_stop_patience needs a validation metric to watch: data.val_size > 0 and "
                 "checkpoint.best_metric=val_accuracy or val_loss (the test set never decides)"

@@ -30,11 +30,21 @@ def read_digits_csv(path: str | Path) -> Split:
             first = f.readline()
             if not first.strip():
                 raise DataError(f"{path}: no rows")
-            cells = [c.strip().strip('"').lower() for c in first.split(",")]
-            header = not all(c.lstrip("-").isdigit() for c in cells)
+            # The separator is the commonest of a comma, a semicolon and a tab in the first row.
+            sep = max(",;\t", key=first.count)
+            if first.count(sep) != 784:
+                raise DataError(
+                    f"{path}: {first.count(sep) + 1} columns in the first row, expected 785 (784 pixels and a "
+                    f"label, separated by commas, semicolons or tabs)"
+                )
+            cells = [c.strip().strip('"').lower() for c in first.split(sep)]
+            # A header names its columns: most of its cells are not numbers (a row whose label is `A` is data).
+            header = sum(not c.lstrip("-").isdigit() for c in cells) > len(cells) // 2
             if not header:
                 f.seek(0)
-            rows = pd.read_csv(f, header=None, dtype=np.int64, skip_blank_lines=True).to_numpy()
+            rows = pd.read_csv(
+                f, sep=sep, header=None, dtype=np.int64, skip_blank_lines=True
+            ).to_numpy()
     except (
         OSError,
         ValueError,
@@ -43,9 +53,8 @@ def read_digits_csv(path: str | Path) -> Split:
         zlib.error,
         pd.errors.ParserError,
     ) as e:
-        raise DataError(
-            f"{path}: not a CSV of 784 pixels and a label per row ({str(e).splitlines()[0][:200]})"
-        ) from None
+        why = str(e).splitlines()[0][:200]
+        raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({why})") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: no rows") from None
     if rows.shape[1] != 785:

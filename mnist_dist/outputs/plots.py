@@ -65,25 +65,14 @@ def confusion_matrix(
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
-    for i in range(n):
-        for j in range(n):
-            if counts[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(counts[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if share[i, j] > 0.5 else ("black" if i == j else MISTAKE),
-                )
+    for i, j in zip(*np.nonzero(counts)):
+        colour = "white" if share[i, j] > 0.5 else "black" if i == j else MISTAKE
+        ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=colour)
     ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set(
-        xlabel="predicted",
-        ylabel="true",
-        title=f"{title} ({counts.sum():,} images, accuracy {np.trace(counts) / max(counts.sum(), 1):.4f})",
-    )
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    title = f"{title} ({counts.sum():,} images, accuracy {accuracy:.4f})"
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(fig, path)
 
 
@@ -117,31 +106,15 @@ def samples(
     for k in range(n):
         x0, y0 = (k % columns) * cell_w + gap_x // 2, (k // columns) * cell_h + above
         mosaic[y0 : y0 + side, x0 : x0 + side] = images_u8[k]
-        wrong = preds[k] != labels[k]
+        wrong, centre = preds[k] != labels[k], x0 + side / 2
+        caption = f"{classes[preds[k]][:11]} ({confidences[k]:.2f})"
         colour = MISTAKE if wrong else "black"
-        ax.text(
-            x0 + side / 2,
-            y0 - 1.5,
-            f"{classes[preds[k]][:11]} ({confidences[k]:.2f})",
-            ha="center",
-            va="bottom",
-            fontsize=7,
-            color=colour,
-        )
+        ax.text(centre, y0 - 1.5, caption, ha="center", va="bottom", fontsize=7, color=colour)
         if wrong:
-            ax.text(
-                x0 + side / 2,
-                y0 + side + 1.5,
-                f"true: {classes[labels[k]][:11]}",
-                ha="center",
-                va="top",
-                fontsize=7,
-                color=MISTAKE,
-            )
+            true = f"true: {classes[labels[k]][:11]}"
+            ax.text(centre, y0 + side + 1.5, true, ha="center", va="top", fontsize=7, color=MISTAKE)
             ax.add_patch(
-                Rectangle(
-                    (x0 - 1, y0 - 1), side + 1, side + 1, fill=False, edgecolor=MISTAKE, linewidth=2
-                )
+                Rectangle((x0 - 1, y0 - 1), side + 1, side + 1, fill=False, ec=MISTAKE, lw=2)
             )
     ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
@@ -158,28 +131,17 @@ def comparison(
     fig = _figure(4.0 * (1 + len(keys)), 3.4)
     axes = fig.subplots(1, 1 + len(keys), squeeze=False)[0]
     done = [r for r in rows if r["metric"] is not None]
-    ax = axes[0]
-    ax.scatter(
-        [r["train_seconds"] or 0 for r in done], [r["metric"] for r in done], color=COLORS["val"]
-    )
-    for r in done:
-        ax.annotate(
-            r["run"],
-            (r["train_seconds"] or 0, r["metric"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("train seconds")
-    ax.set_ylabel(metric)
+    scores, seconds = [r["metric"] for r in done], [r["train_seconds"] or 0 for r in done]
+    axes[0].scatter(seconds, scores, color=COLORS["val"])
+    for r, x, y in zip(done, seconds, scores):
+        axes[0].annotate(r["run"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axes[0].set(xlabel="train seconds", ylabel=metric)
     for ax, key in zip(axes[1:], keys):
         values = [r["values"][key] for r in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         # dicts, None: as text
         labels = sorted({str(v) for v in values}, key=lambda s: float(s) if numeric else s)
-        ax.scatter(
-            [labels.index(str(v)) for v in values], [r["metric"] for r in done], color=COLORS["val"]
-        )
+        ax.scatter([labels.index(str(v)) for v in values], scores, color=COLORS["val"])
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(key)
     fig.suptitle(title)

@@ -27,9 +27,22 @@ from mnist_dist.run.rundir import (
     SUMMARY,
 )
 
-NUM_SAMPLES = (
-    48  # the first test images, always the same ones, so runs can be compared picture to picture
+# the first test images, always the same ones, so runs can be compared picture to picture
+NUM_SAMPLES = 48
+NUMBERS = (
+    "test_accuracy",
+    "test_count",
+    "test_loss",
+    "val_accuracy",
+    "parameters",
+    "train_seconds",
+    "epochs",
 )
+CAPTIONS = {
+    CURVES: "Loss and accuracy per epoch",
+    CONFUSION: "Test confusion matrix",
+    SAMPLES: "Sample test predictions (mistakes in red)",
+}
 
 
 def _predictions(run_dir: Path, run_cfg) -> Predictions:
@@ -59,36 +72,18 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
     records = rundir.read_jsonl(run_dir / METRICS)
     model_info = rundir.read_json(run_dir / MODEL_META)
     summary = rundir.read_json(run_dir / SUMMARY) or {}
-    rundir.check_numbers(
-        run_dir / SUMMARY,
-        summary,
-        (
-            "test_accuracy",
-            "test_count",
-            "test_loss",
-            "val_accuracy",
-            "parameters",
-            "train_seconds",
-            "epochs",
-            "global_step",
-        ),
-    )
+    rundir.check_numbers(run_dir / SUMMARY, summary, (*NUMBERS, "global_step"))
     dataset = (model_info or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
     classes = sources.CLASSES.get(dataset, [str(i) for i in range(10)])
-    title = (
-        f"{run_dir.name}: {summary.get('model') or (model_info or {}).get('name', '')} on {dataset}"
-    )
+    model = summary.get("model") or (model_info or {}).get("name", "")
+    title = f"{run_dir.name}: {model} on {dataset}"
 
     if records:
         plots.curves(records, run_dir / CURVES, title=title)
         last = records[-1]
         if "test_confusion" in last:
-            plots.confusion_matrix(
-                last["test_confusion"],
-                classes,
-                run_dir / CONFUSION,
-                title=f"test, epoch {last['epoch']:.3g}",
-            )
+            where, at = run_dir / CONFUSION, f"test, epoch {last['epoch']:.3g}"
+            plots.confusion_matrix(last["test_confusion"], classes, where, title=at)
     else:
         problems.append(f"{run_dir / METRICS}: missing or empty; no {CURVES} or {CONFUSION}")
 
@@ -101,15 +96,8 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
         )
         confidence, preds = probs.max(1)
         wrong = int((preds != labels).sum())
-        plots.samples(
-            images,
-            labels,
-            preds,
-            confidence,
-            classes,
-            run_dir / SAMPLES,
-            title=f"first {len(labels)} test images: predicted (confidence); {wrong} wrong, in red",
-        )
+        title = f"first {len(labels)} test images: predicted (confidence); {wrong} wrong, in red"
+        plots.samples(images, labels, preds, confidence, classes, run_dir / SAMPLES, title=title)
     except UserError as e:
         problems.append(f"no {SAMPLES}: {e}")
 
@@ -133,74 +121,49 @@ def _fmt(value, digits=4) -> str:
 
 def write_markdown(run_dir: Path, records: list[dict], summary: dict, classes: list[str]) -> Path:
     """report.md: final numbers, the pictures, per-class accuracy, the config and the git revision."""
-    last = records[-1] if records else {}
+    last, s = (records[-1] if records else {}), summary
 
     def get(key: str):  # summary.json is final; metrics.jsonl is the fallback
-        return summary.get(key, last.get(key))
+        return s.get(key, last.get(key))
 
     acc, count = get("test_accuracy"), get("test_count")
-    lines = [f"# Run report: {run_dir.name}", ""]
+    head = "No evaluation was recorded (metrics.jsonl is missing or empty)."
     if acc is not None:
         correct = f" ({round(acc * count):,} of {count:,} images)" if count else ""
-        lines += [
-            f"**Final test accuracy: {acc:.4f}**{correct}, test loss {_fmt(get('test_loss'))}, "
-            f"validation accuracy {_fmt(get('val_accuracy'))}.",
-            "",
-        ]
-    else:
-        lines += ["No evaluation was recorded (metrics.jsonl is missing or empty).", ""]
-    rows = [
-        ("model", summary.get("model")),
-        ("parameters", f"{summary['parameters']:,}" if "parameters" in summary else None),
-        ("data", summary.get("data_source")),
-        ("epochs", _epochs(get("epochs") or last.get("epoch"))),
-        ("global steps", get("global_step")),
-        ("world size", summary.get("world_size")),
-        ("global batch size", summary.get("global_batch_size")),
-        (
-            "device",
-            f"{summary.get('device')} ({summary.get('distributed_type')}, mixed precision "
-            f"{summary.get('mixed_precision')})"
-            if "device" in summary
-            else None,
-        ),
-        ("train time", f"{summary['train_seconds']:.1f} s" if "train_seconds" in summary else None),
-        (
-            "git revision",
-            f"`{summary.get('git_revision')}`" if summary.get("git_revision") else "unknown",
-        ),
-        ("torch", summary.get("torch_version")),
-    ]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None] + [""]
-    for name, caption in (
-        (CURVES, "Loss and accuracy per epoch"),
-        (CONFUSION, "Test confusion matrix"),
-        (SAMPLES, "Sample test predictions (mistakes in red)"),
-    ):
+        loss, val = _fmt(get("test_loss")), _fmt(get("val_accuracy"))
+        head = f"**Final test accuracy: {acc:.4f}**{correct}, test loss {loss}, validation accuracy {val}."
+    device = f"{s.get('device')} ({s.get('distributed_type')}, mixed precision {s.get('mixed_precision')})"
+    rows = {
+        "model": s.get("model"),
+        "parameters": f"{s['parameters']:,}" if "parameters" in s else None,
+        "data": s.get("data_source"),
+        "epochs": _epochs(get("epochs") or last.get("epoch")),
+        "global steps": get("global_step"),
+        "world size": s.get("world_size"),
+        "global batch size": s.get("global_batch_size"),
+        "device": device if "device" in s else None,
+        "train time": f"{s['train_seconds']:.1f} s" if "train_seconds" in s else None,
+        "git revision": f"`{s['git_revision']}`" if s.get("git_revision") else "unknown",
+        "torch": s.get("torch_version"),
+    }
+    lines = [f"# Run report: {run_dir.name}", "", head, "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items() if v is not None] + [""]
+    for name, caption in CAPTIONS.items():
         if (run_dir / name).is_file():
             lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
     if "test_per_class_accuracy" in last:
         lines += ["## Per-class test accuracy", "", "| class | accuracy |", "|---|---|"]
+        per_class = zip(classes, last["test_per_class_accuracy"])
+        lines += [f"| {c} | {a:.4f} |" for c, a in per_class] + [""]
+    if (cfg_path := run_dir / CONFIG).is_file():
+        lines += ["## Config", "", "```yaml", cfg_path.read_text().rstrip(), "```", ""]
+        lines += ["Reproduce (at the git revision above; a new run.dir starts fresh):", ""]
         lines += [
-            f"| {c} | {a:.4f} |" for c, a in zip(classes, last["test_per_class_accuracy"])
-        ] + [""]
-    cfg_path = run_dir / CONFIG
-    if cfg_path.is_file():
-        lines += [
-            "## Config",
-            "",
-            "```yaml",
-            cfg_path.read_text().rstrip(),
-            "```",
-            "",
-            "Reproduce (at the git revision above; a new run.dir starts fresh):",
-            "",
             f"    accelerate launch train_accel.py --config {cfg_path} run.dir=runs/repro",
             "",
         ]
-    path = run_dir / REPORT
-    atomic.write_text(path, "\n".join(lines))
-    return path
+    atomic.write_text(run_dir / REPORT, "\n".join(lines))
+    return run_dir / REPORT
 
 
 def write_after_training(run_dir: Path, predictions: Predictions | None) -> None:
@@ -210,7 +173,5 @@ def write_after_training(run_dir: Path, predictions: Predictions | None) -> None
     except Exception as e:  # a plotting bug must not turn a finished run into a failed one
         problems = [f"{type(e).__name__}: {e}"]
     for line in problems:
-        print(
-            f"mnist-dist: warning: report: {line}; rebuild with `mnist-dist report {run_dir}`",
-            file=sys.stderr,
-        )
+        rebuild = f"rebuild with `mnist-dist report {run_dir}`"
+        print(f"mnist-dist: warning: report: {line}; {rebuild}", file=sys.stderr)

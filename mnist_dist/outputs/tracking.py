@@ -40,9 +40,8 @@ from mnist_dist.run import atomic, rundir
 
 MISCLASSIFIED_ROWS = 64  # rows of the W&B table of wrong test predictions, per evaluation
 SAMPLE_IMAGES = 32  # images in the W&B grid of sample predictions, per evaluation
-SCAN_LIMIT = (
-    5000  # test images (rank 0's share of the evaluation) scanned for mistakes per evaluation
-)
+# test images (rank 0's share of the evaluation) scanned for mistakes per evaluation
+SCAN_LIMIT = 5000
 PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -93,8 +92,8 @@ def _wandb_server_unreachable(timeout_s: float = 5.0) -> str | None:
 
 
 def _warn(message: str) -> None:
-    key = os.environ.get("WANDB_API_KEY")
-    if key:  # an error message from a tracking library must not carry the credential into logs
+    # an error message from a tracking library must not carry the credential into logs
+    if key := os.environ.get("WANDB_API_KEY"):
         message = message.replace(key, "***")
     print(f"mnist-dist: warning: {message}", file=sys.stderr, flush=True)
 
@@ -374,9 +373,8 @@ def _wandb_init(tc: config.TrackingConfig, init: dict, where: Path, then: str):
         elif why := _wandb_server_unreachable():
             init["mode"] = "offline"
             _say(f"W&B server {why}: W&B logs offline into the run folder")
-    (where / "wandb").mkdir(
-        parents=True, exist_ok=True
-    )  # wandb falls back to /tmp if dir does not exist
+    # wandb falls back to /tmp if dir does not exist
+    (where / "wandb").mkdir(parents=True, exist_ok=True)
     try:
         return wandb.init(**init)
     except Exception as e:

@@ -29,7 +29,13 @@ def replacing(path: Path) -> Iterator[Path]:
     """A temporary file beside `path` for a writer that needs a file name (safetensors, savefig, onnx.save): renamed
     over `path` (mode 0o644) when the block ends, removed when it raises."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # .model.pt2.XXXX.tmp.pt2: hidden, marked temporary, and with the suffix writers check (torch.export's .pt2).
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as e:  # named after the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:

@@ -39,6 +39,7 @@ CKPT_DIR, STATE_FILE, MANIFEST_FILE = "checkpoints", "state.json", "manifest.jso
 DAMAGED_PREFIX = "damaged-"
 # An earlier commit of the same step, kept under this name until the new one is in place (recover_partial).
 REPLACED_PREFIX = ".old-"
+FORMAT = 2  # state.json's "format": 2 is written with a manifest; before it (no "format"), none was
 
 
 def save(accelerator: Accelerator, run_dir: Path, state_json: dict, keep: int) -> Path:
@@ -54,9 +55,8 @@ def save(accelerator: Accelerator, run_dir: Path, state_json: dict, keep: int) -
     try:
         # model, optimizer, scheduler, scaler, every rank's RNG states
         accelerator.save_state(str(tmp))
-        if (
-            accelerator.is_main_process
-        ):  # inside the uncommitted folder: nothing loads it before the rename
+        # inside the uncommitted folder: nothing loads it before the rename
+        if accelerator.is_main_process:
             atomic.write_text(tmp / STATE_FILE, json.dumps(state_json, indent=2))
     except Exception as e:  # a full disk: torch and safetensors each word it their own way
         failure = e
@@ -152,33 +152,39 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_manifest(folder: Path) -> None:
-    """manifest.json: the size and SHA-256 of every other file in a checkpoint folder, checked by damage()."""
-    files = {
-        p.relative_to(folder).as_posix(): {
-            "bytes": p.stat().st_size,
-            "sha256": file_digest(p, "sha256"),
-        }
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
-    }
+    """manifest.json: the size and SHA-256 of every other file in a checkpoint folder, checked by damage(). Every
+    file gets the same mode, 0644, as every whole-file write here (safetensors makes its own 0600)."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST_FILE:
+            p.chmod(0o644)
+            files[p.relative_to(folder).as_posix()] = {
+                "bytes": p.stat().st_size,
+                "sha256": file_digest(p, "sha256"),
+            }
     atomic.write_text(folder / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
 
 
-def damage(ckpt: Path) -> str | None:
+def damage(ckpt: Path, check_state=None) -> str | None:
     """What is wrong with a checkpoint folder, as 'FILE: why' naming the first bad file, or None when state.json
-    reads and every file its manifest lists has the size and hash written at commit. (A checkpoint from before
-    manifests has only its state.json checked; load_state still catches the rest.)"""
+    reads (and passes check_state(state) -> problem or None) and every file its manifest lists has the size and
+    hash written at commit. A checkpoint written with a manifest (FORMAT 2) must still have it; one from before
+    manifests has its state.json checked in full instead, and load_state catches the rest."""
     ckpt = Path(ckpt)
     try:
-        if not isinstance(json.loads((ckpt / STATE_FILE).read_text()), dict):
-            return f"{ckpt / STATE_FILE}: not a JSON object"
+        state = json.loads((ckpt / STATE_FILE).read_text())
     except FileNotFoundError:
         return f"{ckpt / STATE_FILE}: missing"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"{ckpt / STATE_FILE}: unreadable ({e})"
+    if not isinstance(state, dict):
+        return f"{ckpt / STATE_FILE}: not a JSON object"
+    if check_state is not None and (problem := check_state(state)) is not None:
+        return f"{ckpt / STATE_FILE}: {problem}"
     manifest = ckpt / MANIFEST_FILE
     if not manifest.exists():
-        return None
+        written_with_one = isinstance(state.get("format"), int) and state["format"] >= FORMAT
+        return f"{manifest}: missing" if written_with_one else None
     try:
         files = json.loads(manifest.read_text())["files"]
         listed = [
@@ -255,9 +261,9 @@ def load(accelerator: Accelerator, ckpt: Path) -> str | None:
     return None
 
 
-def agreed_damage(accelerator: Accelerator, ckpt: Path) -> str | None:
+def agreed_damage(accelerator: Accelerator, ckpt: Path, check_state=None) -> str | None:
     """damage() as every rank sees it (a collective): a folder damaged for one rank is damaged for all."""
-    why = damage(ckpt)
+    why = damage(ckpt, check_state)
     if _any_rank(accelerator, why is not None):
         return why or f"{ckpt}: damaged as another rank reads it"
     return None

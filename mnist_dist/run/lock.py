@@ -88,8 +88,8 @@ class RunLock:
             "pid_start": pid_start,
             "host": socket.gethostname(),
             "slurm_job": slurm_job_id(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        me["since"] = time.strftime("%Y-%m-%d %H:%M:%S")
         if (elastic := _elastic_job()) is not None:
             me["elastic_job"], me["elastic_attempt"] = elastic
         for attempt in range(2):
@@ -141,9 +141,8 @@ class RunLock:
             return
         try:
             os.close(fd)
-            if (
-                self._stale(self._inspect()) is not None
-            ):  # still the stale one, not a fresh lock of a faster taker
+            # still the stale one, not a fresh lock of a faster taker
+            if self._stale(self._inspect()) is not None:
                 print(f"mnist-dist: taking over {self.path}: {why}", flush=True)
                 _remove(self.path)
         finally:
@@ -179,15 +178,16 @@ class RunLock:
             holder = json.loads(raw)
         except ValueError:
             holder = None
-        pid, host = (
-            (holder.get("pid"), holder.get("host")) if isinstance(holder, dict) else (None, None)
+        if (
+            isinstance(holder, dict)
+            and isinstance(holder.get("pid"), int)
+            and isinstance(holder.get("host"), str)
+        ):
+            return _LockFile(holder, "", age_s)
+        text = raw.decode("utf-8", "replace")
+        return _LockFile(
+            None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s
         )
-        if not (isinstance(pid, int) and isinstance(host, str)):
-            text = raw.decode("utf-8", "replace")
-            return _LockFile(
-                None, f"not a lock record: {text[:60]!r}" + ("..." if len(text) > 60 else ""), age_s
-            )
-        return _LockFile(holder, "", age_s)
 
     def _stale(self, found: _LockFile | None) -> str | None:
         """Why the lock's holder is gone, or None while it may be alive."""
@@ -204,14 +204,15 @@ class RunLock:
             return None
         if holder.get("slurm_job") and holder.get("slurm_job") == slurm_job_id():
             return f"it belongs to this SLURM job ({holder['slurm_job']}), requeued"
-        elastic = _elastic_job()
+        job, attempt = _elastic_job() or (None, 0)
+        earlier = holder.get("elastic_attempt")
         if (
-            elastic
-            and holder.get("elastic_job") == elastic[0]
-            and isinstance(holder.get("elastic_attempt"), int)
-            and holder["elastic_attempt"] < elastic[1]
+            job
+            and holder.get("elastic_job") == job
+            and isinstance(earlier, int)
+            and earlier < attempt
         ):
-            return f"it belongs to attempt {holder['elastic_attempt']} of this elastic job ({elastic[0]}), restarted"
+            return f"it belongs to attempt {earlier} of this elastic job ({job}), restarted"
         if age > self.STALE_S:
             return f"not refreshed for {age:.0f} s (its host {holder.get('host')} stopped)"
         return None
@@ -227,11 +228,7 @@ class RunLock:
         """Delete the lock if it is still ours (a run that lost it, say to a takeover, leaves the new one alone)."""
         self._stop.set()
         found = self._inspect()
-        if (
-            found is not None
-            and found.holder is not None
-            and found.holder.get("pid") == os.getpid()
-        ):
+        if found is not None and (found.holder or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
 
 
@@ -241,18 +238,13 @@ class _LockFile(NamedTuple):
     age_s: float  # since its last change (the holder's heartbeat)
 
 
+FILE_TYPES = {"DIR": "a directory", "FIFO": "a FIFO", "LNK": "a symlink", "SOCK": "a socket"}
+FILE_TYPES |= {"CHR": "a character device", "BLK": "a block device"}
+
+
 def _file_type(mode: int) -> str:
-    for test, name in (
-        (statmod.S_ISDIR, "a directory"),
-        (statmod.S_ISFIFO, "a FIFO"),
-        (statmod.S_ISLNK, "a symlink"),
-        (statmod.S_ISSOCK, "a socket"),
-        (statmod.S_ISCHR, "a character device"),
-        (statmod.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    kinds = (name for kind, name in FILE_TYPES.items() if getattr(statmod, f"S_IS{kind}")(mode))
+    return next(kinds, "not a regular file")
 
 
 def _remove(path: Path) -> None:

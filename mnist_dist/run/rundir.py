@@ -25,32 +25,17 @@ from mnist_dist.run import atomic
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 MODEL_FILE, MODEL_META = "model.safetensors", "model.json"
-# BEST: the best model by checkpoint.best_metric, a folder like the run's own model
-LOCK, BEST = (
-    ".lock",
-    "best",
-)
-TRACKER_RUN_ID = (
-    ".tracker_run_id"  # the run folder's W&B run id, chosen once (tracking.choose_run_id)
-)
-# a sweep folder's file; a point's overrides and status
-SWEEP_FILE, SWEEP_POINT = (
-    "sweep.yaml",
-    "sweep_point.json",
-)
-CURVES, CONFUSION, SAMPLES, REPORT = (
-    "curves.png",
-    "confusion_matrix.png",
-    "samples.png",
-    "report.md",
-)
+LOCK = ".lock"
+BEST = "best"  # the best model by checkpoint.best_metric, a folder like the run's own model
+# the run folder's W&B run id, chosen once (tracking.choose_run_id)
+TRACKER_RUN_ID = ".tracker_run_id"
+# a sweep folder's copy of its sweep file; a point's overrides and status
+SWEEP_FILE, SWEEP_POINT = "sweep.yaml", "sweep_point.json"
+CURVES, CONFUSION = "curves.png", "confusion_matrix.png"
+SAMPLES, REPORT = "samples.png", "report.md"
 PICTURES = (CURVES, CONFUSION, SAMPLES)
 # hub.export's, beside a model
-HUB_CARD, HUB_CONFIG, HUB_ONNX = (
-    "README.md",
-    "config.json",
-    "model.onnx",
-)
+HUB_CARD, HUB_CONFIG, HUB_ONNX = "README.md", "config.json", "model.onnx"
 
 
 def check_usable(run_dir: Path, name: str | None = None) -> None:
@@ -74,7 +59,6 @@ def check_usable(run_dir: Path, name: str | None = None) -> None:
 def set_aside(run_dir: Path) -> Path | None:
     """Move what an earlier run left in run_dir (checkpoints, models, metrics, summary, pictures) into
     run_dir/previous-<time>/, so that a fresh start in an old folder neither mixes nor loses anything."""
-    # a card of the earlier run must not describe the new one
     names = [
         "checkpoints",
         BEST,
@@ -85,11 +69,13 @@ def set_aside(run_dir: Path) -> Path | None:
         MODEL_META,
         REPORT,
         TRACKER_RUN_ID,
+    ]
+    names += [
         *PICTURES,
         HUB_CARD,
         HUB_CONFIG,
         HUB_ONNX,
-    ]
+    ]  # a card of the earlier run must not describe the new one
     present = [run_dir / n for n in names if (run_dir / n).exists()]
     if not any(p.name in ("checkpoints", BEST, METRICS, SUMMARY, MODEL_FILE) for p in present):
         return None
@@ -123,11 +109,18 @@ def pick_model(path: str | Path, best: bool) -> Path:
 
 
 def load_run_config(model_path: str | Path, overrides: list[str]) -> config.Config:
-    """The run's own data and train config (so the data are what it was trained on), with the user's overrides on
-    top; run.dir is the run folder and progress bars are off."""
+    """The data and train config the model was trained with (so the data are what it was trained on): its run's
+    config.yaml, a training checkpoint's state.json, or for a folder with neither (a Hub folder) its dataset's
+    defaults; the user's overrides on top. run.dir is the run folder and progress bars are off."""
     run_dir = of_model(model_path)
-    saved = run_dir / CONFIG
-    base = {k: v for k, v in (read_config(saved) or {}).items() if k in ("data", "train")}
+    saved, state, info = run_dir / CONFIG, run_dir / "state.json", run_dir / MODEL_META
+    if saved.is_file() or not state.is_file():
+        tree = read_config(saved) or {
+            "data": {"name": (read_json(info) or {}).get("dataset", "mnist")}
+        }
+    else:  # checkpoints/step_N
+        saved, tree = state, (read_json(state) or {}).get("config") or {}
+    base = {k: v for k, v in tree.items() if k in ("data", "train")}
     try:  # the saved part alone first: a mistake in it names the file, not the user's overrides
         config.from_dict(config.Config, base)
     except UserError as e:

@@ -68,41 +68,32 @@ def make_optimizer(cfg: config.TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def make_scheduler(cfg: config.TrainConfig, optimizer, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
+    total, schedules = cfg.epochs * steps_per_epoch, torch.optim.lr_scheduler
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25
+        if total < 3:
+            raise config.ConfigError(
+                f"train.scheduler=onecycle needs at least 3 optimizer steps (a warm-up and an annealing), "
+                f"this run has {total}: more data or epochs, a smaller batch, or train.scheduler=none"
+            )
+        # The warm-up must end after step 0: OneCycleLR divides by its length (0.25 of 4 steps is none).
+        pct_start = 0.25 if total > 4 else 2 / total
+        return schedules.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct_start
         )
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return schedules.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=steps_per_epoch, gamma=cfg.step_gamma
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return schedules.StepLR(optimizer, step_size=steps_per_epoch, gamma=cfg.step_gamma)
+    return schedules.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def make_loader(cfg: config.Config, split: sources.Split, accelerator: Accelerator):
-    tc = cfg.train
+    batch, accum, seed = cfg.train.per_device_batch_size, cfg.train.grad_accum_steps, cfg.train.seed
     if cfg.data.loader == "device":
         rank, world = accelerator.process_index, accelerator.num_processes
-        return loaders.DeviceLoader(
-            split,
-            tc.per_device_batch_size,
-            tc.grad_accum_steps,
-            rank,
-            world,
-            tc.seed,
-            accelerator.device,
-        )
-    return loaders.TorchLoader(
-        split,
-        tc.per_device_batch_size,
-        tc.grad_accum_steps,
-        tc.seed,
-        cfg.data.num_workers,
-        accelerator.prepare_data_loader,
-    )
+        return loaders.DeviceLoader(split, batch, accum, rank, world, seed, accelerator.device)
+    workers, prepare = cfg.data.num_workers, accelerator.prepare_data_loader
+    return loaders.TorchLoader(split, batch, accum, seed, workers, prepare)
 
 
 class LossWindow:
@@ -150,13 +141,18 @@ class Loop:
     mean: float  # the dataset's pixel statistics, for normalising on the device
     std: float
     flags: stopping.StopFlags
-    window: LossWindow
-    aug_gen: torch.Generator  # augmentation's own generator, seeded per step
     writer: NullWriter  # the main process's writes (RunWriter); the null one elsewhere
     parameters: int
     data_fingerprint: dict  # sources.fingerprint: saved in each checkpoint
     # when this process's first optimizer step ended (start-up, bench/run.py)
     first_step_unix: float | None = None
+    window: LossWindow = dataclasses.field(init=False)
+    aug_gen: torch.Generator = dataclasses.field(init=False)  # augmentation's own, seeded per step
+
+    def __post_init__(self):
+        device = self.accelerator.device
+        self.window = LossWindow(device)
+        self.aug_gen = torch.Generator(device=device if device.type != "mps" else "cpu")
 
     def plain_model(self) -> torch.nn.Module:
         """The model without DDP's wrapper or torch.compile's: what is saved and evaluated alone."""
@@ -186,8 +182,7 @@ def build_loop(
         # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
     mean, std = sources.STATS[cfg.data.name]
-    device = accelerator.device
-    aug_gen = torch.Generator(device=device if device.type != "mps" else "cpu")
+    fingerprint = sources.fingerprint(datasets)
     return Loop(
         cfg,
         accelerator,
@@ -198,11 +193,9 @@ def build_loop(
         mean,
         std,
         flags,
-        LossWindow(device),
-        aug_gen,
         writer,
         n_params,
-        sources.fingerprint(datasets),
+        fingerprint,
     )
 
 
@@ -264,12 +257,33 @@ def train_step(loop: Loop, state: TrainState, micro_batches: list, scale: float)
 PROGRESS_LOG_INTERVAL_S = 30.0
 
 
+class LogLines:
+    """tqdm's stream off a terminal: each update a whole line (a log file is read with tail and grep, which
+    carriage returns defeat), the bar in ASCII, and the blank that ends a bar dropped."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        if line := text.replace("\r", "").strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def progress_pacing() -> dict:
-    """tqdm arguments: a terminal keeps the live bar; a file gets an update at most every PROGRESS_LOG_INTERVAL_S
+    """tqdm arguments: a terminal keeps the live bar; a file gets a line at most every PROGRESS_LOG_INTERVAL_S
     (maxinterval too: tqdm's monitor thread would otherwise force one every 10 s)."""
     if sys.stderr.isatty():
         return {}
-    return {"mininterval": PROGRESS_LOG_INTERVAL_S, "maxinterval": PROGRESS_LOG_INTERVAL_S}
+    interval = PROGRESS_LOG_INTERVAL_S
+    return {
+        "mininterval": interval,
+        "maxinterval": interval,
+        "file": LogLines(sys.stderr),
+        "ascii": True,
+    }
 
 
 def train_one_epoch(loop: Loop, state: TrainState) -> Stop | None:
@@ -291,9 +305,8 @@ def train_one_epoch(loop: Loop, state: TrainState) -> Stop | None:
     ) as bar:
         for micro_batches, scale in loop.loader.epoch(state.epoch, state.step_in_epoch):
             if max_steps_reached(cfg, state):
-                return (
-                    Stop.MAX_STEPS
-                )  # a resume at (or lowered below) max_steps trains no further step
+                # a resume at (or lowered below) max_steps trains no further step
+                return Stop.MAX_STEPS
             stop = train_step(loop, state, micro_batches, scale)
             if stop is Stop.NON_FINITE:
                 return stop
@@ -311,9 +324,8 @@ def train_one_epoch(loop: Loop, state: TrainState) -> Stop | None:
                 }
                 epoch = state.epoch + state.step_in_epoch / steps_per_epoch
                 loop.writer.log_train(values, epoch, state.global_step)
-                bar.set_postfix(
-                    loss=f"{train_loss:.4f}", refresh=False
-                )  # shown with the next update
+                # shown with the next update
+                bar.set_postfix(loss=f"{train_loss:.4f}", refresh=False)
                 t_log = time.perf_counter()
             if cfg.checkpoint.every_steps and state.global_step % cfg.checkpoint.every_steps == 0:
                 save_checkpoint(loop, state)  # a collective
@@ -430,6 +442,7 @@ def save_checkpoint(loop: Loop, state: TrainState) -> Path:
     accelerator = loop.accelerator
     loop.window.fold(accelerator, state)
     state_json = {
+        "format": checkpoint.FORMAT,
         **dataclasses.asdict(state),
         "samples_seen_per_rank": samples_seen_per_rank(accelerator, state),
         "world_size": accelerator.num_processes,
@@ -489,8 +502,9 @@ def run_training(
     # ------------------------------------------------------------------ data, model, optimizer, resume
     datasets = load_data(cfg, accelerator)
     loop = build_loop(cfg, accelerator, datasets, flags, writer)
+    fingerprint, steps_per_epoch = loop.data_fingerprint, len(loop.loader)
     state, resumed_from, tracker_run_id = resume(
-        cfg, accelerator, loop.data_fingerprint, datasets.source
+        cfg, accelerator, fingerprint, datasets.source, steps_per_epoch
     )
     facts = launch_facts(cfg, accelerator, datasets.source, loop.parameters)
     writer.start(state.global_step, resumed_from, tracker_run_id, facts)
@@ -670,7 +684,7 @@ def end_processes(cfg: config.Config, accelerator: Accelerator):
     away; then the process group is torn down, waiting for the other ranks when all of them end here together."""
 
     def close(exc_type, exc, tb) -> None:
-        if isinstance(exc, stopping.Preempted) and not exc.interrupted:
+        if isinstance(exc, stopping.Preempted) and exc.by_scheduler:
             if cfg.run.requeue:
                 stopping.requeue_slurm_job(accelerator)
             stopping.end_elastic_agent()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnist_dist import config
+from mnist_dist.config.schema import INT64_LIMIT
 from mnist_dist.errors import UserError
 from mnist_dist.run import checkpoint
 
@@ -38,9 +39,8 @@ class TrainState:
     best_value: float | None = None  # of checkpoint.best_metric, at the best evaluation so far
     best_epoch: float | None = None
     best_step: int | None = None
-    evals_since_best: int = (
-        0  # evaluations in a row without an improvement (early stopping's patience)
-    )
+    # Evaluations in a row without an improvement (early stopping's patience)
+    evals_since_best: int = 0
     stopped_early: bool = False
 
     @classmethod
@@ -57,8 +57,49 @@ class TrainState:
         return state
 
 
+def state_problem(state_json: dict, steps_per_epoch: int) -> str | None:
+    """What is wrong with a checkpoint's state.json, or None: every TrainState field of its type and in range,
+    the world size, and the steps consistent with each other and with this run's steps per epoch (the global batch
+    and the data, which decide it, are checked against the config and the fingerprint later)."""
+    for f in dataclasses.fields(TrainState):
+        value, kind = state_json.get(f.name, f.default), FIELD_KINDS[f.type]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            return f"{f.name} is {value!r}, not {f.type}"
+        if (
+            isinstance(value, (int, float))
+            and f.name != "best_value"
+            and not 0 <= value < INT64_LIMIT
+        ):
+            return f"{f.name} is {value}, outside [0, 2^63)"
+    world, per_rank = state_json.get("world_size"), state_json.get("samples_seen_per_rank")
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        return f"world_size is {world!r}, not a number of processes"
+    if per_rank is not None and not (isinstance(per_rank, list) and len(per_rank) == world):
+        return f"samples_seen_per_rank is {str(per_rank)[:60]}, not a count for each of {world} processes"
+    epoch, step, total = state_json["epoch"], state_json["step_in_epoch"], state_json["global_step"]
+    if step > steps_per_epoch or total != epoch * steps_per_epoch + step:
+        return (
+            f"global_step {total} is not epoch {epoch} x {steps_per_epoch} steps + step_in_epoch {step}: the "
+            f"counts do not fit each other or this run's steps per epoch"
+        )
+    return None
+
+
+# The types a state.json field may hold (JSON has no float that is an int: 2.0 is written as 2.0).
+FIELD_KINDS: dict[object, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "float | None": (int, float, type(None)),
+}
+FIELD_KINDS |= {"int | None": (int, type(None)), "bool": bool}
+
+
 def resume(
-    cfg: config.Config, accelerator: Accelerator, fingerprint: dict, source: str
+    cfg: config.Config,
+    accelerator: Accelerator,
+    fingerprint: dict,
+    source: str,
+    steps_per_epoch: int,
 ) -> tuple[TrainState, Path | None, str | None]:
     """Collectives: (state, the checkpoint it came from, its tracker run id); the prepared objects are loaded in
     place. A fresh run gets (TrainState(), None, None). With resume=auto a damaged newest checkpoint (a file
@@ -68,7 +109,9 @@ def resume(
     set_aside = []
     for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
         # a collective: every rank takes the same branch
-        why = checkpoint.agreed_damage(accelerator, ckpt)
+        why = checkpoint.agreed_damage(
+            accelerator, ckpt, lambda s: state_problem(s, steps_per_epoch)
+        )
         if why is None:
             state_json = checkpoint.read_state_json(ckpt)
             check_resumable(cfg, accelerator, ckpt, state_json, fingerprint, source)
@@ -141,9 +184,8 @@ def check_resumable(
             f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
             f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
         )
-    saved = (
-        state_json.get("data") or {}
-    )  # checkpoints from before fingerprints have none: not checked
+    # checkpoints from before fingerprints have none: not checked
+    saved = state_json.get("data") or {}
     for name in ("train", "val", "test") if saved else ():
         old, new = saved.get(name) or {}, fingerprint.get(name) or {}
         if old != new:

@@ -3,13 +3,14 @@ preparing the loop's objects, and tearing the process group down. Gradients trav
 own engine (gloo on CPUs, NCCL on GPUs), as Accelerate's DDP sets it up.
 
 Everything that decides how processes talk to each other is here; the loop only calls what it builds. How a run
-stops early is stopping's; where its code came from, provenance's.
+stops early is stopping's.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -29,33 +30,29 @@ GLOO_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Brok
 # Sharded and model-parallel strategies, as `accelerate launch` (--use_fsdp, --use_deepspeed, --use_megatron_lm, or
 # a YAML's distributed_type) tells its workers: the environment it sets (accelerate/utils/launch.py).
 SHARDED_LAUNCHES = {
-    "ACCELERATE_USE_FSDP": "FSDP",
-    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
-}
+    "FSDP": "FSDP",
+    "DEEPSPEED": "DeepSpeed",
+    "MEGATRON_LM": "Megatron-LM",
+}  # ACCELERATE_USE_*
 # ParallelismConfig sizes (--parallelism_config_*), where any above 1 shards the model or splits its layers.
-SHARDED_SIZES = {
-    "PARALLELISM_CONFIG_DP_SHARD_SIZE": "dp_shard",
-    "PARALLELISM_CONFIG_TP_SIZE": "tp",
-    "PARALLELISM_CONFIG_CP_SIZE": "cp",
-    "PARALLELISM_CONFIG_SP_SIZE": "sp",
-}
+SHARDED_SIZES = ("dp_shard", "tp", "cp", "sp")  # PARALLELISM_CONFIG_*_SIZE
 
 
 def refuse_sharded_launch(env=os.environ) -> None:
     """A launch that asked for FSDP, DeepSpeed, Megatron-LM or tensor/context parallelism stops here, before any
     work: the models here (0.1-2 M parameters) gain nothing from sharding, and on a CPU Accelerate would silently
     drop the strategy and run plain DDP instead. Data parallelism (DDP) is what every launch runs."""
+    yes = ("1", "true", "yes", "y", "on", "t")
     asked = [
         name
-        for var, name in SHARDED_LAUNCHES.items()
-        if env.get(var, "").strip().lower() in ("1", "true", "yes", "y", "on", "t")
+        for v, name in SHARDED_LAUNCHES.items()
+        if env.get(f"ACCELERATE_USE_{v}", "").lower() in yes
     ]
-    asked += [
-        f"{name}_size={env[var]}"
-        for var, name in SHARDED_SIZES.items()
-        if env.get(var, "1").strip() not in ("", "1")
-    ]
+    sizes = {
+        name: env.get(f"PARALLELISM_CONFIG_{name.upper()}_SIZE", "1").strip()
+        for name in SHARDED_SIZES
+    }
+    asked += [f"{name}_size={size}" for name, size in sizes.items() if size not in ("", "1")]
     if asked:
         if env.get("RANK", "0") != "0":
             # every rank decides the same from the same environment: rank 0 says why, once
@@ -69,10 +66,10 @@ def refuse_sharded_launch(env=os.environ) -> None:
 
 
 def cpu_bf16_features() -> list[str]:
-    """This CPU's native bf16 arithmetic, as torch's cpuinfo sees it: AVX512-BF16 dot products, AMX tiles
-    (oneDNN runs bf16 convolutions and matmuls on them)."""
-    checks = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"}
-    return [name for name, check in checks.items() if getattr(torch.cpu, check, lambda: False)()]
+    """This CPU's native bf16 arithmetic, as torch's cpuinfo sees it (torch.cpu.get_capabilities; a torch without
+    it: none): AVX512-BF16 dot products, AMX tiles (oneDNN runs bf16 convolutions and matmuls on them)."""
+    capabilities: dict = getattr(torch.cpu, "get_capabilities", dict)()
+    return [name for name in ("avx512_bf16", "amx_bf16") if capabilities.get(name)]
 
 
 def choose_mixed_precision(
@@ -122,30 +119,25 @@ def make_accelerator(cfg: config.Config) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    want = cfg.train.device
-    if want == "cuda" and not torch.cuda.is_available():
+    want, cuda, mps = cfg.train.device, torch.cuda.is_available(), torch.backends.mps.is_available()
+    if want == "cuda" and not cuda:
         raise UserError(
             "train.device=cuda but no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), "
             "or use train.device=auto"
         )
-    if want == "mps" and not torch.backends.mps.is_available():
+    if want == "mps" and not mps:
         raise UserError(
             "train.device=mps but MPS is not available on this machine; use train.device=auto"
         )
     # Without CUDA or MPS, cpu=True is what makes a multi-process launch real DDP over gloo; a plain
     # Accelerator() would run N independent single-process copies.
-    cpu = want == "cpu" or (
-        want == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    )
+    cpu = want == "cpu" or (want == "auto" and not cuda and not mps)
     mp, _ = mixed_precision_choice(cfg, cpu)
     if mp == "fp16" and cpu:
         # `accelerate launch --mixed_precision fp16` says it through the environment; on a CPU nothing would run
         # in fp16 although summary.json would record it.
-        who = (
-            "train.mixed_precision=fp16"
-            if cfg.train.mixed_precision == "fp16"
-            else "accelerate launch --mixed_precision fp16"
-        )
+        asked = cfg.train.mixed_precision == "fp16"
+        who = "train.mixed_precision=fp16" if asked else "accelerate launch --mixed_precision fp16"
         raise UserError(f"{who} needs a GPU; on CPU use bf16 or no")
     init_elastic_process_group(cpu, timedelta(seconds=cfg.run.dist_timeout_s))
     return Accelerator(
@@ -184,16 +176,18 @@ def init_elastic_process_group(cpu: bool, timeout: timedelta) -> None:
     backend = "gloo" if cpu else "nccl" if torch.cuda.is_available() else None
     if backend is None or torch.distributed.is_initialized():
         return  # another accelerator: Accelerate's own start-up
-    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    agent_store = torch.distributed.TCPStore(
-        env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    rank, world, address = int(env["RANK"]), int(env["WORLD_SIZE"]), env["MASTER_ADDR"]
+    dist = torch.distributed
+    agent_store = dist.TCPStore(
+        address, int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout
     )
-    store = torch.distributed.PrefixStore(
-        f"mnist-dist/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store
-    )
-    torch.distributed.init_process_group(
-        backend, store=store, rank=rank, world_size=world, timeout=timeout
-    )
+    store = dist.PrefixStore(attempt_prefix(env["TORCHELASTIC_RESTART_COUNT"]), agent_store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+def attempt_prefix(restart_count: str) -> str:
+    """The store keys of one attempt of the elastic agent: a restarted group never reads the dead group's."""
+    return f"mnist-dist/attempt_{restart_count}"
 
 
 def elastic_restart_count() -> int | None:
@@ -245,7 +239,15 @@ def since_start(unix_time: float | None) -> float | None:
     """Seconds from this process's start to `unix_time` (10 ms resolution on Linux), or None."""
     import psutil
 
-    return None if unix_time is None else unix_time - psutil.Process().create_time()
+    if unix_time is None:
+        return None
+    started = psutil.Process().create_time()
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        # psutil adds the boot time in whole seconds (up to 1 s off): the process's age since boot is exact, and
+        # the clock since boot gives its start on this clock.
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - (started - psutil.boot_time())
+        started = time.time() - age
+    return unix_time - started
 
 
 def as_peer_lost(e: BaseException, rank: int) -> PeerLost | None:

@@ -18,12 +18,18 @@ if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
     from accelerate import Accelerator
 
 
+LAUNCHER_GONE = "its launcher's end"  # what stops the workers of a launcher that was killed
+
+
 class Preempted(Exception):
     """Every rank raises it at the same step, once the checkpoint is saved: the run is to be resumed. Ctrl-C is
-    the user's stop (exit 130, no requeue); any other signal is the scheduler's (exit 75)."""
+    the user's stop (exit 130, no requeue); the end of the workers' launcher stops them too (exit 75, nothing
+    to requeue or restart); any other signal is the scheduler's (exit 75, requeued)."""
 
     def __init__(self, signal_name: str | None, global_step: int):
         self.interrupted = signal_name == "SIGINT"
+        # The scheduler's signal: requeue, and end torchrun's agent.
+        self.by_scheduler = signal_name not in ("SIGINT", LAUNCHER_GONE)
         self.exit_code = INTERRUPTED_EXIT_CODE if self.interrupted else PREEMPTED_EXIT_CODE
         super().__init__(
             f"{'interrupted' if self.interrupted else 'preempted'} by {signal_name or 'a signal on another rank'}: "
@@ -33,10 +39,13 @@ class Preempted(Exception):
 
 class StopFlags:
     """Preemption signals, and a first Ctrl-C (SIGINT), set a local flag; ranks agree on it (and on non-finite
-    losses) at step boundaries, then checkpoint and stop. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+    losses) at step boundaries, then checkpoint and stop. A second Ctrl-C stops at once (KeyboardInterrupt). The
+    workers of a launcher (torchrun's agent, accelerate launch: LOCAL_RANK is set) also stop when it is gone
+    (SIGKILL): their parent is then another process, and nothing else would stop them."""
 
     def __init__(self, signal_names):
-        self.signal_received = None
+        self.signal_received: str | None = None
+        self.launcher = os.getppid() if "LOCAL_RANK" in os.environ else None
         self.previous = {}  # restored by restore(): a notebook or library caller gets its own handlers back
         for name in signal_names:
             self.previous[getattr(signal, name)] = signal.signal(
@@ -69,6 +78,8 @@ class StopFlags:
 
     def agree(self, accelerator: Accelerator, non_finite: torch.Tensor) -> tuple[bool, bool]:
         """(preempt, non_finite) as agreed by every rank. A host-device sync point."""
+        if self.launcher not in (None, os.getppid()) and self.signal_received is None:
+            self.signal_received = LAUNCHER_GONE
         local = torch.stack(
             [
                 torch.tensor(float(self.signal_received is not None), device=non_finite.device),

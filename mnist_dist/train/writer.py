@@ -25,9 +25,8 @@ from mnist_dist.train import stopping
 class NullWriter:
     """What every rank but the main one writes: nothing."""
 
-    run_id: str | None = (
-        None  # the tracker's run id, saved in each checkpoint (by the main process)
-    )
+    # The tracker's run id, saved in each checkpoint (by the main process)
+    run_id: str | None = None
     predictions_wanted = 0  # test images whose class probabilities the writes use
 
     def start(
@@ -55,16 +54,20 @@ class NullWriter:
 
 
 class RunWriter(NullWriter):
+    precision = "no"  # what the run's evaluations ran in, recorded with the model (set at start)
+
     """The main process's writer. Created holding the run folder's lock: one writer per folder, so a second run
     into it stops before it has read or written anything."""
 
     def __init__(self, cfg: config.Config, teardown: contextlib.ExitStack):
         self.cfg, self.run_dir = cfg, Path(cfg.run.dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # a run that fails before it writes anything leaves no empty folder
+        if not self.run_dir.exists():
+            self.run_dir.mkdir(parents=True)
+            teardown.callback(_remove_if_empty, self.run_dir)
         teardown.callback(lock.RunLock.acquire(self.run_dir).release)
-        checkpoint.clean_partial(
-            self.run_dir
-        )  # what a crash or a full disk left: it holds space a resume needs
+        # what a crash or a full disk left: it holds space a resume needs
+        checkpoint.clean_partial(self.run_dir)
         self.tracker: tracking.Tracker | None = None
         teardown.push(self.close)
 
@@ -84,6 +87,7 @@ class RunWriter(NullWriter):
             rundir.truncate_jsonl(self.run_dir / rundir.METRICS, global_step)
         atomic.write_text(self.run_dir / rundir.CONFIG, config.dump(self.cfg))
         self.tracker = tracking.start(self.cfg, self.run_dir, run_id, facts)
+        self.precision = facts["mixed_precision"]
         self.run_id = self.tracker.run_id
         self.predictions_wanted = max(report.NUM_SAMPLES, self.tracker.predictions_wanted)
 
@@ -121,9 +125,8 @@ class RunWriter(NullWriter):
         self._save_model(model, self.run_dir)
         summary["git_revision"] = git_revision()
         atomic.write_text(self.run_dir / rundir.SUMMARY, json.dumps(summary, indent=2))
-        report.write_after_training(
-            self.run_dir, predictions
-        )  # curves, confusion, samples, report.md
+        # curves, confusion, samples, report.md
+        report.write_after_training(self.run_dir, predictions)
         self.tracker.finish(summary, record)
 
     def close(self, exc_type, exc, tb) -> None:
@@ -134,9 +137,8 @@ class RunWriter(NullWriter):
     def _save_model(self, model: torch.nn.Module, where: Path) -> None:
         cfg = self.cfg
         mean, std = sources.STATS[cfg.data.name]
-        artifact.save_model(
-            where, model, cfg.model.name, cfg.model.kwargs, cfg.data.name, mean, std
-        )
+        name, kwargs, dataset = cfg.model.name, cfg.model.kwargs, cfg.data.name
+        artifact.save_model(where, model, name, kwargs, dataset, mean, std, self.precision)
 
 
 def open_writer(
@@ -145,6 +147,11 @@ def open_writer(
     """The writer of this process. A bad run.dir is one line on every rank now, before any data is read."""
     rundir.check_usable(Path(cfg.run.dir))
     return RunWriter(cfg, teardown) if is_main_process else NullWriter()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def epoch_text(record: EvalRecord) -> str:

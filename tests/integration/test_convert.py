@@ -68,7 +68,7 @@ def test_an_ambiguous_or_label_free_csv_is_one_line_and_writes_nothing(tmp_path,
     np.savetxt(path, rows, fmt="%d", delimiter=",")
     with pytest.raises(DataError, match="neither the first nor the last column holds labels 0-9"):
         digits_csv.read_digits_csv(path)
-    for text, message in [("", "no rows"), ("\n\n", "no rows"), ("label,a\n1,2\n", "2 columns per row")]:
+    for text, message in [("", "no rows"), ("\n\n", "no rows"), ("label,a\n1,2\n", "2 columns in the first row")]:
         (tmp_path / "x.csv").write_text(text)
         proc = run_cli(["convert", str(tmp_path / "x.csv"), str(tmp_path / "never")], check=False)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr

@@ -139,9 +139,9 @@ class SingleAccelerator(GlooAccelerator):
 FAULTS = str(ROOT / "tests" / "fault_injection")
 
 
-def torchrun(port: int, run_dir, tiny_idx, *extra, env=None, background=False):
+def torchrun(port: int, run_dir, tiny_idx, *extra, env=None, background=False, restarts=1):
     """The issue's command: 2 workers, one restart allowed, torchrun's fault-tolerant c10d rendezvous."""
-    cmd = [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
+    cmd = [str(VENV_BIN / "torchrun"), "--nproc-per-node", "2", "--max-restarts", str(restarts), "--rdzv-backend", "c10d",
            "--rdzv-endpoint", f"127.0.0.1:{port}", "--monitor-interval", "0.2", str(ROOT / "train_accel.py"),
            *tiny_overrides(tiny_idx, run_dir, "train.per_device_batch_size=10", "checkpoint.every_steps=20",
                            "tracking.backend=none", *extra)]
@@ -198,6 +198,26 @@ def test_elastic_restart_resumes_bit_identical(tiny_idx, tmp_path):
     assert f"resumed from {run_dir / 'checkpoints' / 'step_00000020'} at global_step=20" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["elastic_restart_count"] == 1 and summary["world_size"] == 2
+    a, b = read_weights(tmp_path / "ref"), read_weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+
+
+@pytest.mark.slow
+def test_two_elastic_restarts_each_on_store_keys_of_their_own_end_bit_identical(tiny_idx, tmp_path):
+    """Faults in attempts 0 (step 30) and 1 (step 45): the second restart is the one that would find the first
+    restart's keys in the agent's store if every attempt after the first shared one namespace (a first restart
+    always starts clean). Both restarts resume and the run ends with the weights of one that never failed."""
+    ref = torchrun(29636, tmp_path / "ref", tiny_idx)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    env = {"PYTHONPATH": FAULTS, "MNIST_DIST_INJECT_FAULT": "1:30:0,1:45:1"}
+    proc = torchrun(29637, run_dir, tiny_idx, env=env, restarts=2)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert out.count("injected fault on rank 1") >= 2, out[-5000:]
+    assert [out.count(f"elastic_restart={k}") for k in (0, 1, 2)] == [1, 1, 1], out[-5000:]
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_00000040'} at global_step=40" in out
+    assert json.loads((run_dir / "summary.json").read_text())["elastic_restart_count"] == 2
     a, b = read_weights(tmp_path / "ref"), read_weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 

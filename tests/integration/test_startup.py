@@ -1,5 +1,6 @@
 """Start-up: a training run imports what it uses when it uses it (the speed figures are in bench/, not here)."""
 import json
+import subprocess
 import sys
 
 from helpers import run, tiny_overrides
@@ -31,3 +32,13 @@ def test_the_first_optimizer_step_comes_before_any_import_the_run_does_not_need(
     assert json.loads(line.split(" ", 1)[1]) == []
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 < summary["startup_seconds"] < 600 and summary["first_step_unix"] > 0
+
+
+def test_building_the_command_line_imports_no_hub_library():
+    """Every command starts by building the parser of all of them. When that imported huggingface_hub (through the
+    module of one command), `download` could no longer switch the Hub to offline mode before its import, and an
+    offline download retried the Hub for 23 s with a warning per retry."""
+    code = ("import sys; from mnist_dist import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('huggingface_hub', 'datasets', 'gradio', 'wandb', 'accelerate') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -187,3 +187,4 @@ def test_the_test_import_check_catches_what_it_should():
     before = "from test_slurm import ENDED\ndef f():\n    from test_resume import popen_train\n    import test_x.y\n"
     assert imported_test_modules(before) == {"test_slurm", "test_resume", "test_x"}
     assert imported_test_modules("from helpers import run_cli\nimport conftest\nfrom slurm_cluster import X\n") == set()
+

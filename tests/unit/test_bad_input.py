@@ -28,6 +28,11 @@ from helpers import make_digits, one_line_error
     ("model.kwargs={dropout: 2.0}", ["model.kwargs", "dropout"]),
     ("model.kwargs={width: abc}", ["model.kwargs", "cnn_fast"]),
     ("run.dir=", ["run.dir", "empty"]),
+    # round four's probe: a layer of width 0 built fine and failed at the first forward (a 62-line traceback);
+    # a negative StepLR gamma trained with a negative learning rate; a shift past the image was taken
+    ("model.kwargs={width: 0}", ["model.kwargs", "width must be a whole number of at least 1, got 0"]),
+    ("train.step_gamma=-1", ["train.step_gamma must be > 0", "got -1.0"]),
+    ("data.augment_shift=9223372036854775807", ["data.augment_shift must be at most 14 (half the image)"]),
 ])
 def test_bad_overrides_are_one_line(capsys, tmp_path, override, words):
     one_line_error(capsys, ["train", f"run.dir={tmp_path / 'r'}", override], *words)
@@ -44,6 +49,16 @@ def test_bad_yaml_files_are_one_line(capsys, tmp_path, content, words):
     path.write_bytes(content)
     one_line_error(capsys, ["train", "--config", str(path), "train.epochs=1", f"run.dir={tmp_path / 'r'}"],
                    str(path), *words)
+
+
+@pytest.mark.parametrize("override", [[], ["train.epochs=2"]], ids=["alone", "with-an-override"])
+def test_a_section_that_is_not_a_mapping_is_refused_whatever_the_overrides(capsys, tmp_path, override):
+    """A `train:` list was refused alone but silently replaced by the overrides' mapping when any train.* was set."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  - 1\n  - 2\n")
+    one_line_error(capsys, ["train", "--config", str(path), *override, f"run.dir={tmp_path / 'r'}"],
+                   str(path), "train must be a mapping")
+    assert not (tmp_path / "r").exists()
 
 
 def test_model_kwargs_can_be_cleared(tmp_path):
@@ -145,7 +160,7 @@ def test_export_out_on_a_folder_is_one_line_and_leaves_nothing(capsys, model_dir
     out = tmp_path / "out_folder"
     out.mkdir()
     one_line_error(capsys, ["export", str(model_dir), "--format", "torchscript", "--out", str(out)], "--out")
-    assert list(out.iterdir()) == [] and not list(tmp_path.glob("*.tmp"))
+    assert list(out.iterdir()) == [] and not list(tmp_path.glob("*.tmp*"))
 
 
 # ----------------------------------------------------------------------------- the launcher's fp16 on a CPU

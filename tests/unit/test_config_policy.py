@@ -49,8 +49,10 @@ def another_value(row: dict):
         return next(c for c in row["choices"] if c != row["default"])
     if isinstance(row["default"], bool):
         return not row["default"]
-    if isinstance(row["default"], (int, float)):
-        return row["default"] + (1 if isinstance(row["default"], int) else 0.1)
+    if isinstance(row["default"], int):
+        return row["default"] + 1
+    if isinstance(row["default"], float):
+        return row["default"] / 2 if row["default"] else 0.1  # inside [0, 1) ranges too (momentum 0.9)
     return "elsewhere"  # a string or null key: a path, a name
 
 

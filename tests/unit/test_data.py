@@ -187,7 +187,7 @@ def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
     idx.write_idx(tmp_path / "idx", "train", split.images, split.labels)
     assert torch.equal(sources.load_idx(tmp_path / "idx", "train").images, images)
     (tmp_path / "short.csv").write_text("1,2,3\n")
-    with pytest.raises(DataError, match="3 columns per row, expected 785"):
+    with pytest.raises(DataError, match="3 columns in the first row, expected 785"):
         digits_csv.read_digits_csv(tmp_path / "short.csv")
     rows[0, 784] = 12
     np.savetxt(tmp_path / "bad.csv", rows, fmt="%d", delimiter=",")
