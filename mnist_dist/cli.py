@@ -26,6 +26,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     from mnist_dist.commands import (
         compare,
         convert,
+        demo,
         download,
         evaluate,
         export,
@@ -43,6 +44,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "eval": (evaluate, "evaluate a trained model on a dataset split"),
         "predict": (predict, "classify image files (PNG/JPEG/BMP/GIF) with a trained model"),
         "export": (export, "export a trained model (ONNX, TorchScript, a Hub folder)"),
+        "demo": (demo, "serve a draw-a-digit web page for a run's or a Hub repo's model (Gradio)"),
         "push": (push, "upload a run's model to the Hugging Face Hub (its Hub files only)"),
         "report": (report, "rebuild the pictures and report.md of a run folder"),
         "recipes": (recipes, "list the training recipes that --config NAME finds"),

@@ -17,6 +17,7 @@ from helpers import (
     MNIST_DIR,
     make_digits,
     real_digits_csv,
+    run_cli,
 )
 
 if os.environ.get("CI"):  # CI must not pass by skipping the real-data tests
@@ -76,3 +77,12 @@ def idx_dir(tmp_path):
     idx.write_idx(tmp_path, "train", images, labels)
     idx.write_idx(tmp_path, "test", images[:20], labels[:20], gz=True)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def fast_mnist_run(tmp_path_factory, mnist_dir):
+    """`--config fast_mnist` on the real 60,000 digits, as a user runs it (one process)."""
+    run_dir = tmp_path_factory.mktemp("real") / "fast_mnist"
+    run_cli(["train", "--config", "fast_mnist", f"data.dir={mnist_dir}", "train.progress=false", f"run.dir={run_dir}"],
+            env={"OMP_NUM_THREADS": "2"})
+    return run_dir

@@ -7,6 +7,7 @@ folders; the process scans (psutil) that find a launcher's workers; the reader o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -19,9 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import psutil
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from mnist_dist import models
@@ -479,3 +482,28 @@ def one_line_error(capsys, argv: list[str], *words: str) -> str:
     for w in words:
         assert w in err, err
     return err
+
+
+# ----------------------------------------------------------------------------- models leaving mnist-dist
+
+
+def lay_out_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """What huggingface_hub leaves after a download: content-addressed blobs, a snapshot of relative links per
+    revision, and refs/main naming the revision. Every file of `folder` (an export's Hub folder)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    for f in sorted(folder.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        (repo / "snapshots" / revision / f.name).symlink_to(os.path.relpath(blob, repo / "snapshots" / revision))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def on_page(img28: np.ndarray, k: int) -> Image.Image:
+    """A test digit as a scan has it: dark ink on a white 200x200 page, 5x enlarged, somewhere on it."""
+    page = Image.new("L", (200, 200), 255)
+    page.paste(Image.fromarray(255 - img28).resize((140, 140), Image.BICUBIC), (10 + 7 * (k % 7), 10 + 5 * (k % 9)))
+    return page

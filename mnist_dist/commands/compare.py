@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metric",
-        help="rank by this metrics.jsonl key (default: the sweep's metric, else val_accuracy)",
+        help="rank by this metric, as W&B charts it (val/accuracy) or as metrics.jsonl has it (val_accuracy); "
+        "default: the sweep's metric, else val/accuracy",
     )
     parser.add_argument(
         "--minimize", action="store_true", help="smaller is better (default: the sweep's goal)"
@@ -103,14 +104,12 @@ def row(run: Path, keys: list[str], metric: str, maximize: bool) -> dict:
 
 
 def run(args) -> int:
-    if (
-        args.metric
-    ):  # a misspelled one would rank every run by "-" (a sweep file's own is checked as it loads)
-        sweeps.check_metric(args.metric, "--metric")
+    # a misspelled one would rank every run by "-" (a sweep file's own is checked as it loads)
+    named = sweeps.metric_key(args.metric, "--metric", file_names=True) if args.metric else None
     runs, sweep, folder = collect(args.runs)
     if not runs:
         raise UserError(f"{args.runs[0]}: no run folders in it yet")
-    metric = args.metric or (sweep.metric if sweep else "val_accuracy")
+    metric = named or (sweeps.metric_key(sweep.metric, "metric") if sweep else "val_accuracy")
     maximize = not args.minimize and (sweep.maximize if sweep and not args.metric else True)
     if sweep:
         keys = list(sweep.parameters)

@@ -6,7 +6,6 @@ The token is huggingface_hub's business (HF_TOKEN, or `hf auth login`'s cache); 
 
 from __future__ import annotations
 
-from mnist_dist.outputs import hub
 from mnist_dist.run import rundir
 
 
@@ -26,10 +25,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     """Writes the Hub layout into the model's own folder (RUN_DIR, or RUN_DIR/best/), then uploads only it."""
+    from mnist_dist.outputs import hub  # huggingface_hub: not for every command's start
+
     source = rundir.pick_model(args.run, args.best)
     if not source.is_dir():
         raise hub.HubError(f"{source}: push takes a run folder")
-    hub.export(source, rundir.of_model(source), source, args.best)
+    # The card's snippets name the repo.
+    hub.export(source, rundir.of_model(source), source, args.best, args.repo_id)
     url = hub.push(source, args.repo_id, args.private, args.message)
     print(
         f"pushed {', '.join(n for n in hub.HUB_FILES if (source / n).is_file())} to {args.repo_id}: {url}"

@@ -21,31 +21,21 @@ import yaml
 from mnist_dist import config
 from mnist_dist.config import ConfigError
 
-MACROS = (
+MACROS: tuple[str, ...] = (
     "${env}",
     "${interpreter}",
     "${program}",
     "${args}",
     "${args_no_hyphens}",
-    "${args_no_boolean_flags}",
-    "${args_json}",
-    "${args_json_file}",
 )
+MACROS += ("${args_no_boolean_flags}", "${args_json}", "${args_json_file}")
 DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values")
-# The scalars of a metrics.jsonl record (train/loop.evaluate: where the run was, the training window, each split's
-# metrics.summarize, the time): what a sweep and `compare` can rank by.
-RECORDED_METRICS = (
-    "val_accuracy",
-    "val_loss",
-    "test_accuracy",
-    "test_loss",
-    "train_loss",
-    "train_accuracy",
-    "train_seconds",
-    "epoch",
-    "global_step",
-    "val_count",
-    "test_count",
+GOALS = ("maximize", "minimize")
+# The numbers each evaluation logs, as W&B charts them (train/loop.evaluate's record, named by metrics.name): what
+# `wandb agent` and the local runner can optimise, and `compare` rank by. metrics.jsonl has each under the name with
+# an underscore (val/accuracy is val_accuracy).
+LOGGED_METRICS = tuple(
+    "val/accuracy val/loss test/accuracy test/loss train/loss train/accuracy train/seconds epoch".split()
 )
 
 
@@ -53,7 +43,7 @@ RECORDED_METRICS = (
 class Sweep:
     name: str
     method: str  # grid | random
-    metric: str  # a metrics.jsonl key, e.g. val_accuracy
+    metric: str  # as runs log it to W&B, e.g. val/accuracy
     maximize: bool
     parameters: dict  # dotted key -> its spec
     base_args: list[str]  # the command's own training arguments, e.g. ["--config", "debug"]
@@ -91,14 +81,17 @@ def _draw(spec: dict, rng: random.Random):
     return rng.uniform(lo, hi)
 
 
-def check_metric(name: str, what: str) -> None:
-    """Refuses a metric no run records (a misspelled one would rank every point by nothing)."""
-    if name not in RECORDED_METRICS:
-        close = difflib.get_close_matches(name, RECORDED_METRICS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"{what} {name!r} is not a metric a run records{hint} (one of {', '.join(RECORDED_METRICS)})"
-        )
+def metric_key(name: str, what: str, file_names: bool = False) -> str:
+    """The metrics.jsonl key of a metric named as runs log it to W&B (val/accuracy -> val_accuracy); with
+    file_names, metrics.jsonl's own name is taken too. A metric no run logs is refused in one line: a misspelled one
+    would rank every point by nothing, and under `wandb agent` bayes search and early_terminate would never see it."""
+    logged = name.replace("_", "/", 1) if file_names and name not in LOGGED_METRICS else name
+    if logged in LOGGED_METRICS:
+        return logged.replace("/", "_", 1)
+    close = difflib.get_close_matches(name.replace("_", "/", 1), LOGGED_METRICS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(LOGGED_METRICS)
+    raise ConfigError(f"{what} {name!r} is not a metric runs log to W&B{hint} (one of {known})")
 
 
 def overrides(point: dict) -> list[str]:
@@ -123,20 +116,19 @@ def load(path: str | Path) -> Sweep:
             f"{path}: a sweep file is a mapping with method, metric, parameters and command"
         )
     method = raw.get("method")
-    if method not in ("grid", "random"):
+    if method not in ("grid", "random") or "early_terminate" in raw:
+        what = f"method {method!r}" if method not in ("grid", "random") else "early_terminate"
         raise ConfigError(
-            f"{path}: method must be grid or random, got {method!r} (bayes needs a W&B server)"
+            f"{path}: {what} needs W&B's sweep server: the local runner draws grid and random points only. Run it "
+            f"with `wandb sweep {path}` and then `wandb agent SWEEP_ID`"
         )
     metric = raw.get("metric") or {}
-    if (
-        not isinstance(metric, dict)
-        or not isinstance(metric.get("name"), str)
-        or metric.get("goal", "maximize") not in ("maximize", "minimize")
-    ):
+    goal = metric.get("goal", "maximize") if isinstance(metric, dict) else None
+    if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) or goal not in GOALS:
         raise ConfigError(
             f"{path}: metric must be {{name: val_accuracy, goal: maximize | minimize}}"
         )
-    check_metric(metric["name"], f"{path}: metric.name")
+    metric_key(metric["name"], f"{path}: metric.name")
     params = raw.get("parameters")
     if not isinstance(params, dict) or not params:
         raise ConfigError(
@@ -144,44 +136,7 @@ def load(path: str | Path) -> Sweep:
         )
     known = set(config.all_keys())
     for key, spec in params.items():
-        if key not in known:
-            raise ConfigError(
-                f"{path}: parameters: {key!r} is not a config key (see mnist-dist train --help)"
-            )
-        ok = isinstance(spec, dict) and (
-            ("values" in spec and isinstance(spec["values"], list) and spec["values"])
-            or "value" in spec
-            or (
-                method == "random"
-                and spec.get("distribution") in DISTRIBUTIONS
-                and "min" in spec
-                and "max" in spec
-            )
-        )
-        if not ok:
-            raise ConfigError(
-                f"{path}: parameters.{key} needs values: [...] or value: x"
-                + (
-                    f" (or distribution: {' | '.join(DISTRIBUTIONS)} with min and max)"
-                    if method == "random"
-                    else " (a grid takes no distributions)"
-                )
-            )
-        if "distribution" in spec and "values" not in spec and "value" not in spec:
-            lo, hi, dist = spec["min"], spec["max"], spec["distribution"]
-            kinds = int if dist == "int_uniform" else (int, float)
-            if not (
-                isinstance(lo, kinds)
-                and isinstance(hi, kinds)
-                and not isinstance(lo, bool)
-                and lo < hi
-            ) or (dist == "log_uniform_values" and lo <= 0):
-                raise ConfigError(
-                    f"{path}: parameters.{key}: {dist} needs min < max"
-                    + (", both integers" if dist == "int_uniform" else "")
-                    + (", min > 0" if dist == "log_uniform_values" else "")
-                    + f"; got {lo}, {hi}"
-                )
+        check_parameter(f"{path}: parameters", key, spec, method, known)
     command = raw.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
     if "${args_no_hyphens}" not in command:
         raise ConfigError(
@@ -189,11 +144,35 @@ def load(path: str | Path) -> Sweep:
         )
     start = command.index("${program}") + 1 if "${program}" in command else 0
     base = [str(word) for word in command[start:] if str(word) not in MACROS]
-    return Sweep(
-        path.stem,
-        method,
-        metric["name"],
-        metric.get("goal", "maximize") == "maximize",
-        params,
-        base,
+    return Sweep(path.stem, method, metric["name"], goal == "maximize", params, base)
+
+
+def check_parameter(where: str, key: str, spec, method: str, known: set[str]) -> None:
+    """One parameter of a sweep file: a config key, with values, a value, or (random) a distribution."""
+    if key not in known:
+        raise ConfigError(f"{where}: {key!r} is not a config key (see mnist-dist train --help)")
+    listed = isinstance(spec, dict) and (
+        "value" in spec or isinstance(spec.get("values"), list) and spec["values"]
     )
+    drawn = (
+        isinstance(spec, dict)
+        and spec.get("distribution") in DISTRIBUTIONS
+        and {"min", "max"} <= set(spec)
+    )
+    if not (listed or (method == "random" and drawn)):
+        more = f" (or distribution: {' | '.join(DISTRIBUTIONS)} with min and max)"
+        raise ConfigError(
+            f"{where}.{key} needs values: [...] or value: x"
+            + (more if method == "random" else " (a grid takes no distributions)")
+        )
+    if not listed:
+        lo, hi, dist = spec["min"], spec["max"], spec["distribution"]
+        kinds = int if dist == "int_uniform" else (int, float)
+        numbers = isinstance(lo, kinds) and isinstance(hi, kinds) and not isinstance(lo, bool)
+        if not (numbers and lo < hi) or (dist == "log_uniform_values" and lo <= 0):
+            raise ConfigError(
+                f"{where}.{key}: {dist} needs min < max"
+                + (", both integers" if dist == "int_uniform" else "")
+                + (", min > 0" if dist == "log_uniform_values" else "")
+                + f"; got {lo}, {hi}"
+            )

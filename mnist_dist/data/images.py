@@ -36,9 +36,8 @@ LAYOUTS = {
     "mnist": Layout(20, "mass", True, True),
     "fashion_mnist": Layout(28, "box", False, False),
 }
-LABEL_SIDE = (
-    256  # strokes are grouped (connected components) on a copy at most this big: cheap, and enough
-)
+# strokes are grouped (connected components) on a copy at most this big: cheap, and enough
+LABEL_SIDE = 256
 
 
 class ImageError(Exception):
@@ -47,12 +46,7 @@ class ImageError(Exception):
 
 def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any PIL-readable file -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side."""
-    # here: every `mnist-dist` start builds this parser
-    from PIL import (
-        Image,
-        ImageOps,
-        UnidentifiedImageError,
-    )
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.is_file():
         raise ImageError(why_not_a_file(path))
@@ -67,28 +61,13 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             w, h = img.size  # from the header: nothing is decoded yet
             if w * h > max_pixels:
                 raise ImageError(
-                    f"{w}x{h} is {w * h / 1e6:.0f} megapixels, above the limit of "
-                    f"{max_pixels / 1e6:g} (--max-pixels); shrink it first"
+                    f"{w}x{h} is {w * h / 1e6:.3g} megapixels, above the limit of "
+                    f"{max_pixels / 1e6:.3g} (--max-pixels); shrink it first"
                 )
-            # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper
+            # JPEG only: decode at 1/2, 1/4 or 1/8 scale, far cheaper.
             img.draft("RGB", (WORK_SIDE, WORK_SIDE))
             # phone photos are stored sideways with a rotation tag
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                # A transparent background is paper: drawings exported from apps are ink on nothing, the ink
-                # dark or light. Paper of the other brightness keeps it visible (white ink on white is nothing).
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", img.size, paper_for(rgba)), rgba)
-            if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                # 16-bit grey: convert("L") would clip everything above 255 to white; scale the range instead.
-                grey16 = np.asarray(img, dtype=np.float64)
-                full = 65535.0 if img.mode != "I" or grey16.max() > 255 else 255.0
-                img = Image.fromarray(
-                    np.round(np.clip(grey16 / full, 0, 1) * 255).astype(np.uint8), "L"
-                )
-            img = img.convert("L")
-            img.thumbnail((WORK_SIDE, WORK_SIDE))
-            return np.asarray(img, dtype=np.float32) / 255.0
+            return grey(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -99,6 +78,26 @@ def read_grey(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data
         raise ImageError(f"cannot decode the image ({type(e).__name__}: {e})") from None
+
+
+def grey(img) -> np.ndarray:
+    """A PIL image of any mode -> float32 [H, W] in [0, 1] (0 = black), at most WORK_SIDE px on a side: the
+    pixels of a file (read_grey) or of the demo's sketchpad and upload box."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # A transparent background is paper: drawings exported from apps are ink on nothing, the ink dark or
+        # light. Paper of the other brightness keeps it visible (white ink on white is nothing).
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, paper_for(rgba)), rgba)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey: convert("L") would clip everything above 255 to white; scale the range instead.
+        grey16 = np.asarray(img, dtype=np.float64)
+        full = 65535.0 if img.mode != "I" or grey16.max() > 255 else 255.0
+        img = Image.fromarray(np.round(np.clip(grey16 / full, 0, 1) * 255).astype(np.uint8), "L")
+    img = img.convert("L")
+    img.thumbnail((WORK_SIDE, WORK_SIDE))
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def why_not_a_file(path: Path) -> str:
@@ -158,9 +157,8 @@ def to_model_input(grey: np.ndarray, layout: Layout) -> np.ndarray:
         .clamp(0, 1)
         .numpy()
     )
-    if (
-        layout.full_ink
-    ):  # after the resize: a thin pen stroke shrunk from a photo is faint until stretched
+    # after the resize: a thin pen stroke shrunk from a photo is faint until stretched
+    if layout.full_ink:
         small = small / small.max()
 
     if layout.centre == "mass":
@@ -216,19 +214,16 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
     """The digit's strokes, without the ruled lines and drawn frames around them (ink in [0, 1], 0 = none).
 
     Lines are straight runs across the whole image (a row or column that is nearly all ink); a frame is a group
-    of strokes whose bounding box has ink along all four of its sides. The digit is the heaviest remaining group
-    plus the groups near it (a digit written in two strokes). Works on a copy at most LABEL_SIDE px on a side.
+    of strokes whose bounding box has ink along all four of its sides. Everything else is the digit: every
+    stroke, touching the others or not (a 4 drawn in two strokes, a 5 whose bar was lifted), faint or not (the
+    threshold is a quarter of the strongest ink), but specks under 2% of the heaviest stroke's ink. Works on a
+    copy at most LABEL_SIDE px on a side.
     """
     h, w = ink.shape
     step = max(1, -(-max(h, w) // LABEL_SIDE))
-    small = (
-        F.avg_pool2d(torch.from_numpy(ink.astype(np.float32))[None, None], step, ceil_mode=True)[
-            0, 0
-        ].numpy()
-        if step > 1
-        else ink
-    )
-    mask = small > 0.25
+    tensor = torch.from_numpy(ink.astype(np.float32))[None, None]
+    small = F.avg_pool2d(tensor, step, ceil_mode=True)[0, 0].numpy() if step > 1 else ink
+    mask = small > 0.25 * small.max()
     mask[mask.mean(1) > 0.9, :] = False  # ruled lines and frame sides that cross the whole image
     mask[:, mask.mean(0) > 0.9] = False
     labels = _components(mask)
@@ -238,36 +233,17 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         box = labels[y0:y1, x0:x1] == lab
         band = max(1, min(y1 - y0, x1 - x0) // 20)
-        sides = [
-            box[:band].any(0).mean(),
-            box[-band:].any(0).mean(),
-            box[:, :band].any(1).mean(),
-            box[:, -band:].any(1).mean(),
-        ]
-        framed = (
-            min(sides) > 0.8
-            and (y1 - y0) > 0.3 * mask.shape[0]
-            and (x1 - x0) > 0.3 * mask.shape[1]
-            and box.mean() < 0.35
-        )
+        sides = [box[:band].any(0), box[-band:].any(0), box[:, :band].any(1), box[:, -band:].any(1)]
+        large = (y1 - y0) > 0.3 * mask.shape[0] and (x1 - x0) > 0.3 * mask.shape[1]
+        framed = min(side.mean() for side in sides) > 0.8 and large and box.mean() < 0.35
         if not framed:
-            groups.append((small[labels == lab].sum(), (y0, y1, x0, x1), lab))
+            groups.append((small[labels == lab].sum(), lab))
     if not groups:
         return ink  # nothing but lines: keep the image as it was rather than nothing
-    groups.sort(reverse=True)
-    _, (y0, y1, x0, x1), lab = groups[0]
-    my, mx = 0.3 * (y1 - y0), 0.3 * (x1 - x0)
-    keep = {lab} | {
-        g[2]
-        for g in groups[1:]
-        if g[1][0] < y1 + my
-        and g[1][1] > y0 - my
-        and g[1][2] < x1 + mx
-        and g[1][3] > x0 - mx
-        and g[0] > 0.02 * groups[0][0]
-    }
-    # The kept groups, grown by a pixel (the faint antialiased edge of a stroke is below the 0.25 threshold).
-    kept = torch.from_numpy(np.isin(labels, list(keep)).astype(np.float32))[None, None]
+    heaviest = max(weight for weight, _ in groups)
+    keep = [lab for weight, lab in groups if weight > 0.02 * heaviest]
+    # The kept groups, grown by a pixel (the faint antialiased edge of a stroke is below the threshold).
+    kept = torch.from_numpy(np.isin(labels, keep).astype(np.float32))[None, None]
     kept = F.max_pool2d(kept, 3, stride=1, padding=1)
     if step > 1:
         kept = F.interpolate(kept, scale_factor=step, mode="nearest")

@@ -11,7 +11,6 @@
 - summary.json holds the best model's test accuracy beside the final one's, equal to `eval --best`.
 """
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -25,12 +24,12 @@ import torch
 from mnist_dist.outputs import hub
 from mnist_dist.run import artifact
 
-from helpers import fashion_slice, run_cli
+from helpers import fashion_slice, lay_out_hub_cache, run_cli
 
 TOKEN = "hf_" + "fakeTokenForTheTest" * 2  # shaped like a real user access token
 pytestmark = pytest.mark.slow  # one real training run, then a CLI process per check
-HUB_LAYOUT = sorted(["README.md", "config.json", "model.json", "model.safetensors", "curves.png",
-                     "confusion_matrix.png", "samples.png"])
+HUB_LAYOUT = sorted(["README.md", "config.json", "model.json", "model.safetensors", "model.pt2", "model.onnx",
+                     "curves.png", "confusion_matrix.png", "samples.png"])
 
 
 def env_without_hub(tmp: Path, **extra) -> dict:
@@ -59,22 +58,6 @@ def logits(folder: Path) -> torch.Tensor:
     model, _ = artifact.load_model(folder)
     with torch.no_grad():
         return model(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
-
-
-def lay_out_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """What huggingface_hub leaves after a download: content-addressed blobs, a snapshot of relative links per
-    revision, and refs/main naming the revision."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "snapshots" / revision).mkdir(parents=True)
-    for f in sorted(folder.iterdir()):
-        if f.name in hub.HUB_FILES:
-            blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
-            blob.write_bytes(f.read_bytes())
-            (repo / "snapshots" / revision / f.name).symlink_to(os.path.relpath(blob, repo / "snapshots" / revision))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
 
 
 def test_export_writes_a_hub_folder_with_a_valid_card_and_the_same_model(trained):
@@ -237,6 +220,8 @@ def test_push_uploads_only_the_hub_files_and_the_token_goes_nowhere_else(trained
     files = uploaded_files(RecordingHub.requests)
     assert sorted(files) == HUB_LAYOUT
     assert files["model.safetensors"] == (run_dir / "model.safetensors").read_bytes()
+    card = files["README.md"].decode()  # its snippets load the repo it was pushed to
+    assert card.count('"someone/fashion-cnn"') == 5 and hub.PLACEHOLDER not in card
     assert all(r["auth"] == f"Bearer {TOKEN}" for r in RecordingHub.requests)  # it reached the endpoint only so
     for name, content in files.items():
         assert TOKEN.encode() not in content, name

@@ -4,14 +4,13 @@ IDX folder), a short real training reaches an accuracy only a working pipeline r
 MNIST test digits rendered as pictures."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from mnist_dist.data import sources
 
-from helpers import run_cli
+from helpers import on_page, run_cli
 
 
 def write_hf_parquet(folder, split: str, s: sources.Split):
@@ -50,15 +49,6 @@ def test_hf_torchvision_and_idx_give_identical_tensors(tmp_path, mnist_dir):
             assert torch.equal(other.images, s.images) and torch.equal(other.labels, s.labels), split
 
 
-@pytest.fixture(scope="module")
-def fast_mnist_run(tmp_path_factory, mnist_dir):
-    """`--config fast_mnist` on the real 60,000 digits, as a user runs it (one process)."""
-    run_dir = tmp_path_factory.mktemp("real") / "fast_mnist"
-    run_cli(["train", "--config", "fast_mnist", f"data.dir={mnist_dir}", "train.progress=false", f"run.dir={run_dir}"],
-            env={"OMP_NUM_THREADS": "2"})
-    return run_dir
-
-
 @pytest.mark.slow
 def test_fast_mnist_learns_real_mnist(fast_mnist_run, mnist_dir):
     # Measured with bench/run.py (bench/README.md): 99.2-99.3% on seeds 0-2. A broken pipeline stays near 10%, a linear model
@@ -67,13 +57,6 @@ def test_fast_mnist_learns_real_mnist(fast_mnist_run, mnist_dir):
     assert summary["data_source"] == f"idx:{mnist_dir}" and summary["test_count"] == 10000
     assert summary["train_samples_per_rank"] == [60000]
     assert summary["test_accuracy"] >= 0.985, summary
-
-
-def on_page(img28: np.ndarray, k: int) -> Image.Image:
-    """A test digit as a scan has it: dark ink on a white 200x200 page, 5x enlarged, somewhere on it."""
-    page = Image.new("L", (200, 200), 255)
-    page.paste(Image.fromarray(255 - img28).resize((140, 140), Image.BICUBIC), (10 + 7 * (k % 7), 10 + 5 * (k % 9)))
-    return page
 
 
 @pytest.mark.slow

@@ -68,7 +68,7 @@ def check_compare(sweep_dir: Path, n_points: int, failed: set[str] = frozenset()
 
 def test_the_sweep_file_parses_and_a_grid_has_every_point():
     sweep = sweeps.load(GRID)
-    assert (sweep.method, sweep.metric, sweep.maximize, sweep.base_args) == ("grid", "val_accuracy", True,
+    assert (sweep.method, sweep.metric, sweep.maximize, sweep.base_args) == ("grid", "val/accuracy", True,
                                                                              ["--config", "debug",
                                                                               "tracking.backend=wandb"])
     assert [sweeps.overrides(p) for p in sweep.points()] == [
@@ -77,14 +77,16 @@ def test_the_sweep_file_parses_and_a_grid_has_every_point():
 
 
 def test_random_points_are_seeded_and_bad_files_are_one_line(tmp_path):
-    raw = {"method": "random", "metric": {"name": "val_loss", "goal": "minimize"}, "command": ["${args_no_hyphens}"],
+    raw = {"method": "random", "metric": {"name": "val/loss", "goal": "minimize"}, "command": ["${args_no_hyphens}"],
            "parameters": {"train.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
                           "train.seed": {"distribution": "int_uniform", "min": 0, "max": 9}}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     sweep = sweeps.load(tmp_path / "r.yaml")
     a, b = sweep.points(5, seed=1), sweep.points(5, seed=1)
     assert a == b and len({p["train.lr"] for p in a}) == 5 and all(1e-4 <= p["train.lr"] <= 1e-1 for p in a)
-    for broken, words in [({**raw, "method": "bayes"}, "grid or random"),
+    for broken, words in [({**raw, "method": "bayes"}, "method 'bayes' needs W&B's sweep server"),
+                          ({**raw, "early_terminate": {"type": "hyperband"}}, "`wandb sweep"),
+                          ({**raw, "metric": {"name": "val_loss"}}, "did you mean 'val/loss'?"),
                           ({**raw, "parameters": {"train.lrr": {"values": [1]}}}, "'train.lrr' is not a config key"),
                           ({**raw, "command": ["${args}"]}, "${args_no_hyphens}")]:
         (tmp_path / "b.yaml").write_text(yaml.safe_dump(broken))
@@ -134,7 +136,8 @@ def test_a_local_sweep_runs_every_point_and_a_failed_one_does_not_stop_the_other
         assert saved["train"]["lr"] == [0.001, 0.01][i // 2] and saved["tracking"]["group"] == "sweep"
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         scalars = {k for r in records for k, v in r.items() if isinstance(v, (int, float)) and k != "early_stop"}
-        assert scalars == set(sweeps.RECORDED_METRICS)  # what metric.name and compare --metric accept
+        # What metric.name (W&B's names) and compare --metric (these, or W&B's) accept.
+        assert {name.replace("/", "_", 1) for name in sweeps.LOGGED_METRICS} <= scalars
     check_compare(sweep_dir, 4, failed={"point_001", "point_003"})
     # Run again: the finished points are skipped, not trained twice.
     again = run_cli(["sweep", str(path), "--dir", str(sweep_dir), "--index", "0"]).stdout
@@ -170,7 +173,7 @@ def test_bad_random_bounds_are_one_line(tmp_path):
     for spec, words in [({"distribution": "int_uniform", "min": 0.5, "max": 3}, "both integers"),
                         ({"distribution": "log_uniform_values", "min": 0, "max": 1}, "min > 0"),
                         ({"distribution": "uniform", "min": 2, "max": 1}, "min < max")]:
-        raw = {"method": "random", "metric": {"name": "val_loss"}, "command": ["${args_no_hyphens}"],
+        raw = {"method": "random", "metric": {"name": "val/loss"}, "command": ["${args_no_hyphens}"],
                "parameters": {"train.lr": spec}}
         (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
         with pytest.raises(ConfigError, match=words):
@@ -224,10 +227,10 @@ def test_a_misspelled_metric_is_refused_before_any_point_runs(tmp_path, capsys):
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(raw))
     proc = run_cli(["sweep", str(tmp_path / "typo.yaml"), "--dir", str(tmp_path / "sweep")], check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "metric.name 'val_acuracy' is not a metric a run records; did you mean 'val_accuracy'?" in proc.stderr
+    assert "metric.name 'val_acuracy' is not a metric runs log to W&B; did you mean 'val/accuracy'?" in proc.stderr
     assert not (tmp_path / "sweep").exists()
     assert cli.main(["compare", str(tmp_path), "--metric", "test_acc"]) == 2
-    assert "--metric 'test_acc' is not a metric a run records; did you mean 'test_accuracy'?" in capsys.readouterr().err
+    assert "--metric 'test_acc' is not a metric runs log to W&B; did you mean 'test/accuracy'?" in capsys.readouterr().err
 
 
 def test_count_takes_the_first_points_of_a_grid(tmp_path, capsys):

@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mnist_dist import config, metrics
+from mnist_dist.config import sweeps
 from mnist_dist.outputs import tracking
 from mnist_dist.run import rundir
 
-from helpers import VENV_BIN, fashion_slice, read_wandb_run, run_cli
+from helpers import REPO, VENV_BIN, fashion_slice, read_wandb_run, run_cli
 
 SENTINEL = "sentinelXYZ" + "q" * 29  # 40 characters, shaped like a real W&B key (no host prefix)
 
@@ -218,6 +220,12 @@ def test_the_dashboard_ranks_by_the_best_and_names_each_number_once(tmp_path):
     assert run["metrics"]["val/loss"]["summary"] == ["min"] and run["metrics"]["global_step"]["hidden"]
     assert all(run["metrics"][s]["step_metric"] == "global_step" for s in ("train/*", "val/*", "test/*", "epoch"))
     assert all(h["global_step"] == h["_step"] for h in run["history"])
+    # The names a sweep's metric.name and compare --metric take are the ones a real run logs, and every shipped
+    # sweep file names one of them (else `wandb agent`'s bayes search and early_terminate never see it).
+    logged = {key for h in run["history"] for key in h} | set(run["summary"])
+    assert set(sweeps.LOGGED_METRICS) <= logged
+    for sweep_file in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        assert yaml.safe_load(sweep_file.read_text())["metric"]["name"] in logged, sweep_file
 
     evals = [r for r in rundir.read_jsonl(run_dir / "metrics.jsonl") if "val_accuracy" in r]
     assert len(evals) == 3

@@ -127,7 +127,7 @@ def test_models_are_plain_modules():
 def test_commands_are_the_modules_cli_dispatches_to():
     names = {c.removeprefix("commands.") for c in COMMANDS}
     assert names == {"train", "evaluate", "predict", "export", "push", "report", "recipes", "sweep", "compare",
-                     "convert", "download", "scripts"}
+                     "convert", "download", "scripts", "demo"}
     assert COMMANDS == graph(PACKAGE)["cli"] & COMMANDS  # cli imports every one of them, plainly
 
 

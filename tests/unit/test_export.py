@@ -82,5 +82,5 @@ def test_missing_onnx_is_one_line(model_dir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as if it were not installed
     assert cli.main(["export", str(model_dir), "--format", "onnx", "--out", str(model_dir / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "mnist-dist export: error: ONNX export needs the optional extra: pip install 'mnist-dist[onnx]'"
+    assert err == "mnist-dist export: error: ONNX export needs onnx, in the optional extra: pip install 'mnist-dist[onnx]'"
     assert not (model_dir / "x.onnx").exists()
