@@ -184,9 +184,10 @@ class TrainConfig:
     grad_clip: float = key(0.0, ge=0)
     """Clip the global gradient norm to this value; 0 disables."""
     mixed_precision: str = key("auto", "auto", "no", "bf16", "fp16")
-    """auto: what the launch says (accelerate launch --mixed_precision or its YAML); without one, bf16 autocast on
-    a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. The start-up line and summary.json say
-    which ran and why."""
+    """auto: bf16 or fp16 where the launch asks for it (accelerate launch --mixed_precision or its YAML); else bf16
+    autocast on a CPU with native bf16 (avx512_bf16, AMX) and no (fp32) elsewhere. A launch's `no` is also
+    accelerate's default, so it does not count: say no here for fp32. The start-up line and summary.json say which
+    ran and why."""
     device: str = key(
         "auto", "auto", "cpu", "cuda", "mps", may_change="where the run computes, not what"
     )

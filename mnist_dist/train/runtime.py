@@ -77,14 +77,15 @@ def choose_mixed_precision(
 ) -> tuple[str, str]:
     """(the precision to run: no, bf16 or fp16, and why) for train.mixed_precision=`asked`. launcher: what
     `accelerate launch` said (ACCELERATE_MIXED_PRECISION, from --mixed_precision or its YAML), None without one.
-    auto on a CPU without a launcher's word: bf16 autocast where the CPU has native bf16 (fast_fashion trains
-    ~1.4x faster on AMX at the same test accuracy within 0.15 points, bench/README.md), fp32 elsewhere."""
+    `accelerate launch` says `no` whenever nothing asked for a precision, so its `no` is not a choice: auto follows
+    a launch's bf16 or fp16 only. Otherwise, on a CPU, bf16 autocast where the CPU has native bf16 (1.3-1.4x faster
+    at the same accuracy, bench/README.md), fp32 elsewhere; fp32 on a GPU."""
     if asked != "auto":
         return asked, f"train.mixed_precision={asked}"
-    if launcher:
+    if launcher not in (None, "no"):
         return launcher, f"auto: the launch says {launcher}"
     if not on_cpu:
-        return "no", "auto: fp32 on a GPU unless the launch says otherwise"
+        return "no", "auto: fp32 on a GPU unless the launch says bf16 or fp16"
     if cpu_bf16:
         return "bf16", f"auto: this CPU has native bf16 ({', '.join(cpu_bf16)})"
     return "no", "auto: this CPU has no native bf16 (avx512_bf16, amx)"
