@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import json
 
+import torch
+
 from mnist_dist import config, metrics
 from mnist_dist.data import sources
 from mnist_dist.outputs import plots, tracking
@@ -64,6 +66,11 @@ def run(args) -> int:
         # Unless asked otherwise: the precision its run's evaluations ran in (fp32 for a model that does not say),
         # so that the result reproduces the number it is compared with (summary.json, the Hub card).
         precision = model_info.get("mixed_precision", "no")
+        if precision == "fp16" and not torch.cuda.is_available():
+            print(
+                "note: the model's run evaluated in fp16 on a GPU; without one here, fp32 (numbers may differ)"
+            )
+            precision = "no"
         cfg = dataclasses.replace(
             cfg, train=dataclasses.replace(cfg.train, mixed_precision=precision)
         )

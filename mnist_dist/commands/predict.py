@@ -76,7 +76,11 @@ def list_images(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             continue
         found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for p in found:
-            target = p.resolve()
+            try:
+                target = p.resolve()
+            except (RuntimeError, OSError):  # Python < 3.13 raises RuntimeError on a link loop
+                skipped.append((str(p), "skipped: a link loop"))
+                continue
             if not p.exists():
                 skipped.append((str(p), f"skipped: a broken link (to {target})"))
             elif not any(target.is_relative_to(folder) for folder in folders):

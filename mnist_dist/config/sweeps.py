@@ -126,7 +126,7 @@ def load(path: str | Path) -> Sweep:
     goal = metric.get("goal", "maximize") if isinstance(metric, dict) else None
     if not isinstance(metric, dict) or not isinstance(metric.get("name"), str) or goal not in GOALS:
         raise ConfigError(
-            f"{path}: metric must be {{name: val_accuracy, goal: maximize | minimize}}"
+            f"{path}: metric must be {{name: val/accuracy, goal: maximize | minimize}}"
         )
     metric_key(metric["name"], f"{path}: metric.name")
     params = raw.get("parameters")

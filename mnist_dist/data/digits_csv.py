@@ -45,6 +45,8 @@ def read_digits_csv(path: str | Path) -> Split:
             rows = pd.read_csv(
                 f, sep=sep, header=None, dtype=np.int64, skip_blank_lines=True
             ).to_numpy()
+    except pd.errors.EmptyDataError:  # a ValueError too: before the clause that would take it
+        raise DataError(f"{path}: no rows") from None
     except (
         OSError,
         ValueError,
@@ -55,8 +57,6 @@ def read_digits_csv(path: str | Path) -> Split:
     ) as e:
         why = str(e).splitlines()[0][:200]
         raise DataError(f"{path}: not a CSV of 784 pixels and a label per row ({why})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: no rows") from None
     if rows.shape[1] != 785:
         raise DataError(
             f"{path}: {rows.shape[1]} columns per row, expected 785 (784 pixels and a label)"

@@ -35,7 +35,9 @@ def check_close(logits, model: torch.nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
         expected = model(x)
     max_diff = float((torch.as_tensor(logits) - expected).abs().max())
-    if max_diff > 1e-3:  # float32 reorderings give ~1e-6; more means the export changed the model
+    if (
+        not max_diff <= 1e-3
+    ):  # float32 reorderings give ~1e-6; more (or NaN) means the export changed the model
         raise ExportError(
             f"exported model disagrees with PyTorch (max |logit diff| {max_diff:.2e})"
         )
@@ -50,13 +52,13 @@ def _program(model: torch.nn.Module) -> torch.export.ExportedProgram:
 
 def write_pt2(model: torch.nn.Module, model_info: dict, out: Path) -> float:
     """model.pt2: `torch.export.load(path).module()` gives the model back with torch alone."""
-    with atomic.replacing(out) as tmp:
+    x = sample_input(5)  # a batch size other than the exported one: the batch axis is dynamic
+    with atomic.replacing(out) as tmp:  # read back and checked before it replaces anything
         torch.export.save(
             _program(model), str(tmp), extra_files={"model.json": json.dumps(model_info)}
         )
-    x = sample_input(5)  # a batch size other than the exported one: the batch axis is dynamic
-    with torch.no_grad():
-        return check_close(torch.export.load(str(out)).module()(x), model, x)
+        with torch.no_grad():
+            return check_close(torch.export.load(str(tmp)).module()(x), model, x)
 
 
 def write_onnx(model: torch.nn.Module, model_info: dict, out: Path) -> float | None:
@@ -71,27 +73,34 @@ def write_onnx(model: torch.nn.Module, model_info: dict, out: Path) -> float | N
         ) from None
     with atomic.replacing(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnxscript's notes on its own deprecations
-        program = torch.onnx.export(
-            _program(model),
-            dynamo=True,
-            verbose=False,
-            input_names=["input"],
-            output_names=["logits"],
-        )
-        assert program is not None  # dynamo=True always returns the program
-        proto = program.model_proto
-        onnx.checker.check_model(proto)
-        for key, value in {**metadata(model_info)}.items():
+        try:
+            program = torch.onnx.export(
+                _program(model),
+                dynamo=True,
+                verbose=False,
+                input_names=["input"],
+                output_names=["logits"],
+            )
+            assert program is not None  # dynamo=True always returns the program
+            proto = program.model_proto
+            onnx.checker.check_model(proto)
+        except Exception as e:  # the exporter's own failures, in its words
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ExportError(
+                f"torch's ONNX exporter failed ({type(e).__name__}: {first})"
+            ) from None
+        for key, value in metadata(model_info).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
-    try:
-        import onnxruntime
-    except ModuleNotFoundError:
-        return None
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = sample_input(5)
-    return check_close(session.run(None, {"input": x.numpy()})[0], model, x)
+        try:
+            import onnxruntime
+        except ModuleNotFoundError:
+            return None
+        # Read back and checked before it replaces anything.
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        x = sample_input(5)
+        return check_close(session.run(None, {"input": x.numpy()})[0], model, x)
 
 
 def write_torchscript(model: torch.nn.Module, model_info: dict, out: Path) -> float:
@@ -100,12 +109,11 @@ def write_torchscript(model: torch.nn.Module, model_info: dict, out: Path) -> fl
         # torch.jit is deprecated in favour of torch.export.
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model.eval(), sample_input(2))
-        with atomic.replacing(out) as tmp:
+        x = sample_input(5)
+        with atomic.replacing(out) as tmp:  # read back and checked before it replaces anything
             torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(model_info)})
-        reloaded = torch.jit.load(str(out))
-    x = sample_input(5)
-    with torch.no_grad():
-        return check_close(reloaded(x).numpy(), model, x)
+            with torch.no_grad():
+                return check_close(torch.jit.load(str(tmp))(x).numpy(), model, x)
 
 
 def metadata(model_info: dict) -> dict[str, str]:

@@ -73,7 +73,9 @@ def _one_line(e: Exception) -> str:
 # ----------------------------------------------------------------------------- the model card
 
 
-def card_text(model_info: dict, run_dir: Path | None, best: bool, repo_id: str, onnx: bool) -> str:
+def card_text(
+    model_info: dict, run_dir: Path | None, best: bool, repo_id: str, no_onnx_why: str | None = None
+) -> str:
     """README.md: card_template.md, with ModelCardData's metadata (a model-index with the test accuracy of the
     exported model: the final one, or the best one when the run evaluated it on the test split)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -112,7 +114,7 @@ def card_text(model_info: dict, run_dir: Path | None, best: bool, repo_id: str, 
         dataset_name=dataset_name,
         dataset_id=dataset_id,
         best=best,
-        onnx=onnx,
+        no_onnx_why=no_onnx_why,
         repo_id=repo_id,
         test_accuracy=accuracy,
         test_count=s.get("test_count", "?"),
@@ -184,19 +186,22 @@ def export(
     atomic.write_text(out / HUB_CONFIG, json.dumps(model_info, indent=2))
     formats.write_pt2(model, model_info, out / PT2)
     written += [out / HUB_CONFIG, out / PT2]
+    no_onnx_why = None
     try:
         formats.write_onnx(model, model_info, out / ONNX)
         written.append(out / ONNX)
-    except formats.ExportError as e:  # onnxscript is an optional extra
+    except (
+        formats.ExportError
+    ) as e:  # onnxscript is an optional extra; an exporter failure is said as it is
+        no_onnx_why = str(e)
+        (out / ONNX).unlink(missing_ok=True)  # an earlier export's file would not be this model
         print(f"mnist-dist: no {ONNX} in {out}: {e}", file=sys.stderr)
     for name in rundir.PICTURES:
         if run_dir and (run_dir / name).is_file():
             if (out / name).resolve() != (run_dir / name).resolve():
                 shutil.copyfile(run_dir / name, out / name)
             written.append(out / name)
-    card = card_text(
-        model_info, run_dir, best, repo_id or PLACEHOLDER, onnx=(out / ONNX) in written
-    )
+    card = card_text(model_info, run_dir, best, repo_id or PLACEHOLDER, no_onnx_why)
     atomic.write_text(out / CARD, card)
     return [*written, out / CARD]
 
@@ -207,7 +212,7 @@ def is_repo_id(text: str) -> bool:
 
 
 def resolve(model: str | Path) -> Path:
-    """What eval, predict, export and demo load: a path as given, or a Hub repo id's files downloaded once into
+    """What eval, predict and demo load: a path as given, or a Hub repo id's files downloaded once into
     the Hub cache (with HF_HUB_OFFLINE=1 only the cache is read), as a folder that artifact.load_model reads."""
     if not is_repo_id(str(model)):
         return Path(model)

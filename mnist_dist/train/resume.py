@@ -57,10 +57,10 @@ class TrainState:
         return state
 
 
-def state_problem(state_json: dict, steps_per_epoch: int) -> str | None:
+def state_problem(state_json: dict, steps_per_epoch: int | None = None) -> str | None:
     """What is wrong with a checkpoint's state.json, or None: every TrainState field of its type and in range,
-    the world size, and the steps consistent with each other and with this run's steps per epoch (the global batch
-    and the data, which decide it, are checked against the config and the fingerprint later)."""
+    the world size and each rank's count, and the step counts consistent with each other. With steps_per_epoch
+    (once the config and the data are known to be the checkpoint's): consistent with this run's epoch length too."""
     for f in dataclasses.fields(TrainState):
         value, kind = state_json.get(f.name, f.default), FIELD_KINDS[f.type]
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
@@ -74,13 +74,18 @@ def state_problem(state_json: dict, steps_per_epoch: int) -> str | None:
     world, per_rank = state_json.get("world_size"), state_json.get("samples_seen_per_rank")
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         return f"world_size is {world!r}, not a number of processes"
-    if per_rank is not None and not (isinstance(per_rank, list) and len(per_rank) == world):
+    counts = per_rank if isinstance(per_rank, list) else []
+    if per_rank is not None and not (
+        len(counts) == world and all(type(n) is int and 0 <= n < INT64_LIMIT for n in counts)  # noqa: E721 (bool is not a count)
+    ):
         return f"samples_seen_per_rank is {str(per_rank)[:60]}, not a count for each of {world} processes"
-    epoch, step, total = state_json["epoch"], state_json["step_in_epoch"], state_json["global_step"]
-    if step > steps_per_epoch or total != epoch * steps_per_epoch + step:
+    epoch, step, total = (state_json.get(k, 0) for k in ("epoch", "step_in_epoch", "global_step"))
+    # global_step = epoch x steps per epoch + step_in_epoch: the epoch length they imply, or this run's.
+    per_epoch = steps_per_epoch or ((total - step) // epoch if epoch else step)
+    if total < step or step > per_epoch or total != epoch * per_epoch + step:
         return (
-            f"global_step {total} is not epoch {epoch} x {steps_per_epoch} steps + step_in_epoch {step}: the "
-            f"counts do not fit each other or this run's steps per epoch"
+            f"global_step {total} is not epoch {epoch} x {per_epoch} steps + step_in_epoch {step}: the counts "
+            f"do not fit each other" + (" or this run's steps per epoch" if steps_per_epoch else "")
         )
     return None
 
@@ -109,12 +114,14 @@ def resume(
     set_aside = []
     for ckpt in checkpoint.resume_candidates(run_dir, cfg.checkpoint.resume):
         # a collective: every rank takes the same branch
-        why = checkpoint.agreed_damage(
-            accelerator, ckpt, lambda s: state_problem(s, steps_per_epoch)
-        )
+        why = checkpoint.agreed_damage(accelerator, ckpt, state_problem)
         if why is None:
             state_json = checkpoint.read_state_json(ckpt)
+            # Another config or other data is the user's to fix (one line), not damage: checked first. Then the
+            # counts against this run's epoch length (the same on every rank: the same file, the same config).
             check_resumable(cfg, accelerator, ckpt, state_json, fingerprint, source)
+            why = state_problem(state_json, steps_per_epoch)
+        if why is None:
             # Model, optimizer and scheduler load whatever the world size (DDP keeps them equal on every rank); a
             # rank the checkpoint has no RNG file for is fine: every step reseeds from (seed, step, rank).
             why = checkpoint.load(accelerator, ckpt)  # a collective too

@@ -54,10 +54,10 @@ class NullWriter:
 
 
 class RunWriter(NullWriter):
-    precision = "no"  # what the run's evaluations ran in, recorded with the model (set at start)
-
     """The main process's writer. Created holding the run folder's lock: one writer per folder, so a second run
     into it stops before it has read or written anything."""
+
+    precision = "no"  # what the run's evaluations ran in, recorded with the model (set at start)
 
     def __init__(self, cfg: config.Config, teardown: contextlib.ExitStack):
         self.cfg, self.run_dir = cfg, Path(cfg.run.dir)

@@ -42,14 +42,32 @@ def one_line(proc) -> str:
 # ----------------------------------------------------------------------------- Ctrl-C in the first second
 
 
-@pytest.mark.parametrize("delay_s", [0.3, 0.6])
-def test_a_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(tiny_idx, tmp_path, delay_s):
+def wait_until_it_loads_torch(proc, timeout_s: float = 120.0) -> None:
+    """Until the process has mapped libtorch, i.e. is inside `import torch`: a moment fixed by what the process
+    does, not by the clock (a sleep of 0.3 s landed before `main` on a loaded machine, inside Python's own start)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the command ended before it imported torch"
+        try:
+            if any("libtorch" in m.path for m in psutil.Process(proc.pid).memory_maps()):
+                return
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
+    raise AssertionError(f"no libtorch in the process after {timeout_s} s")
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.3])
+def test_a_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(tiny_idx, tmp_path, after_s):
     """The parser used to import the training module: a Ctrl-C in the first second was a 73-line traceback from
     inside `import torch`."""
     cmd = [str(VENV_BIN / "mnist-dist"), "train", *tiny_overrides(tiny_idx, tmp_path / "run")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(delay_s)
+    wait_until_it_loads_torch(proc)
+    time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out[-2000:], err[-2000:])
@@ -208,3 +226,27 @@ def test_a_preempted_job_that_is_not_requeued_ends_as_preempted_not_failed(slurm
     assert info["ExitCode"] == "75:0", f"{info}\n{log[-3000:]}"
     assert "ending as preempted (75)" in log and "preempted by SIGUSR1" in log, log[-3000:]
 
+
+
+def test_a_changed_batch_is_refused_in_one_line_not_taken_for_a_damaged_checkpoint(tiny_idx, tmp_path):
+    """The steps-per-epoch check of state.json ran before the config check: a checkpoint past epoch 0 resumed with
+    another batch size was set aside as damaged ("no checkpoint is whole") instead of the one-line refusal."""
+    run_dir = tmp_path / "run"
+    run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.epochs=1")])  # ends at epoch 1, step 0, step 20
+    proc = run_cli(["train", *tiny_overrides(tiny_idx, run_dir, "train.epochs=1", "train.per_device_batch_size=25")],
+                   check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "was trained with another config: train.per_device_batch_size" in proc.stderr
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_00000020"]
+
+
+def test_eval_of_a_model_evaluated_in_fp16_falls_back_to_fp32_on_a_cpu(trained, tiny_idx, tmp_path):
+    """eval takes the precision model.json records; fp16 (a GPU run's) on a machine without a GPU was refused
+    with a message about a flag the user never gave."""
+    folder = tmp_path / "gpu_model"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("checkpoints", "best"))
+    info = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**info, "mixed_precision": "fp16"}))
+    proc = run_cli(["eval", str(folder), "--json", f"data.dir={tiny_idx}", "data.source=idx"])
+    assert "note: the model's run evaluated in fp16 on a GPU; without one here, fp32" in proc.stdout
+    assert json.loads(proc.stdout.splitlines()[-1])["count"] > 0

@@ -186,6 +186,9 @@ def test_a_csv_of_digits_becomes_an_idx_folder(tmp_path):
     assert torch.equal(split.images, images) and torch.equal(split.labels, labels)
     idx.write_idx(tmp_path / "idx", "train", split.images, split.labels)
     assert torch.equal(sources.load_idx(tmp_path / "idx", "train").images, images)
+    (tmp_path / "header_only.csv").write_text(",".join([f"pixel{i}" for i in range(784)] + ["label"]) + "\n")
+    with pytest.raises(DataError, match="header_only.csv: no rows$"):
+        digits_csv.read_digits_csv(tmp_path / "header_only.csv")
     (tmp_path / "short.csv").write_text("1,2,3\n")
     with pytest.raises(DataError, match="3 columns in the first row, expected 785"):
         digits_csv.read_digits_csv(tmp_path / "short.csv")

@@ -84,3 +84,32 @@ def test_missing_onnx_is_one_line(model_dir, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "mnist-dist export: error: ONNX export needs onnx, in the optional extra: pip install 'mnist-dist[onnx]'"
     assert not (model_dir / "x.onnx").exists()
+
+
+def test_a_hub_folder_exported_without_onnxscript_has_no_onnx_and_its_card_says_why(model_dir, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """A second export into the same folder without onnxscript left the first export's model.onnx beside a card
+    that said there was none (and push uploads it)."""
+    pytest.importorskip("onnxscript")
+    from mnist_dist.outputs import hub
+    out = tmp_path / "hub"
+    hub.export(model_dir, None, out, best=False, repo_id="someone/model")
+    assert (out / "model.onnx").is_file() and (out / "README.md").read_text().count("```python") == 3
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    hub.export(model_dir, None, out, best=False, repo_id="someone/model")
+    card = (out / "README.md").read_text()
+    assert not (out / "model.onnx").exists() and card.count("```python") == 2
+    assert "(No ONNX file here: ONNX export needs onnxscript, in the optional extra" in card
+    assert "mnist-dist: no model.onnx in" in capsys.readouterr().err
+
+
+def test_an_export_that_disagrees_replaces_nothing(model_dir, tmp_path, monkeypatch):
+    """The check of an exported file ran after it had replaced the target: a refused export was left in place."""
+    from mnist_dist.outputs import formats
+    model, info = artifact.load_model(model_dir)
+    out = tmp_path / "m.pt2"
+    out.write_bytes(b"the earlier file")
+    monkeypatch.setattr(formats, "check_close", lambda *a: (_ for _ in ()).throw(formats.ExportError("disagrees")))
+    with pytest.raises(formats.ExportError):
+        formats.write_pt2(model, info, out)
+    assert out.read_bytes() == b"the earlier file" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]

@@ -74,8 +74,10 @@ def test_predict_follows_no_link_out_of_its_folders_and_says_what_it_skipped(cap
     (pictures / "inside.png").symlink_to(pictures / "mine.png")
     (pictures / "out.png").symlink_to(elsewhere / "secret.png")
     (pictures / "gone.png").symlink_to(tmp_path / "nothing.png")
+    (pictures / "loop.png").symlink_to(pictures / "loop.png")  # resolve() raised RuntimeError: a traceback
     assert cli.main(["predict", str(model_dir), str(pictures)]) == 1  # something was skipped
     out, err = capsys.readouterr()
+    assert f"{pictures / 'loop.png'}: skipped: a link loop" in err
     assert sorted(line.split(":")[0] for line in out.splitlines()) == [str(pictures / "inside.png"),
                                                                        str(pictures / "mine.png")]
     assert f"{pictures / 'out.png'}: skipped: a link out of the folders named" in err
@@ -128,6 +130,8 @@ def test_a_checkpoint_whose_manifest_was_deleted_is_damaged(tmp_path):
     ({"stopped_early": 1}, "stopped_early is 1, not bool"),
     ({"world_size": 0}, "world_size is 0"),
     ({"samples_seen_per_rank": [1, 2]}, "samples_seen_per_rank is [1, 2], not a count for each of 1 processes"),
+    ({"samples_seen_per_rank": ["many"]}, "samples_seen_per_rank is ['many'], not a count for each of 1 processes"),
+    ({"samples_seen_per_rank": [True]}, "samples_seen_per_rank is [True], not a count"),
 ])
 def test_a_state_json_that_does_not_add_up_is_damaged_with_or_without_a_manifest(tmp_path, change, words):
     for manifest in (True, False):
@@ -151,3 +155,13 @@ def test_each_restart_of_the_elastic_agent_writes_under_keys_of_its_own():
     second.set("rank0/addr", "host-of-attempt-2")
     assert first.get("rank0/addr") == b"host-of-attempt-1"
     assert os.environ.get("TORCHELASTIC_RESTART_COUNT") is None  # no agent around this test
+
+
+def test_the_counts_are_checked_against_each_other_alone_until_the_run_is_known_to_be_the_same():
+    """Without this run's epoch length only what state.json says of itself: epoch 1 of 21 steps is whole (another
+    batch size is then the config check's one line, not damage); a missing count reads as 0, not a KeyError."""
+    assert resume.state_problem({**GOOD, "global_step": 26}) is None
+    assert "global_step 3 is not epoch 1" in resume.state_problem({**GOOD, "global_step": 3})
+    assert "global_step 12 is not epoch 2 x 3 steps + step_in_epoch 5" in resume.state_problem(
+        {**GOOD, "epoch": 2, "global_step": 12})
+    assert resume.state_problem({k: v for k, v in GOOD.items() if k not in ("epoch", "global_step")}) is not None
