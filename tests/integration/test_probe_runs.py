@@ -64,8 +64,10 @@ def test_a_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(tiny_idx, t
     """The parser used to import the training module: a Ctrl-C in the first second was a 73-line traceback from
     inside `import torch`."""
     cmd = [str(VENV_BIN / "mnist-dist"), "train", *tiny_overrides(tiny_idx, tmp_path / "run")]
+    # Ctrl-C as a terminal delivers it: a suite started in the background of a shell without job control (`.ci/run
+    # &`) ignores SIGINT, and an ignored SIGINT stays ignored through exec (the command then trained to its end)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_until_it_loads_torch(proc)
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
