@@ -18,9 +18,7 @@ if TYPE_CHECKING:  # the type only: accelerate is imported where it is built
     from mnist_dist.data.sources import Split
 
 
-def confusion_matrix(
-    preds: torch.Tensor, labels: torch.Tensor, num_classes: int = 10
-) -> torch.Tensor:
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[true, predicted] counts, int64, on the inputs' device (no host sync)."""
     return torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).view(
         num_classes, num_classes
@@ -96,7 +94,7 @@ class Predictions(NamedTuple):
 
     images: torch.Tensor  # uint8 [N, 28, 28]
     labels: torch.Tensor  # int64 [N]
-    probs: torch.Tensor  # float32 [N, 10]
+    probs: torch.Tensor  # float32 [N, classes]
 
 
 def forward(
@@ -120,7 +118,7 @@ def forward(
 def predict(
     model: torch.nn.Module, images_u8: torch.Tensor, mean: float, std: float, batch_size: int = 1000
 ) -> torch.Tensor:
-    """Class probabilities [N, 10] (float32, CPU), on the model's device, in eval mode.
+    """Class probabilities [N, classes] (float32, CPU), on the model's device, in eval mode.
 
     Runs on one process with a plain (unwrapped) module: no collective, so other ranks are never involved.
     """
@@ -166,7 +164,8 @@ def exact_metrics(
         images = torch.cat([images, images.new_zeros((pad, *images.shape[1:]))])
     device = accelerator.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    confusion = torch.zeros(10, 10, device=device, dtype=torch.long)
+    # [classes, classes], sized by the model's outputs at its first batch (every rank has one, padded if need be)
+    confusion = torch.zeros(0, 0, device=device, dtype=torch.long)
     kept = []
     for i, logits in zip(
         range(0, len(images), batch_size), forward(model, images, mean, std, batch_size, device)
@@ -174,7 +173,10 @@ def exact_metrics(
         logits = logits[: max(0, real - i)]  # the padding's logits count nowhere
         y = labels[i : i + batch_size].to(device, non_blocking=True)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        confusion += confusion_matrix(logits.argmax(1), y)
+        if not confusion.numel():
+            classes = logits.shape[1]
+            confusion = torch.zeros(classes, classes, device=device, dtype=torch.long)
+        confusion += confusion_matrix(logits.argmax(1), y, confusion.shape[0])
         if i < keep_probs:
             # a host sync, only where asked
             kept.append(torch.softmax(logits[: keep_probs - i], 1).cpu())

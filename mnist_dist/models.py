@@ -1,6 +1,7 @@
 """Plain nn.Modules and a registry. Imports only torch: distribution is applied from outside.
 
-Every model takes a float tensor [B, 1, 28, 28] (already normalised) and returns logits [B, 10].
+Every model takes a float tensor [B, 1, 28, 28] (already normalised) and returns logits [B, num_classes]
+(10 unless the data have another number of classes: build's num_classes).
 """
 
 import inspect
@@ -20,10 +21,11 @@ def register(name):
     return deco
 
 
-def build(name: str, **kwargs) -> nn.Module:
+def build(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Model `name` with `num_classes` outputs; kwargs are the config's model.kwargs."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+    return MODELS[name](num_classes=num_classes, **kwargs)
 
 
 def check(name: str, kwargs: dict) -> str | None:
@@ -32,11 +34,14 @@ def check(name: str, kwargs: dict) -> str | None:
     left alone."""
     if name not in MODELS:
         return f"name: unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}"
+    if "num_classes" in kwargs:
+        return "kwargs: num_classes comes from the data (its classes), not from model.kwargs"
     try:
         inspect.signature(MODELS[name]).bind(**kwargs)
     except TypeError as e:
-        params = ", ".join(inspect.signature(MODELS[name]).parameters) or "none"
-        return f"kwargs {kwargs} do not fit {name} ({e}); its arguments: {params}"
+        params = [p for p in inspect.signature(MODELS[name]).parameters if p != "num_classes"]
+        known = ", ".join(params) or "none"
+        return f"kwargs {kwargs} do not fit {name} ({e}); its arguments: {known}"
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             MODELS[name](**kwargs)
@@ -53,7 +58,7 @@ def at_least(**sizes: tuple[int, int]) -> None:
             raise ValueError(f"{name} must be a whole number of at least {least}, got {n!r}")
 
 
-def mlp(*hidden: int, dropout: float = 0.0) -> nn.Module:
+def mlp(*hidden: int, dropout: float = 0.0, num_classes: int = 10) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = 28 * 28
     for h in hidden:
@@ -61,33 +66,33 @@ def mlp(*hidden: int, dropout: float = 0.0) -> nn.Module:
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = h
-    layers.append(nn.Linear(width, 10))
+    layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
 
-# The MLPs the classic tutorials use (784 inputs, 10 outputs).
+# The MLPs the classic tutorials use (784 inputs, 10 outputs for the digits).
 @register("mlp_128_256")
-def mlp_128_256(dropout: float = 0.0):
-    return mlp(128, 256, dropout=dropout)
+def mlp_128_256(dropout: float = 0.0, num_classes: int = 10):
+    return mlp(128, 256, dropout=dropout, num_classes=num_classes)
 
 
 @register("mlp_64x3")
-def mlp_64x3(dropout: float = 0.0):
-    return mlp(64, 64, 64, dropout=dropout)
+def mlp_64x3(dropout: float = 0.0, num_classes: int = 10):
+    return mlp(64, 64, 64, dropout=dropout, num_classes=num_classes)
 
 
 @register("mlp_128")
-def mlp_128(dropout: float = 0.0):
-    return mlp(128, dropout=dropout)
+def mlp_128(dropout: float = 0.0, num_classes: int = 10):
+    return mlp(128, dropout=dropout, num_classes=num_classes)
 
 
 @register("mlp_120_84")
-def mlp_120_84(dropout: float = 0.0):
-    return mlp(120, 84, dropout=dropout)
+def mlp_120_84(dropout: float = 0.0, num_classes: int = 10):
+    return mlp(120, 84, dropout=dropout, num_classes=num_classes)
 
 
 @register("tutorial_cnn")
-def tutorial_cnn():
+def tutorial_cnn(num_classes: int = 10):
     """The conv32-pool-conv64-pool-fc64 CNN of the classic tutorials (no BatchNorm)."""
     return nn.Sequential(
         nn.Conv2d(1, 32, 3),
@@ -99,7 +104,7 @@ def tutorial_cnn():
         nn.Flatten(),
         nn.Linear(64 * 5 * 5, 64),
         nn.ReLU(),
-        nn.Linear(64, 10),
+        nn.Linear(64, num_classes),
     )
 
 
@@ -117,7 +122,13 @@ def stage(cin: int, cout: int, pool_first: bool) -> list[nn.Module]:
 
 
 @register("cnn_bn")
-def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidden: int = 0):
+def cnn_bn(
+    width: int = 32,
+    dropout: float = 0.1,
+    pool_first: bool = False,
+    hidden: int = 0,
+    num_classes: int = 10,
+):
     """Three conv-BN-ReLU-pool stages (28 -> 14 -> 7 -> 3) doubling the channels, linear head.
 
     `width` is the first stage's channel count. One conv per stage keeps it cheap on CPUs; the full-resolution
@@ -128,9 +139,9 @@ def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidd
     at_least(width=(width, 1), hidden=(hidden, 0))
     w1, w2, w3 = width, 2 * width, 4 * width
     head = (
-        [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10)]
+        [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)]
         if hidden
-        else [nn.Linear(w3 * 3 * 3, 10)]
+        else [nn.Linear(w3 * 3 * 3, num_classes)]
     )
     return nn.Sequential(
         *stage(1, w1, pool_first),  # 28 -> 14
@@ -143,10 +154,16 @@ def cnn_bn(width: int = 32, dropout: float = 0.1, pool_first: bool = False, hidd
 
 
 @register("cnn_fast")
-def cnn_fast(width: int = 24, dropout: float = 0.0, pool_first: bool = True, hidden: int = 128):
+def cnn_fast(
+    width: int = 24,
+    dropout: float = 0.0,
+    pool_first: bool = True,
+    hidden: int = 128,
+    num_classes: int = 10,
+):
     """The default model: cnn_bn made cheaper for CPUs (bench/README.md): 24-48-96 channels, pooling before BN and
     ReLU, a 128-unit hidden layer in the head. Fashion-MNIST 92.8% in 8 epochs, ~2 minutes on 2 CPU cores."""
-    return cnn_bn(width=width, dropout=dropout, pool_first=pool_first, hidden=hidden)
+    return cnn_bn(width, dropout, pool_first, hidden, num_classes)
 
 
 def num_parameters(model: nn.Module) -> int:

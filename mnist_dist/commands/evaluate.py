@@ -14,6 +14,7 @@ import torch
 
 from mnist_dist import config, metrics
 from mnist_dist.data import sources
+from mnist_dist.errors import UserError
 from mnist_dist.outputs import plots, tracking
 from mnist_dist.run import artifact, rundir
 from mnist_dist.train import runtime
@@ -79,13 +80,21 @@ def run(args) -> int:
     accelerator = runtime.make_accelerator(cfg)
     with accelerator.local_main_process_first():
         if args.split == "test":
-            split = sources.load_test(cfg.data)
+            split, data_classes = sources.load_test(cfg.data)
         else:
-            split = getattr(sources.load_datasets(cfg.data), args.split)
+            datasets = sources.load_datasets(cfg.data)
+            split, data_classes = getattr(datasets, args.split), datasets.classes
     if split is None:
         raise config.ConfigError("--split val needs data.val_size > 0")
-    model = accelerator.prepare_model(model, evaluation_mode=True)
     mean, std, classes = model_info["mean"], model_info["std"], model_info["classes"]
+    if len(data_classes) != len(classes):
+        raise UserError(
+            f"the model has {len(classes)} classes, {cfg.data.name} has {len(data_classes)}: evaluate it on "
+            "data with its classes"
+        )
+    if data_classes != classes and cfg.data.name == model_info["dataset"]:
+        print(f"note: the data's classes {data_classes} are not the model's {classes}")
+    model = accelerator.prepare_model(model, evaluation_mode=True)
     result, _ = metrics.exact_metrics(
         accelerator, model, split, mean, std, cfg.train.eval_batch_size
     )

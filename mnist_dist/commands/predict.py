@@ -98,7 +98,7 @@ def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1 or args.max_pixels < 1:
         raise UserError("--top-k, --batch-size and --max-pixels must be at least 1")
     model, model_info = artifact.load_model(rundir.pick_model(hub.resolve(args.model), args.best))
-    layout = images.LAYOUTS.get(model_info.get("dataset", "mnist"), images.LAYOUTS["mnist"])
+    layout = images.layout_for(model_info.get("dataset", "mnist"))
     classes = model_info["classes"]
     top_k = min(args.top_k, len(classes))
     files, errors = list_images(args.inputs)

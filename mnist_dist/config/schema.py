@@ -96,14 +96,18 @@ BEST_TERMS = "the best score and the early-stop patience count a checkpoint hold
 
 @dataclass
 class DataConfig:
-    name: str = key("mnist", "mnist", "fashion_mnist")
-    """Which dataset: MNIST or its drop-in sibling Fashion-MNIST."""
+    name: str = key("mnist")
+    """Which dataset: mnist, fashion_mnist, imagefolder (your own images in data.dir: train/<class>/..., test/<class>/...) or hf:OWNER/NAME (a Hugging Face dataset with an image column and a ClassLabel column). The classes, and for the last two the pixel statistics, come from the data."""
     source: str = key("auto", "auto", "hf", "torchvision", "idx", may_change=MOVED_DATA)
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
     dir: str | None = key(None, may_change=MOVED_DATA)
     """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
     hf_path: str | None = key(None, may_change=MOVED_DATA)
-    """Hugging Face dataset id or local folder; default ylecun/mnist or zalando-datasets/fashion_mnist."""
+    """Hugging Face dataset id or local folder for mnist and fashion_mnist; default ylecun/mnist or zalando-datasets/fashion_mnist."""
+    image_column: str = key("image")
+    """The image column of an hf: dataset."""
+    label_column: str = key("label")
+    """The label column of an hf: dataset: a ClassLabel, whose names are the classes."""
     val_size: int = key(5000, ge=0)
     """Images carved from the training set (fixed seed) for validation; 0 disables validation."""
     loader: str = key("device", "device", "dataloader")
@@ -123,6 +127,23 @@ class DataConfig:
 
     def __post_init__(self):
         _check_range("data", self)
+        named = ("mnist", "fashion_mnist")
+        if self.name not in (*named, "imagefolder") and not (
+            self.name.startswith("hf:") and len(self.name) > 3
+        ):
+            raise ConfigError(
+                f"data.name: invalid value {self.name!r}; choose one of mnist, fashion_mnist, imagefolder, "
+                "hf:OWNER/NAME"
+            )
+        if self.name not in named and self.source != "auto":
+            raise ConfigError(
+                f"data.source={self.source} is for mnist and fashion_mnist; data.name={self.name} is read by "
+                "HF datasets (leave data.source=auto)"
+            )
+        if self.name == "imagefolder" and not self.dir:
+            raise ConfigError(
+                "data.name=imagefolder needs data.dir: a folder with train/<class>/ and test/<class>/ images"
+            )
 
 
 @dataclass

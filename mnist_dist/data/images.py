@@ -36,6 +36,8 @@ LAYOUTS = {
     "mnist": Layout(20, "mass", True, True),
     "fashion_mnist": Layout(28, "box", False, False),
 }
+# Any other set (an image folder, a Hub dataset): what its images of other sizes became in training (dataset_image).
+OTHER = Layout(28, "box", False, False)
 # strokes are grouped (connected components) on a copy at most this big: cheap, and enough
 LABEL_SIDE = 256
 
@@ -248,6 +250,22 @@ def digit_only(ink: np.ndarray) -> np.ndarray:
     if step > 1:
         kept = F.interpolate(kept, scale_factor=step, mode="nearest")
     return ink * kept[0, 0, :h, :w].numpy()
+
+
+def layout_for(dataset: str) -> Layout:
+    """How predict and the demo lay out a file for a model trained on `dataset` (model.json's data.name)."""
+    return LAYOUTS.get(dataset, OTHER)
+
+
+def dataset_image(grey: np.ndarray) -> np.ndarray:
+    """One image of a training set other than MNIST's and Fashion-MNIST's -> uint8 [28, 28]: a 28x28 one as it is
+    (grey), any other size laid out as predict lays out a file for its model (OTHER); a blank one stays blank."""
+    if grey.shape == (SIDE, SIDE):
+        return np.round(grey * 255).astype(np.uint8)
+    try:
+        return to_model_input(grey, OTHER)
+    except ImageError:  # no ink: nothing to crop to
+        return np.zeros((SIDE, SIDE), np.uint8)
 
 
 def preprocess(path: Path, layout: Layout, max_pixels: int = MAX_PIXELS) -> np.ndarray:

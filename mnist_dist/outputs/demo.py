@@ -23,7 +23,7 @@ SHOWN_SIDE = 196
 def classifier(model_path: Path):
     """classify(PIL image) -> ({class: probability}, the 28x28 input enlarged), as predict does it."""
     model, info = artifact.load_model(model_path)
-    layout = images.LAYOUTS.get(info["dataset"], images.LAYOUTS["mnist"])
+    layout = images.layout_for(info["dataset"])
 
     def classify(picture):
         if picture is None:
@@ -41,8 +41,9 @@ def build(model_path: Path, title: str | None = None):
     import gradio as gr
 
     classify, info = classifier(model_path)
-    dataset = hub.DATASET_NAMES.get(info["dataset"], info["dataset"])
-    title = title or f"Draw a digit: {info['name']} trained on {dataset}"
+    dataset = hub.dataset_names(info["dataset"])[1]
+    drawn = "a digit" if all(c.isdigit() for c in info["classes"]) else "one of its classes"
+    title = title or f"Draw {drawn}: {info['name']} trained on {dataset}"
 
     def predict(picture):
         """An image in, the top classes with their probabilities out."""

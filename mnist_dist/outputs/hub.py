@@ -56,7 +56,8 @@ class HubModel(
     repo's config.json (name, kwargs, mean, std, classes, ...) and model.safetensors. `info` is that config."""
 
     def __init__(self, name: str, kwargs: dict | None = None, **info):
-        super().__init__(*models.build(name, **(kwargs or {})).children())
+        classes = len(info.get("classes") or range(10))
+        super().__init__(*models.build(name, classes, **(kwargs or {})).children())
         self.info = {"name": name, "kwargs": kwargs or {}, **info}
 
 
@@ -83,10 +84,8 @@ def card_text(
     s = (rundir.read_json(run_dir / rundir.SUMMARY) if run_dir else None) or {}
     numbers = (s.get("best") or {}) if best else s
     dataset, accuracy = model_info["dataset"], numbers.get("test_accuracy")
-    dataset_id, dataset_name = (
-        sources.HF_IDS.get(dataset, dataset),
-        DATASET_NAMES.get(dataset, dataset),
-    )
+    dataset_id, dataset_name = dataset_names(dataset)
+    slug = dataset.removeprefix(sources.HUB_PREFIX).rsplit("/", 1)[-1]
     result = EvalResult(
         task_type="image-classification",
         dataset_type=dataset_id,
@@ -97,13 +96,13 @@ def card_text(
         metric_value=accuracy,
     )
     card_data = ModelCardData(
-        model_name=f"{model_info['name']}-{dataset}",
+        model_name=f"{model_info['name']}-{slug}",
         license="mit",
         library_name="mnist-dist",
         pipeline_tag="image-classification",
-        datasets=[dataset_id],
+        datasets=[dataset_id] if dataset != sources.IMAGEFOLDER else None,
         metrics=["accuracy"],
-        tags=["pytorch", "safetensors", "torch-export", "mnist-dist", dataset],
+        tags=["pytorch", "safetensors", "torch-export", "mnist-dist", slug],
         eval_results=[result] if accuracy is not None else None,
     )
     template = Path(__file__).with_name("card_template.md")
@@ -122,6 +121,15 @@ def card_text(
         recipe=_recipe(run_dir),
         pictures=[p for p in rundir.PICTURES if run_dir and (run_dir / p).is_file()],
     ).content
+
+
+def dataset_names(dataset: str) -> tuple[str, str]:
+    """(Hub id, name to show) of a model.json's dataset: mnist, fashion_mnist, imagefolder or hf:OWNER/NAME."""
+    if dataset.startswith(sources.HUB_PREFIX):
+        return (hub_id := dataset.removeprefix(sources.HUB_PREFIX)), hub_id
+    if dataset == sources.IMAGEFOLDER:
+        return dataset, "a folder of images"
+    return sources.HF_IDS.get(dataset, dataset), DATASET_NAMES.get(dataset, dataset)
 
 
 def training_setup(s: dict) -> list[tuple[str, object]]:

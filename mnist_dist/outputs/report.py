@@ -50,7 +50,7 @@ def _predictions(run_dir: Path, run_cfg) -> Predictions:
     model, model_info = artifact.load_model(run_dir)
     if run_cfg is None:
         raise UserError(f"{run_dir / CONFIG}: missing; it says which data the run used")
-    test = sources.load_test(run_cfg.data)
+    test, _ = sources.load_test(run_cfg.data)
     images, labels = test.images[:NUM_SAMPLES], test.labels[:NUM_SAMPLES]
     return Predictions(
         images, labels, metrics.predict(model, images, model_info["mean"], model_info["std"])
@@ -74,14 +74,20 @@ def build_report(run_dir: str | Path, predictions: Predictions | None = None) ->
     summary = rundir.read_json(run_dir / SUMMARY) or {}
     rundir.check_numbers(run_dir / SUMMARY, summary, (*NUMBERS, "global_step"))
     dataset = (model_info or {}).get("dataset") or (run_cfg.data.name if run_cfg else "mnist")
-    classes = sources.CLASSES.get(dataset, [str(i) for i in range(10)])
+    names = (model_info or {}).get("classes") or sources.CLASSES.get(dataset)
+    classes = names or [str(i) for i in range(10)]
     model = summary.get("model") or (model_info or {}).get("name", "")
     title = f"{run_dir.name}: {model} on {dataset}"
 
     if records:
         plots.curves(records, run_dir / CURVES, title=title)
         last = records[-1]
-        if "test_confusion" in last:
+        if len(last.get("test_confusion") or classes) != len(classes):
+            problems.append(
+                f"no {CONFUSION}: {run_dir / METRICS} has {len(last['test_confusion'])} classes, the model "
+                f"{len(classes)}"
+            )
+        elif "test_confusion" in last:
             where, at = run_dir / CONFUSION, f"test, epoch {last['epoch']:.3g}"
             plots.confusion_matrix(last["test_confusion"], classes, where, title=at)
     else:

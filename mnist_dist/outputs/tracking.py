@@ -255,10 +255,10 @@ class WandbTracker(Tracker):
     predictions_wanted = SCAN_LIMIT
     broken = False
 
-    def __init__(self, run, cfg: config.Config, run_dir: Path):
+    def __init__(self, run, cfg: config.Config, run_dir: Path, classes: list[str]):
         super().__init__(run.id)
         self.run, self.log_model, self.run_dir = run, cfg.tracking.log_model, Path(run_dir)
-        self.classes = sources.CLASSES[cfg.data.name]
+        self.classes = classes
         self._guarded("define_metric", define_metrics, run)
 
     def _log(self, values: dict, step: int) -> None:
@@ -410,7 +410,7 @@ def _start_wandb(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -
     if run is None:
         return Tracker(run_id)
     _say_if_offline(run, "logs")
-    return WandbTracker(run, cfg, run_dir)
+    return WandbTracker(run, cfg, run_dir, launch["classes"])
 
 
 def model_artifact_ref(model_path: Path) -> str | None:
@@ -474,13 +474,9 @@ class TensorBoardTracker(Tracker):
     name = "tensorboard"
     broken = False
 
-    def __init__(self, writer, cfg: config.Config, run_dir: Path, run_id: str | None):
+    def __init__(self, writer, run_dir: Path, run_id: str | None, classes: list[str]):
         super().__init__(run_id)
-        self.writer, self.run_dir, self.classes = (
-            writer,
-            Path(run_dir),
-            sources.CLASSES[cfg.data.name],
-        )
+        self.writer, self.run_dir, self.classes = writer, Path(run_dir), classes
 
     def _log(self, values: dict, step: int) -> None:
         for key, value in values.items():
@@ -504,7 +500,7 @@ class TensorBoardTracker(Tracker):
         self.writer.close()
 
 
-def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str | None) -> Tracker:
+def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str, launch: dict) -> Tracker:
     try:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -515,7 +511,7 @@ def _start_tensorboard(cfg: config.Config, run_dir: Path, run_id: str | None) ->
     except Exception as e:
         _warn_failed("tensorboard", "init", e, "training goes on without experiment tracking")
         return Tracker(run_id)
-    return TensorBoardTracker(writer, cfg, run_dir, run_id)
+    return TensorBoardTracker(writer, run_dir, run_id, launch["classes"])
 
 
 # ----------------------------------------------------------------------------- start
@@ -559,6 +555,8 @@ def start(
             f"tracking.backend={backend} but the {backend} package is not installed; no experiment tracking"
         )
         return Tracker(run_id)
+    # the run's facts (training names its classes); a named set's own classes without them
+    launch = {"classes": sources.CLASSES.get(cfg.data.name, [])} | (launch or {})
     if backend == "wandb":
-        return _start_wandb(cfg, run_dir, run_id, launch or {})
-    return _start_tensorboard(cfg, run_dir, run_id)
+        return _start_wandb(cfg, run_dir, run_id, launch)
+    return _start_tensorboard(cfg, run_dir, run_id, launch)

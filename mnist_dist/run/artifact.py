@@ -33,9 +33,11 @@ def save_model(
     dataset: str,
     mean: float,
     std: float,
+    classes: list[str] | None = None,
     precision: str = "no",
 ) -> Path:
-    """Weights as safetensors plus a JSON that says how to rebuild and feed the model."""
+    """Weights as safetensors plus a JSON that says how to rebuild and feed the model. classes: the model's output
+    names, index by index (by default the named dataset's)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)  # run.dir/best/ the first time
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -55,7 +57,7 @@ def save_model(
         "dataset": dataset,
         "mean": mean,
         "std": std,
-        "classes": sources.CLASSES[dataset],
+        "classes": classes if classes is not None else sources.CLASSES[dataset],
         # what its run's evaluations ran in (their numbers are reproduced in it): no (fp32), bf16 or fp16
         "mixed_precision": precision,
         "input": "uint8 28x28 grey, light ink on dark background, then (x/255 - mean)/std, shape [B, 1, 28, 28]",
@@ -70,14 +72,14 @@ def model_info_of(weights: Path) -> dict:
     folder = weights.parent
     state = folder / checkpoint.STATE_FILE
     if not (folder / MODEL_META).is_file() and state.is_file():  # checkpoints/step_N
-        cfg = (rundir.read_json(state) or {}).get("config") or {}
+        state_json = rundir.read_json(state) or {}
+        cfg = state_json.get("config") or {}
         if not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("data"), dict):
             raise ModelFileError(f"{state}: not a training checkpoint's (no model and data config)")
-        dataset, (mean, std) = (
-            cfg["data"].get("name"),
-            sources.STATS.get(cfg["data"].get("name"), (0, 1)),
-        )
-        classes = sources.CLASSES.get(dataset, [])
+        # the data fingerprint (sources.fingerprint) names the classes and the statistics
+        dataset, data = cfg["data"].get("name"), state_json.get("data") or {}
+        mean, std = data.get("pixel_stats") or sources.STATS.get(dataset, (0, 1))
+        classes = data.get("classes") or sources.CLASSES.get(dataset, [])
         model = cfg["model"]
         info = {"name": model.get("name"), "kwargs": model.get("kwargs") or {}, "dataset": dataset}
         # As the run's config asked (auto: chosen for this machine again, as the run chose it for its own).
@@ -119,7 +121,8 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         )
     model_info = model_info_of(weights)
     try:
-        model = models.build(model_info["name"], **model_info.get("kwargs", {}))
+        classes = len(model_info["classes"])
+        model = models.build(model_info["name"], classes, **model_info.get("kwargs", {}))
         # A checkpoint's weights were saved from the prepared model: DDP's and torch.compile's prefixes go.
         state = {
             k.removeprefix("module.").removeprefix("_orig_mod."): v

@@ -115,16 +115,17 @@ def load_run_config(model_path: str | Path, overrides: list[str]) -> config.Conf
     run_dir = of_model(model_path)
     saved, state, info = run_dir / CONFIG, run_dir / "state.json", run_dir / MODEL_META
     if saved.is_file() or not state.is_file():
-        tree = read_config(saved) or {
-            "data": {"name": (read_json(info) or {}).get("dataset", "mnist")}
-        }
+        tree = read_config(saved)
     else:  # checkpoints/step_N
         saved, tree = state, (read_json(state) or {}).get("config") or {}
-    base = {k: v for k, v in tree.items() if k in ("data", "train")}
+    base = {k: v for k, v in (tree or {}).items() if k in ("data", "train")}
     try:  # the saved part alone first: a mistake in it names the file, not the user's overrides
         config.from_dict(config.Config, base)
     except UserError as e:
         raise RunFileError(f"{saved}: {e}") from None
+    # a Hub folder: its dataset's defaults (an image folder's data.dir is the user's to give)
+    if not tree:
+        base = {"data": {"name": (read_json(info) or {}).get("dataset", "mnist")}}
     for text in overrides:
         base = config.merge(base, config.parse_override(text))
     base.setdefault("run", {})["dir"] = str(run_dir)
@@ -253,15 +254,15 @@ def _record_problem(record: dict) -> str | None:
     confusion = record.get("test_confusion")
     if confusion is not None and not (
         isinstance(confusion, list)
-        and len(confusion) == 10
+        and len(confusion) >= 2
         and all(
             isinstance(row, list)
-            and len(row) == 10
+            and len(row) == len(confusion)
             and all(_is_number(v) and v == int(v) >= 0 for v in row)
             for row in confusion
         )
     ):
-        return "has a test_confusion that is not 10 rows of 10 counts"
+        return "has a test_confusion that is not a square table of counts (a row and a column per class)"
     per_class = record.get("test_per_class_accuracy")
     if per_class is not None and not (
         isinstance(per_class, list) and all(_is_number(v) for v in per_class)

@@ -170,7 +170,7 @@ def build_loop(
     loader = make_loader(cfg, datasets.train, accelerator)
     # identical initial weights on every rank (DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.train.seed)
-    model = models.build(cfg.model.name, **cfg.model.kwargs)
+    model = models.build(cfg.model.name, len(datasets.classes), **cfg.model.kwargs)
     n_params = models.num_parameters(model)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -181,7 +181,7 @@ def build_loop(
         # dynamic=False: one static graph per input shape (full batch, the epoch's shorter last batch, evaluation)
         # rather than a dynamic-shape recompile at the first epoch end. Each compile costs seconds of train_seconds.
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
-    mean, std = sources.STATS[cfg.data.name]
+    mean, std = datasets.stats
     fingerprint = sources.fingerprint(datasets)
     return Loop(
         cfg,
@@ -506,7 +506,7 @@ def run_training(
     state, resumed_from, tracker_run_id = resume(
         cfg, accelerator, fingerprint, datasets.source, steps_per_epoch
     )
-    facts = launch_facts(cfg, accelerator, datasets.source, loop.parameters)
+    facts = launch_facts(cfg, accelerator, datasets, loop.parameters)
     writer.start(state.global_step, resumed_from, tracker_run_id, facts)
     accelerator.print(start_text(loop, datasets, facts, state.global_step, resumed_from))
 
@@ -612,7 +612,7 @@ def load_data(cfg: config.Config, accelerator: Accelerator) -> sources.Datasets:
 
 
 def launch_facts(
-    cfg: config.Config, accelerator: Accelerator, source: str, parameters: int
+    cfg: config.Config, accelerator: Accelerator, datasets: sources.Datasets, parameters: int
 ) -> dict:
     """How this run was launched and what it trains: the start-up lines, the tracker's config, summary.json."""
     world, on_cpu = accelerator.num_processes, accelerator.device.type == "cpu"
@@ -624,8 +624,10 @@ def launch_facts(
         "global_batch_size": cfg.train.global_batch(world),
         "elastic_restart_count": runtime.elastic_restart_count(),  # None outside torchrun's agent
         "allreduce": runtime.allreduce_backend(accelerator),
-        "data_source": source,
+        "data_source": datasets.source,
         "parameters": parameters,
+        "classes": datasets.classes,  # what the model, its metrics and its files name
+        "pixel_stats": list(datasets.stats),
     }
 
 
@@ -636,13 +638,17 @@ def start_text(
     cfg, f = loop.cfg, facts
     elastic = f["elastic_restart_count"]
     sizes = f"{len(datasets.train)}/{len(datasets.val or [])}/{len(datasets.test)}"
+    named = sources.is_named_set(cfg.data.name)
+    classes = (
+        "" if named else f" classes={len(datasets.classes)} ({', '.join(datasets.classes[:10])})"
+    )
     lines = [
         f"mnist-dist: device={loop.accelerator.device} distributed={f['distributed_type']} "
         f"world_size={f['world_size']} allreduce={f['allreduce']} "
         f"mixed_precision={f['mixed_precision']} ({f['mixed_precision_why']})"
         + ("" if elastic is None else f" elastic_restart={elastic}"),
         f"  model={cfg.model.name} params={f['parameters']:,} data={cfg.data.name} "
-        f"source={f['data_source']} loader={cfg.data.loader} train/val/test={sizes}",
+        f"source={f['data_source']} loader={cfg.data.loader} train/val/test={sizes}{classes}",
         f"  per_device_batch_size={cfg.train.per_device_batch_size} "
         f"grad_accum_steps={cfg.train.grad_accum_steps} global_batch_size={f['global_batch_size']} "
         f"steps_per_epoch={len(loop.loader)} epochs={cfg.train.epochs}",

@@ -191,8 +191,14 @@ def check_resumable(
             f"{ckpt} was trained with another config: {', '.join(conflicts)}{hint}. Resume "
             f"with the old values, or start over with checkpoint.resume=never or a new run.dir"
         )
-    # checkpoints from before fingerprints have none: not checked
+    # checkpoints from before fingerprints have none, from before class lists no classes: not checked
     saved = state_json.get("data") or {}
+    if "classes" in saved and saved["classes"] != fingerprint.get("classes"):
+        raise UserError(
+            f"{ckpt} was trained on other classes: {_listed(saved['classes'])}, {source} has "
+            f"{_listed(fingerprint.get('classes') or [])}. Resume with the data it was trained on, or start over "
+            "with checkpoint.resume=never or a new run.dir"
+        )
     for name in ("train", "val", "test") if saved else ():
         old, new = saved.get(name) or {}, fingerprint.get(name) or {}
         if old != new:
@@ -202,3 +208,9 @@ def check_resumable(
                 f"(sha256 {new.get('sha256', '-')[:12]}). Resume with the data it was trained on "
                 f"(data.dir may move), or start over with checkpoint.resume=never or a new run.dir"
             )
+
+
+def _listed(classes: list) -> str:
+    """A class list for one line: `3 classes (cat, dog, fox)`, the first 8 named."""
+    names = ", ".join(map(str, classes[:8])) + (", ..." if len(classes) > 8 else "")
+    return f"{len(classes)} classes ({names})"

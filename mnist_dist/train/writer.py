@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from mnist_dist import config, metrics
-from mnist_dist.data import sources
 from mnist_dist.metrics import EvalRecord, Predictions
 from mnist_dist.outputs import report, tracking
 from mnist_dist.run import artifact, atomic, checkpoint, lock, rundir
@@ -88,6 +87,7 @@ class RunWriter(NullWriter):
         atomic.write_text(self.run_dir / rundir.CONFIG, config.dump(self.cfg))
         self.tracker = tracking.start(self.cfg, self.run_dir, run_id, facts)
         self.precision = facts["mixed_precision"]
+        self.classes, self.stats = facts["classes"], facts["pixel_stats"]
         self.run_id = self.tracker.run_id
         self.predictions_wanted = max(report.NUM_SAMPLES, self.tracker.predictions_wanted)
 
@@ -135,10 +135,11 @@ class RunWriter(NullWriter):
             self.tracker.finish(None, preempted=isinstance(exc, stopping.Preempted))
 
     def _save_model(self, model: torch.nn.Module, where: Path) -> None:
-        cfg = self.cfg
-        mean, std = sources.STATS[cfg.data.name]
+        cfg, (mean, std) = self.cfg, self.stats
         name, kwargs, dataset = cfg.model.name, cfg.model.kwargs, cfg.data.name
-        artifact.save_model(where, model, name, kwargs, dataset, mean, std, self.precision)
+        artifact.save_model(
+            where, model, name, kwargs, dataset, mean, std, self.classes, self.precision
+        )
 
 
 def open_writer(

@@ -79,7 +79,7 @@ def test_train_help_lists_every_key_with_type_default_choices_and_docstring(caps
     for row in keys:
         assert f"\n  {row['key']} = " in out, row["key"]
     assert "  train.lr = 0.005   (float)\n      Peak learning rate." in out  # the docstring under the field
-    assert "  data.name = mnist   (str: mnist | fashion_mnist)" in out
+    assert "  data.source = auto   (str: auto | hf | torchvision | idx)" in out
     assert "model.name = cnn_fast   (str: cnn_bn | cnn_fast | mlp_120_84 |" in out  # the model registry's names
 
 

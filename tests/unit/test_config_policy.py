@@ -42,6 +42,7 @@ def another_value(row: dict):
         "run.preempt_signals": ["SIGUSR2"],
         "tracking.tags": ["x"],
         "model.name": "cnn_bn",
+        "data.name": "fashion_mnist",
     }
     if row["key"] in special:
         return special[row["key"]]
