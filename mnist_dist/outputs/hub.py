@@ -86,6 +86,7 @@ def card_text(
     dataset, accuracy = model_info["dataset"], numbers.get("test_accuracy")
     dataset_id, dataset_name = dataset_names(dataset)
     slug = dataset.removeprefix(sources.HUB_PREFIX).rsplit("/", 1)[-1]
+    model_name = f"{model_info['name']}-{slug}"
     result = EvalResult(
         task_type="image-classification",
         dataset_type=dataset_id,
@@ -96,7 +97,7 @@ def card_text(
         metric_value=accuracy,
     )
     card_data = ModelCardData(
-        model_name=f"{model_info['name']}-{slug}",
+        model_name=model_name,
         license="mit",
         library_name="mnist-dist",
         pipeline_tag="image-classification",
@@ -110,6 +111,8 @@ def card_text(
         card_data,
         template_path=str(template),
         **model_info,
+        # (card_data's model_name goes into its model-index: the heading needs its own)
+        model_name=model_name,
         dataset_name=dataset_name,
         dataset_id=dataset_id,
         best=best,

@@ -83,6 +83,7 @@ def test_an_image_folder_of_real_images_trains_evaluates_and_predicts_with_its_f
     assert set(probs) == set(classes)
     card = hub.card_text(info, run_dir, False, "someone/fashion-three")
     assert "3 classes" in card and "ankle boot, bag, trouser" in card and "a folder of images" in card
+    assert "\n# cnn_bn-imagefolder\n" in card  # the heading was empty (card_data's model_name is not a variable)
     assert "datasets:" not in card  # no Hub dataset to link
     model = hub.HubModel(**info)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
