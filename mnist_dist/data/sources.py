@@ -118,14 +118,21 @@ def _hf_split(path: str, split: str):
 
 
 def _hf_load(path: str, **kwargs):
-    """datasets.load_dataset(path, **kwargs), every failure one line."""
+    """datasets.load_dataset(path, **kwargs), every failure one line. Local files (a folder, an image folder) are
+    read without progress bars: their lines would bury a one-line error; a download from the Hub keeps them."""
     datasets = _hf_datasets(path)
+    bars = datasets.is_progress_bar_enabled()
+    if os.path.isdir(path) or path == IMAGEFOLDER:
+        datasets.disable_progress_bars()
     try:
         return datasets.load_dataset(path, **kwargs)
     except Exception as e:  # network, missing repo, bad folder: all reported as one line
         raise DataError(
             f"HF datasets could not load {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def load_hf(name: str, hf_path: str | None, split: str) -> Split:
@@ -235,14 +242,7 @@ def load_image_folder(root: Path, splits: tuple[str, ...], classes: list[str]) -
     from mnist_dist.data import images
 
     datasets = _hf_datasets(IMAGEFOLDER)
-    # listing local files: no progress bars (their lines would bury a one-line error about a file)
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        found = _hf_load(IMAGEFOLDER, data_files={s: str(root / s / "**") for s in splits})
-    finally:
-        if bars:
-            datasets.enable_progress_bars()
+    found = _hf_load(IMAGEFOLDER, data_files={s: str(root / s / "**") for s in splits})
     out = []
     for split in splits:
         # paths: decoded below, each error named

@@ -202,6 +202,14 @@ def test_a_hub_dataset_with_bad_labels_or_columns_is_one_line(tmp_path):
     assert "the test split holds class(es) ['b'] that the train split lacks" in hub_problem(tmp_path / "4", lacking)
 
 
+def test_a_bad_hub_dataset_is_one_line_at_the_command_line(capsys, tmp_path):
+    """(Reading local files, HF datasets' progress bars wrote their lines above the error.)"""
+    write_hub_parquet(tmp_path / "repo", {"train": [(blank(), 0), (blank(), 1)], "test": [(blank(), 2)]}, ["a", "b"])
+    one_line_error(capsys, ["train", f"data.name=hf:{tmp_path / 'repo'}", "data.image_column=img",
+                            "data.label_column=fine_label", *QUICK, "data.val_size=0", f"run.dir={tmp_path / 'run'}"],
+                   "test split: label 2 is outside 0-1")
+
+
 # ----------------------------------------------------------------------------- bad image folders, one line each
 
 
