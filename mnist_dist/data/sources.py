@@ -208,7 +208,8 @@ def image_folder_classes(root: Path) -> list[str]:
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"{root}: no {split}/ folder; {FOLDER_LAYOUT}")
-        entries = sorted(folder.iterdir())
+        # hidden entries (.ipynb_checkpoints, .DS_Store) are not data, as HF datasets skips them too
+        entries = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
         if loose := [f.name for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]:
             raise DataError(
                 f"{folder}: images outside any class folder ({loose[0]}, ...); {FOLDER_LAYOUT}"

@@ -254,6 +254,7 @@ def test_mixed_sizes_and_modes_are_converted_not_refused(tmp_path):
     write_folder(root, {"train": {"cat": [blank(), blank().resize((50, 30)).convert("RGB")],
                                   "dog": [blank(255).resize((90, 90)), blank().convert("LA")]},
                         "test": {"cat": [blank().convert("P")], "dog": [blank(255).resize((17, 40))]}})
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class (HF datasets skips it too)
     cfg = config.from_dict(config.Config, {"data": {"name": "imagefolder", "dir": str(root), "val_size": 0}})
     data = sources.load_datasets(cfg.data)
     assert data.train.images.shape == (4, 28, 28) and data.test.images.shape == (2, 28, 28)
