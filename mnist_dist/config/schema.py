@@ -101,7 +101,7 @@ class DataConfig:
     source: str = key("auto", "auto", "hf", "torchvision", "idx", may_change=MOVED_DATA)
     """Where to read it from. auto: idx (if data.dir is set or a known local folder exists), then hf, then torchvision."""
     dir: str | None = key(None, may_change=MOVED_DATA)
-    """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root."""
+    """A folder with the four IDX files (gzipped or not), for offline clusters; also torchvision's download root; for data.name=imagefolder, the folder of images."""
     hf_path: str | None = key(None, may_change=MOVED_DATA)
     """Hugging Face dataset id or local folder for mnist and fashion_mnist; default ylecun/mnist or zalando-datasets/fashion_mnist."""
     image_column: str = key("image")
