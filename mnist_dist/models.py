@@ -108,17 +108,21 @@ def tutorial_cnn(num_classes: int = 10):
     )
 
 
-def stage(cin: int, cout: int, pool_first: bool) -> list[nn.Module]:
-    """conv-BN-ReLU then a 2x2 max-pool; with pool_first conv -> pool -> BN -> ReLU, so BN and ReLU (memory-bound,
-    about a quarter of a CPU step) run on a map 4x smaller."""
+def stage(
+    cin: int, cout: int, pool_first: bool, pool: str = "max", stride: int = 1
+) -> list[nn.Module]:
+    """conv-BN-ReLU then a 2x2 pool (max or avg); with pool_first conv -> pool -> BN -> ReLU, so BN and ReLU
+    (memory-bound, about a quarter of a CPU step) run on a map 4x smaller. stride=2: the convolution halves the map
+    itself and an Identity holds the pool's place (the same state-dict names either way)."""
     conv, norm, act = (
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
+    shrink = nn.Identity() if stride > 1 else {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}[pool](2)
     if pool_first:
-        return [nn.Sequential(conv, nn.MaxPool2d(2), norm, act)]
-    return [nn.Sequential(conv, norm, act), nn.MaxPool2d(2)]
+        return [nn.Sequential(conv, shrink, norm, act)]
+    return [nn.Sequential(conv, norm, act), shrink]
 
 
 @register("cnn_bn")
@@ -127,16 +131,24 @@ def cnn_bn(
     dropout: float = 0.1,
     pool_first: bool = False,
     hidden: int = 0,
+    pool: str = "max",
+    stem_stride: int = 1,
     num_classes: int = 10,
 ):
     """Three conv-BN-ReLU-pool stages (28 -> 14 -> 7 -> 3) doubling the channels, linear head.
 
     `width` is the first stage's channel count. One conv per stage keeps it cheap on CPUs; the full-resolution
     stage has a single input channel. `pool_first` pools before BN and ReLU (+30% images/s on a 2-core CPU,
-    bench/README.md); `hidden` > 0 puts a hidden fully-connected layer of that size in the head.
+    bench/README.md); `hidden` > 0 puts a hidden fully-connected layer of that size in the head. `pool` is max or
+    avg (average pooling and its gradient are cheaper on CPUs); `stem_stride=2` gives the first convolution a
+    stride of 2 instead of a pool after it, so nothing runs on a 28x28 map of `width` channels.
     """
     # a layer of width 0 builds, and fails at its first forward
-    at_least(width=(width, 1), hidden=(hidden, 0))
+    at_least(width=(width, 1), hidden=(hidden, 0), stem_stride=(stem_stride, 1))
+    if pool not in ("max", "avg") or stem_stride > 2:
+        raise ValueError(
+            f"pool must be max or avg and stem_stride 1 or 2, got pool={pool!r}, stem_stride={stem_stride}"
+        )
     w1, w2, w3 = width, 2 * width, 4 * width
     head = (
         [nn.Linear(w3 * 3 * 3, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)]
@@ -144,9 +156,9 @@ def cnn_bn(
         else [nn.Linear(w3 * 3 * 3, num_classes)]
     )
     return nn.Sequential(
-        *stage(1, w1, pool_first),  # 28 -> 14
-        *stage(w1, w2, pool_first),  # 14 -> 7
-        *stage(w2, w3, pool_first),  # 7 -> 3
+        *stage(1, w1, pool_first, pool, stem_stride),  # 28 -> 14
+        *stage(w1, w2, pool_first, pool),  # 14 -> 7
+        *stage(w2, w3, pool_first, pool),  # 7 -> 3
         nn.Flatten(),
         nn.Dropout(dropout),
         *head,
@@ -159,11 +171,13 @@ def cnn_fast(
     dropout: float = 0.0,
     pool_first: bool = True,
     hidden: int = 128,
+    pool: str = "max",
+    stem_stride: int = 1,
     num_classes: int = 10,
 ):
     """The default model: cnn_bn made cheaper for CPUs (bench/README.md): 24-48-96 channels, pooling before BN and
     ReLU, a 128-unit hidden layer in the head. Fashion-MNIST 92.8% in 8 epochs, ~2 minutes on 2 CPU cores."""
-    return cnn_bn(width, dropout, pool_first, hidden, num_classes)
+    return cnn_bn(width, dropout, pool_first, hidden, pool, stem_stride, num_classes)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -31,6 +31,8 @@ from helpers import make_digits, one_line_error
     # round four's probe: a layer of width 0 built fine and failed at the first forward (a 62-line traceback);
     # a negative StepLR gamma trained with a negative learning rate; a shift past the image was taken
     ("model.kwargs={width: 0}", ["model.kwargs", "width must be a whole number of at least 1, got 0"]),
+    ("model.kwargs={pool: min}", ["model.kwargs", "pool must be max or avg", "got pool='min'"]),
+    ("model.kwargs={stem_stride: 3}", ["model.kwargs", "stem_stride 1 or 2"]),
     ("train.step_gamma=-1", ["train.step_gamma must be > 0", "got -1.0"]),
     ("data.augment_shift=9223372036854775807", ["data.augment_shift must be at most 14 (half the image)"]),
 ])
