@@ -104,6 +104,9 @@ def machine() -> dict:
             "cpu_model": model, "cpu_flags": flags, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average_1min": os.getloadavg()[0]}
+    # the kernels torch and oneDNN may use, where the environment narrows them (an AVX2-only CPU emulated on a
+    # newer one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2)
+    info |= {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
