@@ -255,6 +255,32 @@ def suite_throughput(args, plan, work: Path, common: list[str]) -> dict:
     return out
 
 
+def suite_startup(args, work: Path, common: list[str]) -> dict:
+    """Start-up, exec to the end of the first optimizer step: the `debug` recipe (2 steps, `--startup-processes`
+    processes) alternating round by round with the public-API floor script (`--floor`), which prints time.time()
+    at the end of its one step. Each figure subtracts the harness's clock at launch."""
+    floor = Path(args.floor)
+    out: dict = {"floor_script": str(floor) if floor.is_file() else None, "ours": [], "floor": []}
+    for i in range(args.startup_rounds):
+        run_dir = work / f"startup-{i}"
+        cmd = train_cmd("debug", run_dir, 0, [*common, "train.max_steps=2"], args.startup_processes)
+        t0 = time.time()
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
+        summary = run_dir / "summary.json"
+        ours = json.loads(summary.read_text())["first_step_unix"] - t0 if p.returncode == 0 else None
+        out["ours"].append(ours)
+        if out["floor_script"] and args.startup_processes is None:  # the floor is one process
+            t0 = time.time()
+            p = subprocess.run([sys.executable, str(floor)], cwd=ROOT, capture_output=True, text=True,
+                               timeout=args.timeout)
+            out["floor"].append(float(p.stdout.split()[-1]) - t0 if p.returncode == 0 else None)
+        print(f"  round {i}: ours {fmt(ours, '.3f')} s, floor {fmt((out['floor'] or [None])[-1], '.3f')} s", flush=True)
+    out["ours_median"], out["floor_median"] = median_or_none(out["ours"]), median_or_none(out["floor"])
+    print(f"  median of {args.startup_rounds}: ours {fmt(out['ours_median'], '.3f')} s, "
+          f"floor {fmt(out['floor_median'], '.3f')} s", flush=True)
+    return out
+
+
 # key: (processes, overrides, label)
 DDP_VARIANTS = {"1": (1, [], "x1"), "2": (2, [], "x2")}
 
@@ -445,7 +471,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Time to accuracy, throughput and DDP scaling, beside the tutorial loop.")
     p.add_argument("--quick", action="store_true", help="tiny synthetic data and a few steps: checks the harness only")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--suites", default=None, help="comma list of tta,reference,throughput,ddp (default: all that apply)")
+    p.add_argument("--suites", default=None,
+                   help="comma list of tta,reference,throughput,ddp,startup (default: all that apply but startup)")
     p.add_argument("--recipes", default=None, help="comma list of config stems with seed counts, e.g. fast_fashion:3,default:1")
     p.add_argument("--targets", default=None, help="test accuracies, e.g. 0.88,0.9,0.92")
     p.add_argument("--data", default="fashion_mnist", choices=["mnist", "fashion_mnist"])
@@ -458,6 +485,11 @@ def main(argv=None) -> int:
                    help="run each recipe under accelerate launch on this many CPU processes (default: one plain "
                         "process); 2 is the README quick start")
     p.add_argument("--throughput-steps", type=int, default=0)
+    p.add_argument("--startup-rounds", type=int, default=7, help="startup suite: alternating rounds")
+    p.add_argument("--startup-processes", type=int, default=None,
+                   help="startup suite: time `accelerate launch` on this many CPU processes (no floor then)")
+    p.add_argument("--floor", default=str(ROOT.parent / "shared" / "startup_floor.py"),
+                   help="startup suite: the public-API floor script (default ../shared/startup_floor.py)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per process before it is killed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--tag", default=None, help="output file stem (default: cpu, cuda or quick)")
@@ -510,6 +542,9 @@ def main(argv=None) -> int:
     if "ddp" in suites and plan["ddp_recipe"]:
         print("ddp:", flush=True)
         result["ddp"] = suite_ddp(args, plan, work, common, targets)
+    if "startup" in suites:
+        print("start-up (exec to the end of the first optimizer step):", flush=True)
+        result["startup"] = suite_startup(args, work, common)
     result["bench_seconds"] = time.perf_counter() - t0
     result["machine"]["load_average_1min_end"] = os.getloadavg()[0]
     result["ratios"] = ratios(result)

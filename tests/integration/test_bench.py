@@ -1,6 +1,7 @@
 """bench/run.py runs end to end in --quick mode (tiny synthetic data, a few steps, every suite but DDP) and
 leaves a valid JSON with each suite's numbers and a PNG plot. No timing assertions: this checks the harness."""
 import json
+import statistics
 import sys
 
 import pytest
@@ -37,3 +38,19 @@ def test_bench_ddp_suite_pairs_one_and_two_processes(tmp_path, tiny_idx):
     assert ddp["1"]["allreduce"] == ["none"] and ddp["2"]["allreduce"] == ["gloo"]
     assert len(ddp["paired_ratios"]) == 1 and all(r > 0 for r in ddp["paired_ratios"])
     assert "seed by seed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_startup_suite_alternates_ours_with_the_floor(tmp_path, tiny_idx):
+    """The start-up suite times the debug recipe from exec to its first step's end, round by round beside a floor
+    script (here a stand-in that prints time.time(), as ../shared/startup_floor.py does)."""
+    floor = tmp_path / "floor.py"
+    floor.write_text("import time\nprint(time.time())\n")
+    out = tmp_path / "bench"
+    run([sys.executable, "bench/run.py", "--quick", "--suites", "startup", "--startup-rounds", "2",
+         "--floor", str(floor), "--data-dir", str(tiny_idx), "--out", str(out)])
+    startup = json.loads((out / "quick.json").read_text())["startup"]
+    assert len(startup["ours"]) == len(startup["floor"]) == 2
+    assert all(0 < t < 120 for t in startup["ours"] + startup["floor"])
+    assert startup["floor"][0] < startup["ours"][0]  # printing the time costs less than importing torch and training
+    assert startup["ours_median"] == statistics.median(startup["ours"])
